@@ -1,0 +1,202 @@
+"""`graft`: Graftwork's command line."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from flows.demo import run_demo
+from flows.settings import GraftSettings
+from tasks import deltas as engine
+from tasks.errors import GraftError
+
+app = typer.Typer(
+    name="graft",
+    help="Graftwork: carry fine-tuning over to new base-model releases with diff vectors.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+
+Alpha = Annotated[float, typer.Option("--alpha", "-a", help="Scale of the diff vector: TARGET + ALPHA·Δ.")]
+Output = Annotated[Path, typer.Option("--out", "-o", help="Output folder (must not exist unless --overwrite).")]
+AllowPickle = Annotated[
+    bool, typer.Option("--allow-pickle", help="Accept pickle weights (*.bin, *.pt). Only for models you trust.")
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (atomically, when complete).")]
+ShardSize = Annotated[str, typer.Option("--max-shard-size", help="Largest output shard, e.g. 5GB, 500MB.")]
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size like `5GB`, `500MB` or `1024`.
+
+    Raises:
+        typer.BadParameter: the text is not a size.
+    """
+    m = _SIZE.match(text)
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a size; write e.g. 5GB, 500MB or 1048576.")
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
+    return int(float(m.group(1)) * scale)
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield report
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn Graftwork's errors into one red line on stderr and exit status 1."""
+    try:
+        yield
+    except GraftError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _run(label: str, op: Callable[[Callable[[int, int], None]], engine.DeltaSummary]) -> None:
+    with _user_errors(), _progress(label) as report:
+        summary = op(report)
+    out.print(describe(summary), highlight=False, soft_wrap=True)
+
+
+def describe(summary: engine.DeltaSummary) -> str:
+    """A short human summary of an engine operation: tensors, bytes, time, vocabulary rows."""
+    seconds = max(summary.seconds, 1e-9)
+    lines = [
+        f"{summary.operation}: wrote {summary.output}",
+        f"  tensors {summary.tensors} in {summary.shards} shard(s); read {_gb(summary.bytes_read)}, "
+        f"wrote {_gb(summary.bytes_written)} in {summary.seconds:.2f} s "
+        f"({(summary.bytes_read + summary.bytes_written) / seconds / 1e9:.2f} GB/s)",
+    ]
+    if summary.rows:
+        lines.append("  vocabulary rows: " + ", ".join(f"{v} {k}" for k, v in summary.rows.items()))
+    if summary.widened:
+        lines.append(f"  stored in float64 to stay exact: {', '.join(summary.widened)}")
+    return "\n".join(lines)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+@app.command()
+def diff(
+    finetuned: Annotated[Path, typer.Argument(help="The fine-tuned model folder (m').")],
+    base: Annotated[Path, typer.Argument(help="The base model folder it was fine-tuned from (m).")],
+    out_dir: Output,
+    allow_pickle: AllowPickle = False,
+    overwrite: Overwrite = False,
+    max_shard_size: ShardSize = "5GB",
+) -> None:
+    """Write the diff vector Δ = FINETUNED − BASE as a diff folder (shards + diff.json)."""
+    _run(
+        "diff",
+        lambda report: engine.diff(
+            finetuned=finetuned,
+            base=base,
+            out=out_dir,
+            allow_pickle=allow_pickle,
+            overwrite=overwrite,
+            max_shard_bytes=parse_size(max_shard_size),
+            progress=report,
+        ),
+    )
+
+
+@app.command()
+def apply(
+    diff_dir: Annotated[Path, typer.Argument(metavar="DIFF", help="A diff folder made by `graft diff`.")],
+    target: Annotated[Path, typer.Argument(help="The model folder to add Δ to.")],
+    out_dir: Output,
+    alpha: Alpha = 1.0,
+    allow_pickle: AllowPickle = False,
+    overwrite: Overwrite = False,
+    max_shard_size: ShardSize = "5GB",
+) -> None:
+    """Write TARGET + ALPHA·Δ as a model folder."""
+    _run(
+        "apply",
+        lambda report: engine.apply(
+            diff=diff_dir,
+            target=target,
+            out=out_dir,
+            alpha=alpha,
+            allow_pickle=allow_pickle,
+            overwrite=overwrite,
+            max_shard_bytes=parse_size(max_shard_size),
+            progress=report,
+        ),
+    )
+
+
+@app.command()
+def transfer(
+    finetuned: Annotated[Path, typer.Option("--finetuned", help="The fine-tuned source model folder (m'_s).")],
+    base: Annotated[Path, typer.Option("--base", help="The base it was fine-tuned from (m_s).")],
+    target: Annotated[Path, typer.Option("--target", help="The model to carry the fine-tuning to (m_t).")],
+    out_dir: Output,
+    alpha: Alpha = 1.0,
+    allow_pickle: AllowPickle = False,
+    overwrite: Overwrite = False,
+    max_shard_size: ShardSize = "5GB",
+) -> None:
+    """Write TARGET + ALPHA·(FINETUNED − BASE) in one streaming pass, without storing Δ."""
+    _run(
+        "transfer",
+        lambda report: engine.transfer(
+            finetuned=finetuned,
+            base=base,
+            target=target,
+            out=out_dir,
+            alpha=alpha,
+            allow_pickle=allow_pickle,
+            overwrite=overwrite,
+            max_shard_bytes=parse_size(max_shard_size),
+            progress=report,
+        ),
+    )
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Where the demo keeps its models (default: GRAFT_DATA_DIR).")
+    ] = None,
+) -> None:
+    """Run the engine end to end on a synthetic model family: diff, apply (round trip) and transfer."""
+    root = data_dir or GraftSettings().data_dir
+    with _user_errors():
+        ok = run_demo(
+            data_dir=root, say=lambda line: out.print(line, highlight=False, soft_wrap=True), describe=describe
+        )
+    if not ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

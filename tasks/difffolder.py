@@ -1,0 +1,116 @@
+"""Diff folders: Δ as safetensors shards, with a `diff.json` manifest of provenance and norms.
+
+```
+diff.json                          manifest: inputs, dtypes, per-tensor stored dtype/shape/L2 norm
+diff-00001-of-0000N.safetensors    Δ, one tensor per model tensor (vocabulary rows the fine-tuning
+diff.safetensors.index.json          added are stored as they are, after the Δ rows)
+base_tokenizer/, finetuned_tokenizer/   the inputs' tokenizers, for aligning and carrying rows
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tasks.checkpoints import TOKENIZER_FILES, write_json
+from tasks.errors import ModelFolderError
+from tasks.stfile import TensorInfo, read_header
+from tasks.vocab import Tokenizer
+
+DIFF_PREFIX = "diff"
+MANIFEST = "diff.json"
+FORMAT = "graftwork.diff"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DiffFolder:
+    """An opened diff folder."""
+
+    path: Path
+    manifest: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+
+    def tokenizer_files(self, role: str) -> list[Path]:
+        """Tokenizer files stored for `role` ("base" or "finetuned")."""
+        folder = self.path / f"{role}_tokenizer"
+        return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
+
+    def tokenizer(self, role: str) -> Tokenizer:
+        """The stored tokenizer of `role`, with the digest recorded when the diff was made."""
+        files = self.tokenizer_files(role)
+        key = "finetuned" if role == "finetuned" else "base"
+        return Tokenizer(folder=files[0].parent if files else None, digest=self.manifest[key].get("tokenizer_digest"))
+
+
+def open_diff_folder(path: Path) -> DiffFolder:
+    """Open a diff folder written by `graft diff` (or exported by the registry).
+
+    Raises:
+        ModelFolderError: the folder, its manifest or its shards are missing or malformed.
+    """
+    path = Path(path).resolve()
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelFolderError(f"{path} is not a diff folder: it has no {MANIFEST}. Make one with `graft diff`.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelFolderError(
+            f"{manifest_path} is not a version-{FORMAT_VERSION} Graftwork diff manifest "
+            f"(format={manifest.get('format')!r}, format_version={manifest.get('format_version')!r})."
+        )
+    index_path = path / f"{DIFF_PREFIX}.safetensors.index.json"
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelFolderError(f"{path}: cannot read the shard index {index_path.name}: {exc}") from None
+    tensors: dict[str, TensorInfo] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        if not (path / shard).is_file():
+            raise ModelFolderError(f"{path}: shard {shard} listed in {index_path.name} is missing.")
+        tensors.update((i.name, i) for i in read_header(path / shard)[0])
+    expected = set(manifest.get("tensors", {}))
+    if set(tensors) != expected:
+        raise ModelFolderError(
+            f"{path}: the shards hold {len(tensors)} tensors but {MANIFEST} lists {len(expected)}; "
+            "the folder is incomplete."
+        )
+    return DiffFolder(path=path, manifest=manifest, tensors=tensors)
+
+
+def write_manifest(
+    folder: Path,
+    *,
+    finetuned: dict[str, Any],
+    base: dict[str, Any],
+    tensors: dict[str, dict[str, Any]],
+    vocab: dict[str, int | None] | None,
+    tied_embeddings: bool,
+    tokenizers: dict[str, str | None],
+    version: str,
+) -> None:
+    """Write `diff.json` into `folder`."""
+    write_json(
+        folder / MANIFEST,
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "graftwork_version": version,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "finetuned": finetuned,
+            "base": base,
+            "dtype": sorted({t["source_dtype"] for t in tensors.values()}),
+            "tensor_count": len(tensors),
+            "vocab": vocab,
+            "tied_embeddings": tied_embeddings,
+            "tokenizers": tokenizers,
+            "tensors": tensors,
+        },
+    )

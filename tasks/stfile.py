@@ -1,0 +1,243 @@
+"""Streaming access to safetensors files with bounded memory.
+
+The `safetensors` library reads through a memory map, so every page a run touches stays resident
+until the file is closed, and its writer needs every tensor of a file in memory at once. The engine
+streams models far larger than its memory budget, so it parses the (tiny, JSON) header itself,
+reads row ranges with `pread` into small buffers, and writes tensors one chunk at a time behind a
+reserved header that is filled in when the file is complete (the format allows trailing spaces in
+the header). Files written here are read back by `safetensors` itself in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tasks.errors import ModelFolderError, UnsupportedDtypeError
+
+FLOAT_DTYPES: dict[str, torch.dtype] = {
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in FLOAT_DTYPES.items()}
+_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+_MAX_HEADER = 100 * 2**20
+_HEADER_ALIGN = 8
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    """Number of elements of a tensor of `shape` (1 for a scalar)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives: file, absolute byte offset, dtype code and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    path: Path
+    start: int
+    nbytes: int
+
+    @property
+    def rows(self) -> int:
+        """Length of the first dimension (1 for a scalar)."""
+        return self.shape[0] if self.shape else 1
+
+    @property
+    def row_numel(self) -> int:
+        """Elements in one row (all dimensions but the first)."""
+        return numel(self.shape[1:])
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The torch dtype of a floating-point tensor.
+
+        Raises:
+            UnsupportedDtypeError: the tensor is not F16, BF16, F32 or F64.
+        """
+        try:
+            return FLOAT_DTYPES[self.dtype]
+        except KeyError:
+            raise UnsupportedDtypeError(
+                f"tensor {self.name!r} in {self.path} has dtype {self.dtype}; the engine only does "
+                f"arithmetic on {', '.join(FLOAT_DTYPES)} tensors. Convert the model to one of them "
+                "first."
+            ) from None
+
+
+def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
+    """Parse a safetensors file's header.
+
+    Returns:
+        The tensors in file order and the `__metadata__` mapping.
+
+    Raises:
+        ModelFolderError: the file is truncated or its header is not valid safetensors.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise ModelFolderError(f"{path} is not a safetensors file: it is {size} bytes long.")
+        (hlen,) = struct.unpack("<Q", raw_len)
+        if hlen > min(_MAX_HEADER, size - 8):
+            raise ModelFolderError(f"{path} has a corrupt safetensors header length ({hlen}).")
+        try:
+            header = json.loads(f.read(hlen))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFolderError(f"{path} has a safetensors header that is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ModelFolderError(f"{path} has a safetensors header that is not a JSON object.")
+    metadata = header.pop("__metadata__", None) or {}
+    base = 8 + hlen
+    infos = []
+    for name, entry in header.items():
+        infos.append(_tensor_info(path, name, entry, base, size))
+    infos.sort(key=lambda i: i.start)
+    return infos, metadata
+
+
+def _tensor_info(path: Path, name: str, entry: Any, base: int, size: int) -> TensorInfo:
+    try:
+        dtype = entry["dtype"]
+        shape = tuple(int(d) for d in entry["shape"])
+        begin, end = (int(o) for o in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelFolderError(f"{path}: header entry of tensor {name!r} is malformed: {entry!r}") from None
+    if dtype not in _ITEMSIZE:
+        raise UnsupportedDtypeError(f"tensor {name!r} in {path} has unknown dtype {dtype!r}.")
+    if end - begin != numel(shape) * _ITEMSIZE[dtype] or begin < 0 or base + end > size:
+        raise ModelFolderError(
+            f"{path}: tensor {name!r} ({dtype} {list(shape)}) has data offsets [{begin}, {end}] that "
+            f"do not fit its shape or the file ({size} bytes); the file is truncated or corrupt."
+        )
+    return TensorInfo(name=name, dtype=dtype, shape=shape, path=path, start=base + begin, nbytes=end - begin)
+
+
+class TensorReader:
+    """Reads row ranges of tensors with `pread`, keeping one descriptor per file."""
+
+    def __init__(self) -> None:
+        self._fds: dict[Path, int] = {}
+
+    def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
+        """Rows `[start, stop)` of a floating-point tensor, as a new tensor of its own dtype.
+
+        Raises:
+            UnsupportedDtypeError: the tensor is not a float tensor.
+            ModelFolderError: the file ended early.
+        """
+        dtype = info.torch_dtype
+        row_bytes = info.row_numel * _ITEMSIZE[info.dtype]
+        nbytes = (stop - start) * row_bytes
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        if nbytes:
+            self._pread_into(info, buf.numpy().data, info.start + start * row_bytes)
+        return buf.view(dtype).reshape((stop - start, *info.shape[1:]) if info.shape else ())
+
+    def _pread_into(self, info: TensorInfo, view: memoryview, offset: int) -> None:
+        fd = self._fds.get(info.path)
+        if fd is None:
+            fd = self._fds[info.path] = os.open(info.path, os.O_RDONLY)
+        done = 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise ModelFolderError(f"{info.path} ended while reading tensor {info.name!r}.")
+            done += n
+
+    def close(self) -> None:
+        """Close every file this reader opened."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+class ShardWriter:
+    """Writes one safetensors file tensor by tensor, in chunks, behind a reserved header.
+
+    The header is written by :meth:`close`, padded with spaces to the reserved length, so a
+    tensor's dtype may still change (:meth:`restart_tensor`) after its first bytes were written.
+    """
+
+    def __init__(self, path: Path, *, planned: list[tuple[str, tuple[int, ...]]], metadata: dict[str, str]):
+        self.path = path
+        self._metadata = metadata
+        worst = {name: {"dtype": "BF16", "shape": list(shape), "data_offsets": [0, 0]} for name, shape in planned}
+        offset = 0
+        for name, shape in planned:
+            worst[name]["data_offsets"] = [offset, offset + 8 * numel(shape)]
+            offset += 8 * numel(shape)
+        self._reserved = _aligned(len(_header_bytes(worst, metadata)))
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._current: str | None = None
+        self._file = path.open("wb")
+        self._file.write(b"\0" * (8 + self._reserved))
+        self._offset = 0
+
+    def begin_tensor(self, name: str, dtype: str, shape: tuple[int, ...]) -> None:
+        """Start writing tensor `name`; its bytes follow through :meth:`write`."""
+        self._current = name
+        self._entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [self._offset, self._offset]}
+
+    def write(self, data: torch.Tensor) -> None:
+        """Append the bytes of a contiguous tensor to the current tensor."""
+        raw = data.contiguous().reshape(-1).view(torch.uint8).numpy().data
+        self._file.write(raw)
+        self._offset += len(raw)
+        assert self._current is not None
+        self._entries[self._current]["data_offsets"][1] = self._offset
+
+    def restart_tensor(self, dtype: str) -> None:
+        """Drop the bytes written for the current tensor and restart it with another dtype."""
+        assert self._current is not None
+        entry = self._entries[self._current]
+        self._offset = entry["data_offsets"][0]
+        entry["data_offsets"][1] = self._offset
+        entry["dtype"] = dtype
+        self._file.seek(8 + self._reserved + self._offset)
+        self._file.truncate()
+
+    def close(self) -> int:
+        """Write the header, flush and fsync the file; return its size in bytes."""
+        header = _header_bytes(self._entries, self._metadata)
+        header += b" " * (self._reserved - len(header))
+        self._file.seek(0)
+        self._file.write(struct.pack("<Q", len(header)))
+        self._file.write(header)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return 8 + self._reserved + self._offset
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of tensor data written so far (header excluded)."""
+        return self._offset
+
+
+def _header_bytes(entries: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    return json.dumps({"__metadata__": metadata, **entries}, separators=(",", ":")).encode()
+
+
+def _aligned(n: int) -> int:
+    return (n + _HEADER_ALIGN - 1) // _HEADER_ALIGN * _HEADER_ALIGN
