@@ -77,7 +77,6 @@ def save_model(
     vocab: list[str] | None = VOCAB,
     tie: bool = False,
     shard_size: str = "40KB",
-    safe: bool = True,
 ) -> Path:
     """Save `state` as a Hugging Face folder through `save_pretrained`."""
     from transformers import GenerationConfig, LlamaForCausalLM
@@ -88,7 +87,7 @@ def save_model(
     model.load_state_dict(state, assign=True, strict=False)
     if tie:
         model.tie_weights()
-    model.save_pretrained(str(path), max_shard_size=shard_size, safe_serialization=safe)
+    model.save_pretrained(str(path), max_shard_size=shard_size)
     GenerationConfig(max_new_tokens=7, eos_token_id=2).save_pretrained(str(path))
     if vocab is not None:
         save_tokenizer(path, vocab)
