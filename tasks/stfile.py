@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ _ITEMSIZE = {
     "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
 _MAX_HEADER = 100 * 2**20
+_SYNC_EVERY = 64 * 2**20
 _HEADER_ALIGN = 8
 
 
@@ -177,6 +179,8 @@ class ShardWriter:
 
     The header is written by :meth:`close`, padded with spaces to the reserved length, so a
     tensor's dtype may still change (:meth:`restart_tensor`) after its first bytes were written.
+    Every 64 MiB a background thread flushes what was written to disk (`fdatasync`), so the
+    final fsync in :meth:`close` waits only for the tail instead of the whole file.
     """
 
     def __init__(self, path: Path, *, planned: list[tuple[str, tuple[int, ...]]], metadata: dict[str, str]):
@@ -193,6 +197,9 @@ class ShardWriter:
         self._file = path.open("wb")
         self._file.write(b"\0" * (8 + self._reserved))
         self._offset = 0
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="graft-sync")
+        self._sync: Future[None] | None = None
+        self._unsynced = 0
 
     def begin_tensor(self, name: str, dtype: str, shape: tuple[int, ...]) -> None:
         """Start writing tensor `name`; its bytes follow through :meth:`write`."""
@@ -204,6 +211,11 @@ class ShardWriter:
         raw = data.contiguous().reshape(-1).view(torch.uint8).numpy().data
         self._file.write(raw)
         self._offset += len(raw)
+        self._unsynced += len(raw)
+        if self._unsynced >= _SYNC_EVERY and (self._sync is None or self._sync.done()):
+            self._file.flush()
+            self._sync = self._syncer.submit(os.fdatasync, self._file.fileno())
+            self._unsynced = 0
         assert self._current is not None
         self._entries[self._current]["data_offsets"][1] = self._offset
 
@@ -225,6 +237,9 @@ class ShardWriter:
         self._file.write(struct.pack("<Q", len(header)))
         self._file.write(header)
         self._file.flush()
+        if self._sync is not None:
+            self._sync.result()
+        self._syncer.shutdown()
         os.fsync(self._file.fileno())
         self._file.close()
         return 8 + self._reserved + self._offset
