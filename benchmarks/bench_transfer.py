@@ -102,7 +102,8 @@ def main() -> None:
     print("| tool | wall s | peak RSS GiB | time ÷ graftwork | RSS ÷ graftwork |")
     print("| --- | --- | --- | --- | --- |")
     for r in runs.values():
-        print(f"| {r.name} | {r.seconds:.2f} | {r.peak_rss / 2**30:.2f} | {r.seconds / g.seconds:.2f} | {r.peak_rss / g.peak_rss:.2f} |")
+        ratios = f"{r.seconds / g.seconds:.2f} | {r.peak_rss / g.peak_rss:.2f}"
+        print(f"| {r.name} | {r.seconds:.2f} | {r.peak_rss / 2**30:.2f} | {ratios} |")
     print()
     print(f"memory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; I/O of a transfer: {io_bytes / 1e9:.2f} GB")
     print(f"I/O limit: {io_limit:.2f} s; graftwork takes {g.seconds / io_limit:.1f}× the I/O limit")
@@ -176,7 +177,9 @@ def _measure(cmd: list[str]) -> tuple[float, int]:
         time.sleep(0.003)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        raise SystemExit(
+            f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+        )
     return seconds, peak
 
 

@@ -27,7 +27,9 @@ def test_diff_then_apply_through_the_cli(bf16_family: Family, tmp_path: Path) ->
     result = runner.invoke(app, ["diff", str(bf16_family.finetuned), str(bf16_family.base), "-o", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d" / "diff.json").is_file()
-    result = runner.invoke(app, ["apply", str(tmp_path / "d"), str(bf16_family.target), "-o", str(tmp_path / "m"), "--alpha", "0.5"])
+    result = runner.invoke(
+        app, ["apply", str(tmp_path / "d"), str(bf16_family.target), "-o", str(tmp_path / "m"), "--alpha", "0.5"]
+    )
     assert result.exit_code == 0, result.output
     assert "apply: wrote" in result.stdout
 

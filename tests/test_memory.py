@@ -21,7 +21,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def _peak_rss(family_root: Path, out: Path) -> int:
-    done = subprocess.run([sys.executable, "-c", _MEASURE, str(family_root), str(out)], check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(family_root), str(out)], check=True, capture_output=True, text=True
+    )
     return int(done.stdout.strip().splitlines()[-1])
 
 
