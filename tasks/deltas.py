@@ -235,10 +235,14 @@ def apply(
 
 @contextmanager
 def _inputs(out: Path, *, overwrite: bool) -> Iterator[tuple[Path, Path]]:
-    """The atomic output folder and a scratch folder beside it (for converted pickle weights)."""
+    """The atomic output folder and a scratch folder inside it (for converted pickle weights).
+
+    The scratch folder is removed before the rename; a killed run leaves it inside the partial
+    folder, which the next run to the same output removes.
+    """
     with (
         atomic_output_dir(out, overwrite=overwrite) as tmp,
-        tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{Path(out).name}.scratch-") as scratch,
+        tempfile.TemporaryDirectory(dir=tmp, prefix=".scratch-") as scratch,
     ):
         yield tmp, Path(scratch)
 
