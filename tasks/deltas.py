@@ -116,7 +116,7 @@ def diff(
             tokenizers={role: f"{role}_tokenizer" if files else None for role, files in tokenizers.items()},
             version=_version(),
         )
-        widened = tuple(j.name for j in jobs if j.out_dtype == torch.float64 and j.inputs[0].dtype != "F32")
+        widened = tuple(j.name for j in jobs if j.wider is not None and j.out_dtype == j.wider)
     return DeltaSummary(
         operation="diff",
         output=Path(out).resolve(),
@@ -323,7 +323,7 @@ def _shift_job(
 def _diff_job(ft: TensorInfo, bs: TensorInfo, carried: int, scratch: Scratch) -> Job:
     """A job for Δ = ft − bs, stored in the narrowest dtype that round-trips exactly."""
     narrow = ft.torch_dtype.itemsize <= 2 and bs.torch_dtype.itemsize <= 2
-    stored = torch.float32 if narrow else torch.float64
+    stored, wider = (torch.float32, torch.float64) if narrow else (torch.float64, None)
 
     def contiguous(job: Job, inputs: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:
         f, b = inputs
@@ -346,10 +346,8 @@ def _diff_job(ft: TensorInfo, bs: TensorInfo, carried: int, scratch: Scratch) ->
             parts.append(f[shared:].reshape(-1).to(job.out_dtype))
             return torch.cat(parts)
 
-        return Job(
-            ft.name, (ft, bs), ("fine-tuned", "base"), ft.shape, stored, with_carried, whole=True, wider=torch.float64
-        )
-    return Job(ft.name, (ft, bs), ("fine-tuned", "base"), ft.shape, stored, contiguous, wider=torch.float64)
+        return Job(ft.name, (ft, bs), ("fine-tuned", "base"), ft.shape, stored, with_carried, whole=True, wider=wider)
+    return Job(ft.name, (ft, bs), ("fine-tuned", "base"), ft.shape, stored, contiguous, wider=wider)
 
 
 def _row_plan(
