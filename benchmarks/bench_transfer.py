@@ -16,6 +16,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
@@ -164,22 +165,23 @@ def _measure(cmd: list[str]) -> tuple[float, int]:
     rusage of a child would also count this benchmark's memory, which a fork copies.
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = 0
-    status = Path(f"/proc/{proc.pid}/status")
-    while proc.poll() is None:
-        try:
-            hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-            peak = max(peak, int(hwm.split()[1]) * 1024)
-        except (OSError, StopIteration):
-            pass
-        time.sleep(0.003)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-        )
+    # stderr goes to a file: a pipe nobody reads while polling would stall a chatty tool's progress bars.
+    with tempfile.TemporaryFile() as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        peak = 0
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                hwm = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+                peak = max(peak, int(hwm.split()[1]) * 1024)
+            except (OSError, StopIteration):
+                pass
+            time.sleep(0.003)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {log.read().decode()[-2000:]}")
     return seconds, peak
 
 
