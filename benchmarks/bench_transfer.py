@@ -1,9 +1,10 @@
 """Benchmark `graft transfer` against mergekit's task_arithmetic and the naive transformers approach.
 
-All three compute m_t + (m'_s − m_s) on one synthetic Llama-shaped bf16 family, in one run, each in a
-fresh process with a warm page cache. The benchmark checks that the outputs agree and prints wall
-time, peak RSS, their ratios to Graftwork, and how close Graftwork comes to the I/O limit (bytes read
-and written ÷ measured memory bandwidth).
+Graftwork (with and without `--fsync`), mergekit and the naive approach compute m_t + (m'_s − m_s)
+on one synthetic Llama-shaped bf16 family, in one run, each in a fresh process with a warm page
+cache. The benchmark checks that the outputs agree and prints wall time, peak RSS, their ratios to
+Graftwork, and how close Graftwork comes to the I/O limit (bytes read and written ÷ measured memory
+bandwidth).
 
     python benchmarks/bench_transfer.py [--params 5e8] [--skip-mergekit] [--skip-naive]
 
@@ -72,7 +73,7 @@ def main() -> None:
     print(f"  ready in {time.perf_counter() - t0:.1f} s")
     model_bytes = sum(p.stat().st_size for p in fam["base"].glob("*.safetensors"))
 
-    tools = {"graftwork": _graftwork_cmd}
+    tools = {"graftwork": _graftwork_cmd, "graftwork --fsync": _graftwork_fsync_cmd}
     if not args.skip_mergekit:
         _ensure_mergekit()
         tools["mergekit"] = _mergekit_cmd
@@ -83,7 +84,7 @@ def main() -> None:
     for name, make_cmd in tools.items():
         best: Run | None = None
         for _ in range(args.repeat):
-            out = CACHE / f"out-{name}"
+            out = CACHE / f"out-{name.replace(' --', '-')}"
             subprocess.run(["rm", "-rf", str(out)], check=True)
             os.sync()  # no tool pays for the write-back of the one before it
             _warm(fam)
@@ -114,6 +115,10 @@ def _graftwork_cmd(fam: dict[str, Path], out: Path) -> list[str]:
     graft = Path(sys.executable).parent / "graft"
     return [str(graft), "transfer", "--finetuned", str(fam["finetuned"]), "--base", str(fam["base"]),
             "--target", str(fam["target"]), "-o", str(out)]  # fmt: skip
+
+
+def _graftwork_fsync_cmd(fam: dict[str, Path], out: Path) -> list[str]:
+    return [*_graftwork_cmd(fam, out), "--fsync"]
 
 
 def _mergekit_cmd(fam: dict[str, Path], out: Path) -> list[str]:

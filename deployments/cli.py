@@ -34,6 +34,12 @@ AllowPickle = Annotated[
     bool, typer.Option("--allow-pickle", help="Accept pickle weights (*.bin, *.pt). Only for models you trust.")
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (atomically, when complete).")]
+Fsync = Annotated[
+    bool,
+    typer.Option(
+        "--fsync", help="fsync OUT before returning, so it survives a power loss (slower; kills are always safe)."
+    ),
+]
 ShardSize = Annotated[str, typer.Option("--max-shard-size", help="Largest output shard, e.g. 5GB, 500MB.")]
 
 
@@ -111,6 +117,7 @@ def diff(
     out_dir: Output,
     allow_pickle: AllowPickle = False,
     overwrite: Overwrite = False,
+    fsync: Fsync = False,
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write the diff vector Δ = FINETUNED − BASE as a diff folder (shards + diff.json)."""
@@ -122,6 +129,7 @@ def diff(
             out=out_dir,
             allow_pickle=allow_pickle,
             overwrite=overwrite,
+            durable=fsync,
             max_shard_bytes=parse_size(max_shard_size),
             progress=report,
         ),
@@ -136,6 +144,7 @@ def apply(
     alpha: Alpha = 1.0,
     allow_pickle: AllowPickle = False,
     overwrite: Overwrite = False,
+    fsync: Fsync = False,
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write TARGET + ALPHA·Δ as a model folder."""
@@ -148,6 +157,7 @@ def apply(
             alpha=alpha,
             allow_pickle=allow_pickle,
             overwrite=overwrite,
+            durable=fsync,
             max_shard_bytes=parse_size(max_shard_size),
             progress=report,
         ),
@@ -163,6 +173,7 @@ def transfer(
     alpha: Alpha = 1.0,
     allow_pickle: AllowPickle = False,
     overwrite: Overwrite = False,
+    fsync: Fsync = False,
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write TARGET + ALPHA·(FINETUNED − BASE) in one streaming pass, without storing Δ."""
@@ -176,6 +187,7 @@ def transfer(
             alpha=alpha,
             allow_pickle=allow_pickle,
             overwrite=overwrite,
+            durable=fsync,
             max_shard_bytes=parse_size(max_shard_size),
             progress=report,
         ),

@@ -237,11 +237,13 @@ def _file_sha256(path: Path) -> str:
 
 
 @contextmanager
-def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `out`; rename it to `out` only if the block completes.
 
     A failure (or a kill) leaves nothing at `out`. Partial folders left by killed runs are removed
-    the next time anything is written to the same `out`.
+    the next time anything is written to the same `out`. With `durable`, every file and folder in
+    it, and its parent after the rename, are fsynced, so the output also survives a power loss once
+    this returns.
 
     Raises:
         OutputExistsError: `out` exists and `overwrite` is false.
@@ -255,7 +257,8 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        _fsync_dir(tmp)
+        if durable:
+            _fsync_tree(tmp)
         if out.exists():
             trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
             out.rename(trash)
@@ -263,7 +266,8 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(trash)
         else:
             tmp.rename(out)
-        _fsync_dir(out.parent)
+        if durable:
+            _fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -284,6 +288,14 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(folder))
 
 
 def _fsync_dir(path: Path) -> None:

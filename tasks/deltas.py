@@ -60,6 +60,7 @@ def diff(
     out: Path,
     allow_pickle: bool = False,
     overwrite: bool = False,
+    durable: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: ProgressFn | None = None,
 ) -> DeltaSummary:
@@ -68,6 +69,8 @@ def diff(
     Each tensor of Δ is stored in the narrowest of float32/float64 for which base + Δ, rounded to the
     fine-tuned dtype, gives back the fine-tuned tensor bit for bit; this is checked chunk by chunk.
     Rows the fine-tuned model added to its vocabulary are stored as they are (carried).
+    The output is atomic: nothing appears at `out` until it is complete. With `durable` it is also
+    fsynced before this returns (survives a power loss, at the cost of waiting for the disk).
 
     Raises:
         ModelFolderError, PickleWeightsError: an input folder cannot be read.
@@ -77,7 +80,7 @@ def diff(
         OutputExistsError: `out` exists and `overwrite` is false.
     """
     start = time.perf_counter()
-    with _inputs(out, overwrite=overwrite) as (tmp, scratch):
+    with _inputs(out, overwrite=overwrite, durable=durable) as (tmp, scratch):
         ft = open_model_folder(finetuned, allow_pickle=allow_pickle, scratch=scratch)
         bs = open_model_folder(base, allow_pickle=allow_pickle, scratch=scratch)
         roles = {"fine-tuned": ft.tensors, "base": bs.tensors}
@@ -92,7 +95,13 @@ def diff(
         jobs = [_diff_job(ft.tensors[n], bs.tensors[n], carried, scratch64) for n in names]
         metadata = _provenance("diff", {"finetuned": ft, "base": bs}, alpha=None)
         read, writer = _stream(
-            jobs, tmp, prefix=DIFF_PREFIX, max_shard_bytes=max_shard_bytes, metadata=metadata, progress=progress
+            jobs,
+            tmp,
+            prefix=DIFF_PREFIX,
+            max_shard_bytes=max_shard_bytes,
+            metadata=metadata,
+            durable=durable,
+            progress=progress,
         )
         tokenizers = {"base": bs.tokenizer_files(), "finetuned": ft.tokenizer_files()}
         for role, files in tokenizers.items():
@@ -139,6 +148,7 @@ def transfer(
     alpha: float = 1.0,
     allow_pickle: bool = False,
     overwrite: bool = False,
+    durable: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: ProgressFn | None = None,
 ) -> DeltaSummary:
@@ -146,6 +156,8 @@ def transfer(
 
     Computed in float64 and rounded once to the target's dtype. Config, generation config and
     tokenizer come from the target (the fine-tuned tokenizer when fine-tuning added tokens).
+    The output is atomic: nothing appears at `out` until it is complete. With `durable` it is also
+    fsynced before this returns (survives a power loss, at the cost of waiting for the disk).
 
     Raises:
         ModelFolderError, PickleWeightsError: an input folder cannot be read.
@@ -155,7 +167,7 @@ def transfer(
         OutputExistsError: `out` exists and `overwrite` is false.
     """
     start = time.perf_counter()
-    with _inputs(out, overwrite=overwrite) as (tmp, scratch):
+    with _inputs(out, overwrite=overwrite, durable=durable) as (tmp, scratch):
         ft = open_model_folder(finetuned, allow_pickle=allow_pickle, scratch=scratch)
         bs = open_model_folder(base, allow_pickle=allow_pickle, scratch=scratch)
         tg = open_model_folder(target, allow_pickle=allow_pickle, scratch=scratch)
@@ -176,7 +188,13 @@ def transfer(
         ]
         metadata = _provenance("transfer", models, alpha=alpha)
         read, writer = _stream(
-            jobs, tmp, prefix="model", max_shard_bytes=max_shard_bytes, metadata=metadata, progress=progress
+            jobs,
+            tmp,
+            prefix="model",
+            max_shard_bytes=max_shard_bytes,
+            metadata=metadata,
+            durable=durable,
+            progress=progress,
         )
         _write_model_files(tmp, target=tg, plan=plan, finetuned_tokenizer=ft.tokenizer_files())
     return _shift_summary("transfer", out, jobs, writer, read, plan, start)
@@ -190,6 +208,7 @@ def apply(
     alpha: float = 1.0,
     allow_pickle: bool = False,
     overwrite: bool = False,
+    durable: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: ProgressFn | None = None,
 ) -> DeltaSummary:
@@ -197,6 +216,8 @@ def apply(
 
     Computed in float64 and rounded once to the target's dtype; `apply(diff(m', m), m)` gives m'
     back bit for bit.
+    The output is atomic: nothing appears at `out` until it is complete. With `durable` it is also
+    fsynced before this returns (survives a power loss, at the cost of waiting for the disk).
 
     Raises:
         ModelFolderError: the diff or target folder cannot be read.
@@ -207,7 +228,7 @@ def apply(
         OutputExistsError: `out` exists and `overwrite` is false.
     """
     start = time.perf_counter()
-    with _inputs(out, overwrite=overwrite) as (tmp, scratch):
+    with _inputs(out, overwrite=overwrite, durable=durable) as (tmp, scratch):
         df = open_diff_folder(diff)
         tg = open_model_folder(target, allow_pickle=allow_pickle, scratch=scratch)
         _check_diff_architecture(df, tg)
@@ -227,21 +248,27 @@ def apply(
             {"path": str(df.path), "finetuned": df.manifest["finetuned"], "base": df.manifest["base"]}
         )
         read, writer = _stream(
-            jobs, tmp, prefix="model", max_shard_bytes=max_shard_bytes, metadata=metadata, progress=progress
+            jobs,
+            tmp,
+            prefix="model",
+            max_shard_bytes=max_shard_bytes,
+            metadata=metadata,
+            durable=durable,
+            progress=progress,
         )
         _write_model_files(tmp, target=tg, plan=plan, finetuned_tokenizer=df.tokenizer_files("finetuned"))
     return _shift_summary("apply", out, jobs, writer, read, plan, start)
 
 
 @contextmanager
-def _inputs(out: Path, *, overwrite: bool) -> Iterator[tuple[Path, Path]]:
+def _inputs(out: Path, *, overwrite: bool, durable: bool) -> Iterator[tuple[Path, Path]]:
     """The atomic output folder and a scratch folder inside it (for converted pickle weights).
 
     The scratch folder is removed before the rename; a killed run leaves it inside the partial
     folder, which the next run to the same output removes.
     """
     with (
-        atomic_output_dir(out, overwrite=overwrite) as tmp,
+        atomic_output_dir(out, overwrite=overwrite, durable=durable) as tmp,
         tempfile.TemporaryDirectory(dir=tmp, prefix=".scratch-") as scratch,
     ):
         yield tmp, Path(scratch)
@@ -254,10 +281,13 @@ def _stream(
     prefix: str,
     max_shard_bytes: int,
     metadata: dict[str, str],
+    durable: bool,
     progress: ProgressFn | None,
 ) -> tuple[int, ShardedWriter]:
     planned = [PlannedTensor(j.name, j.out_shape, numel(j.out_shape) * j.out_dtype.itemsize) for j in jobs]
-    writer = ShardedWriter(tmp, prefix=prefix, tensors=planned, max_shard_bytes=max_shard_bytes, metadata=metadata)
+    writer = ShardedWriter(
+        tmp, prefix=prefix, tensors=planned, max_shard_bytes=max_shard_bytes, metadata=metadata, durable=durable
+    )
     total = sum(i.nbytes for j in jobs for i in j.inputs)
     report = None if progress is None else (lambda done: progress(done, total))
     reader = TensorReader()

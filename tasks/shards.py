@@ -25,13 +25,21 @@ class PlannedTensor:
 class ShardedWriter:
     """Writes tensors, in the planned order, into `PREFIX-0000i-of-0000n.safetensors` shards.
 
-    A shard is closed (and fsynced) as soon as the first tensor of the next one begins; the
-    index `PREFIX.safetensors.index.json` is written by :meth:`close`.
+    A shard is closed (and, when `durable`, fsynced) as soon as the first tensor of the next one
+    begins; the index `PREFIX.safetensors.index.json` is written by :meth:`close`.
     """
 
     def __init__(
-        self, folder: Path, *, prefix: str, tensors: list[PlannedTensor], max_shard_bytes: int, metadata: dict[str, str]
+        self,
+        folder: Path,
+        *,
+        prefix: str,
+        tensors: list[PlannedTensor],
+        max_shard_bytes: int,
+        metadata: dict[str, str],
+        durable: bool = False,
     ):
+        self._durable = durable
         self._folder = folder
         self._prefix = prefix
         self._metadata = metadata
@@ -63,7 +71,9 @@ class ShardedWriter:
             self._close_shard()
             self._index = index
             planned = [(t.name, t.shape) for t in self._shards[index]]
-            self._writer = ShardWriter(self._folder / self._names[index], planned=planned, metadata=self._metadata)
+            self._writer = ShardWriter(
+                self._folder / self._names[index], planned=planned, metadata=self._metadata, durable=self._durable
+            )
         assert self._writer is not None
         self._writer.begin_tensor(name, dtype, shape)
 

@@ -179,11 +179,18 @@ class ShardWriter:
 
     The header is written by :meth:`close`, padded with spaces to the reserved length, so a
     tensor's dtype may still change (:meth:`restart_tensor`) after its first bytes were written.
-    Every 64 MiB a background thread flushes what was written to disk (`fdatasync`), so the
-    final fsync in :meth:`close` waits only for the tail instead of the whole file.
+    With `durable`, :meth:`close` fsyncs the file, and every 64 MiB a background thread flushes
+    what was written so far (`fdatasync`), so that final fsync waits only for the tail.
     """
 
-    def __init__(self, path: Path, *, planned: list[tuple[str, tuple[int, ...]]], metadata: dict[str, str]):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        planned: list[tuple[str, tuple[int, ...]]],
+        metadata: dict[str, str],
+        durable: bool = False,
+    ):
         self.path = path
         self._metadata = metadata
         worst = {name: {"dtype": "BF16", "shape": list(shape), "data_offsets": [0, 0]} for name, shape in planned}
@@ -197,7 +204,7 @@ class ShardWriter:
         self._file = path.open("wb")
         self._file.write(b"\0" * (8 + self._reserved))
         self._offset = 0
-        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="graft-sync")
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="graft-sync") if durable else None
         self._sync: Future[None] | None = None
         self._unsynced = 0
 
@@ -212,7 +219,7 @@ class ShardWriter:
         self._file.write(raw)
         self._offset += len(raw)
         self._unsynced += len(raw)
-        if self._unsynced >= _SYNC_EVERY and (self._sync is None or self._sync.done()):
+        if self._syncer and self._unsynced >= _SYNC_EVERY and (self._sync is None or self._sync.done()):
             self._file.flush()
             self._sync = self._syncer.submit(os.fdatasync, self._file.fileno())
             self._unsynced = 0
@@ -230,17 +237,18 @@ class ShardWriter:
         self._file.truncate()
 
     def close(self) -> int:
-        """Write the header, flush and fsync the file; return its size in bytes."""
+        """Write the header and flush the file (fsync it too when durable); return its size in bytes."""
         header = _header_bytes(self._entries, self._metadata)
         header += b" " * (self._reserved - len(header))
         self._file.seek(0)
         self._file.write(struct.pack("<Q", len(header)))
         self._file.write(header)
         self._file.flush()
-        if self._sync is not None:
-            self._sync.result()
-        self._syncer.shutdown()
-        os.fsync(self._file.fileno())
+        if self._syncer is not None:
+            if self._sync is not None:
+                self._sync.result()
+            self._syncer.shutdown()
+            os.fsync(self._file.fileno())
         self._file.close()
         return 8 + self._reserved + self._offset
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -101,3 +103,30 @@ def test_tied_embeddings_are_changed_once(tmp_path: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert bits_equal(model.get_output_embeddings().weight.detach(), once)
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["fsync", "no-fsync"])
+def test_fsync_covers_every_output_file_only_when_asked(
+    bf16_family: Family, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    synced: set[str] = set()
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    out = tmp_path / "o"
+    deltas.transfer(
+        finetuned=bf16_family.finetuned, base=bf16_family.base, target=bf16_family.target, out=out, durable=durable
+    )
+    files = {p.name for p in out.iterdir()}
+    assert {"model-00001-of-00001.safetensors", "config.json", "tokenizer.json"} <= files
+    # Files are synced inside the partial folder, before the rename; the folder's parent after it.
+    synced_names = {Path(p).name for p in synced}
+    if durable:
+        assert files <= synced_names
+        assert str(tmp_path) in synced
+    else:
+        assert synced == set()
