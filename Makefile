@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test bench lint
+.PHONY: setup demo test bench bench-codec lint
 
 $(BIN)/graft: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_transfer.py
+
+bench-codec: setup
+	$(BIN)/python benchmarks/bench_codec.py
 
 lint: setup
 	$(BIN)/ruff check .
