@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+from deployments.console import err, say, user_errors
+from deployments.registry_cli import db_app, registry_app
 from flows.demo import run_demo
 from flows.settings import GraftSettings
 from tasks import deltas as engine
-from tasks.errors import GraftError
 
 app = typer.Typer(
     name="graft",
@@ -23,8 +23,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+app.add_typer(registry_app, name="registry")
+app.add_typer(db_app, name="db")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 
@@ -74,20 +74,10 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield report
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn Graftwork's errors into one red line on stderr and exit status 1."""
-    try:
-        yield
-    except GraftError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
 def _run(label: str, op: Callable[[Callable[[int, int], None]], engine.DeltaSummary]) -> None:
-    with _user_errors(), _progress(label) as report:
+    with user_errors(), _progress(label) as report:
         summary = op(report)
-    out.print(describe(summary), highlight=False, soft_wrap=True)
+    say(describe(summary))
 
 
 def describe(summary: engine.DeltaSummary) -> str:
@@ -202,10 +192,8 @@ def demo(
 ) -> None:
     """Run the engine end to end on a synthetic model family: diff, apply (round trip) and transfer."""
     root = data_dir or GraftSettings().data_dir
-    with _user_errors():
-        ok = run_demo(
-            data_dir=root, say=lambda line: out.print(line, highlight=False, soft_wrap=True), describe=describe
-        )
+    with user_errors():
+        ok = run_demo(data_dir=root, say=say, describe=describe)
     if not ok:
         raise typer.Exit(1)
 

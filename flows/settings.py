@@ -17,3 +17,22 @@ class GraftSettings(BaseSettings):
         default=Path("~/.graftwork").expanduser(),
         description="Where Graftwork keeps its data: models, diffs, the embedded database and blob store.",
     )
+    database_url: str | None = Field(
+        default=None,
+        description="The registry database: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+        "(default: SQLite at DATA_DIR/registry.db).",
+    )
+    blob_url: str | None = Field(
+        default=None,
+        description="The blob store: a folder or any fsspec URL such as s3://bucket/prefix (default: DATA_DIR/blobs).",
+    )
+
+    @property
+    def registry_database_url(self) -> str:
+        """The database URL in effect."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'registry.db'}"
+
+    @property
+    def registry_blob_url(self) -> str:
+        """The blob store URL in effect."""
+        return self.blob_url or str(self.data_dir / "blobs")

@@ -1,0 +1,30 @@
+"""What every `graft` command shares: the two consoles and the way errors reach the user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+
+from storage.errors import StorageError
+from tasks.errors import GraftError
+
+err = Console(stderr=True)
+out = Console()
+
+
+def say(line: str) -> None:
+    """Print one line of a command's output, as it is (no markup, no wrapping)."""
+    out.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn Graftwork's errors into one red line on stderr and exit status 1."""
+    try:
+        yield
+    except (GraftError, StorageError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,173 @@
+"""A content-addressed blob store on any fsspec file system (a local folder by default).
+
+A blob is named by the sha256 of its bytes: `ROOT/sha256/ab/abcdef…`. It is written under a
+temporary name in `ROOT/tmp/`, fsynced (on a local disk), and renamed into place, so a reader never
+sees part of a blob. Every read re-hashes what it reads and refuses a blob whose bytes do not
+match its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from storage.errors import BlobCorruptError, BlobMissingError
+
+CHUNK = 8 * 2**20
+
+
+class Sink(Protocol):
+    """Anything bytes can be written to."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A file in the store: its name (a blob's sha256), size in bytes and last-modified time (Unix seconds)."""
+
+    name: str
+    size: int
+    mtime: float
+
+
+class BlobStore:
+    """Content-addressed blobs under an fsspec URL (`/path`, `file:///path`, `s3://bucket/prefix`, ...)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+        self._local = isinstance(self.fs, LocalFileSystem)
+        self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
+
+    def path(self, sha256: str) -> str:
+        """Where blob `sha256` lives in the store's file system."""
+        return f"{self.root}/sha256/{sha256[:2]}/{sha256}"
+
+    def put(self, src: BinaryIO) -> BlobInfo:
+        """Store the rest of `src` as a blob and return it.
+
+        Storing a blob that exists leaves its bytes as they are but marks it as new, so that a `gc`
+        running meanwhile does not take it for an old orphan before its row is committed.
+        """
+        tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with self.fs.open(tmp, "wb") as out:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                if self._local:
+                    out.flush()
+                    os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            final = self.path(sha)
+            if self._local and self.fs.exists(final):
+                os.utime(final)
+                self.fs.rm(tmp)
+            else:
+                self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.mv(tmp, final)
+                if self._local:
+                    _fsync_dir(Path(final).parent)
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+            raise
+        return BlobInfo(sha, size, time.time())
+
+    def put_file(self, path: Path) -> BlobInfo:
+        """Store the file at `path` as a blob."""
+        with path.open("rb") as f:
+            return self.put(f)
+
+    def read_into(self, sha256: str, dst: Sink, *, owner: str) -> int:
+        """Copy blob `sha256` into `dst`, verifying its hash; return its size.
+
+        `owner` names the row that points at the blob, for the error message. `dst` has received
+        unverified bytes when this raises: write it to a temporary place.
+
+        Raises:
+            BlobMissingError: no such blob in the store.
+            BlobCorruptError: the bytes do not hash to `sha256`.
+        """
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with self.fs.open(self.path(sha256), "rb") as src:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+                    size += len(chunk)
+        except FileNotFoundError as e:
+            raise BlobMissingError(
+                f"blob {sha256} of {owner} is missing from the blob store {self.url}; restore it from a backup "
+                "or re-register what it held."
+            ) from e
+        if digest.hexdigest() != sha256:
+            raise BlobCorruptError(
+                f"blob {sha256} of {owner} is corrupt in the blob store {self.url}: its bytes hash to "
+                f"{digest.hexdigest()}. Restore it from a backup or re-register what it held."
+            )
+        return size
+
+    def verify(self, sha256: str, *, owner: str) -> None:
+        """Re-hash blob `sha256`.
+
+        Raises:
+            BlobMissingError, BlobCorruptError: as :meth:`read_into`.
+        """
+        self.read_into(sha256, _Discard(), owner=owner)
+
+    def blobs(self) -> Iterator[BlobInfo]:
+        """Every blob in the store."""
+        for info in self.fs.find(f"{self.root}/sha256", detail=True).values():
+            yield BlobInfo(info["name"].rsplit("/", 1)[-1], int(info["size"]), _mtime(info))
+
+    def temporaries(self) -> Iterator[BlobInfo]:
+        """Temporary files left by writers that were killed (or are still writing)."""
+        for info in self.fs.find(f"{self.root}/tmp", detail=True).values():
+            yield BlobInfo(info["name"].rsplit("/", 1)[-1], int(info["size"]), _mtime(info))
+
+    def delete(self, sha256: str) -> None:
+        """Remove blob `sha256` (no error if it is gone already)."""
+        if self.fs.exists(self.path(sha256)):
+            self.fs.rm(self.path(sha256))
+
+    def delete_temporary(self, name: str) -> None:
+        """Remove a leftover temporary file."""
+        path = f"{self.root}/tmp/{name}"
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
+
+class _Discard:
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+
+def _mtime(info: dict[str, object]) -> float:
+    value = info.get("mtime") or info.get("LastModified") or info.get("created") or 0.0
+    if hasattr(value, "timestamp"):
+        return float(value.timestamp())
+    return float(value)  # type: ignore[arg-type]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,168 @@
+"""Engines, the one `session_scope()`, and the schema's Alembic revisions.
+
+SQLite (the embedded default) runs in WAL mode with foreign keys on, and every transaction begins
+with `BEGIN IMMEDIATE`, so two processes that write at once queue on the lock instead of failing on a
+stale snapshot. PostgreSQL is the production database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.errors import DatabaseError, ImmutableRowError, SchemaTooNewError
+from storage.models import Immutable
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 60
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for a database URL (`sqlite:///PATH` or `postgresql+psycopg://...`).
+
+    Raises:
+        DatabaseError: the URL cannot be parsed or names a driver that is not installed.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise DatabaseError(
+            f"{url!r} is not a database URL: {e}. Use sqlite:///PATH or postgresql+psycopg://..."
+        ) from e
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    try:
+        return create_engine(parsed, pool_pre_ping=True)
+    except ImportError as e:
+        raise DatabaseError(f"no driver for {parsed.drivername} ({e}); install it or use another URL.") from e
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_sessions: dict[Engine, sessionmaker[Session]] = {}
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits when the block completes and rolls back when it raises.
+
+    This is the only place that commits; data-access functions only add and flush.
+    """
+    factory = _sessions.setdefault(engine, sessionmaker(engine, expire_on_commit=False))
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_updates(session: Session, _context: Any, _instances: Any) -> None:
+    for obj in list(session.dirty) + list(session.deleted):
+        if isinstance(obj, Immutable) and (obj in session.deleted or session.is_modified(obj)):
+            raise ImmutableRowError(
+                f"{type(obj).__name__} {getattr(obj, 'id', '?')} is an immutable artifact row; "
+                "record a new row (a promotion or rollback is a new row) instead of changing it."
+            )
+
+
+def _alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision the database is at (None for an empty database).
+
+    Raises:
+        DatabaseError: the database cannot be reached.
+    """
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as e:
+        raise DatabaseError(f"cannot reach the database at {_safe(engine)}: {e.orig}") from e
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of Graftwork knows."""
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None, "storage/migrations has no revision"
+    return head
+
+
+def upgrade(engine: Engine, *, revision: str = "head") -> None:
+    """Migrate the database up to `revision` (concurrent callers queue on a lock; one does the work).
+
+    Raises:
+        SchemaTooNewError: the database is at a revision this Graftwork does not know.
+        DatabaseError: the database cannot be reached.
+    """
+    _refuse_unknown(engine)
+    command.upgrade(_alembic_config(engine), revision)
+
+
+def downgrade(engine: Engine, *, revision: str) -> None:
+    """Migrate the database down to `revision` (`base` empties it)."""
+    command.downgrade(_alembic_config(engine), revision)
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Bring the database to the head revision if it is behind; what every command runs first.
+
+    Raises:
+        SchemaTooNewError: the database is at a revision this Graftwork does not know.
+        DatabaseError: the database cannot be reached.
+    """
+    if current_revision(engine) != head_revision():
+        upgrade(engine)
+
+
+def _refuse_unknown(engine: Engine) -> None:
+    current = current_revision(engine)
+    if current is None:
+        return
+    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    if current not in known:
+        raise SchemaTooNewError(
+            f"the database at {_safe(engine)} is at schema revision {current}, which this Graftwork "
+            f"(newest revision {head_revision()}) does not know: it was written by a newer Graftwork. "
+            "Upgrade Graftwork (pip install -U graftwork) instead of using an older one on it."
+        )
+
+
+def _safe(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)

@@ -1,0 +1,225 @@
+"""The registry's tables, as SQLAlchemy 2.0 typed ORM models.
+
+Rows that describe an artifact (release, diff and its files, candidate, eval result, promotion)
+subclass :class:`Immutable`: once flushed, a change to one of them is refused at flush time, so a
+promotion or a rollback is always a new row. The schema is created and changed only by the Alembic
+revisions in `storage/migrations`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SHA256 = String(64)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python (SQLite stores it without a zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """The declarative base: one metadata with a constraint naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Immutable:
+    """Marks an artifact row: written once, never updated (enforced in `storage.db`)."""
+
+
+class Track(Base):
+    """A continuous-development line: its validated YAML spec, as JSON."""
+
+    __tablename__ = "tracks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    spec: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class Release(Immutable, Base):
+    """One base-model version seen on a track: a repo id pinned to a revision."""
+
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("track_id", "repo_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
+    repo_id: Mapped[str] = mapped_column(String(400))
+    revision: Mapped[str] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(String(400))
+    path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+    track: Mapped[Track] = relationship()
+
+
+class Diff(Immutable, Base):
+    """A stored diff vector Δ = fine-tuned − base, with its provenance and storage figures.
+
+    `key` is the sha256 of the diff's content (its files' raw hashes); a track holds one row per key.
+    `parent_id` links Δ_i to Δ_{i−1} of the iterative chain.
+    """
+
+    __tablename__ = "diffs"
+    __table_args__ = (UniqueConstraint("track_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
+    key: Mapped[str] = mapped_column(SHA256)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("diffs.id"), index=True)
+    base_release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id"))
+    candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"))
+    finetuned: Mapped[dict[str, Any]]
+    base: Mapped[dict[str, Any]]
+    tensor_count: Mapped[int] = mapped_column(Integer)
+    norms: Mapped[dict[str, Any]]
+    codec: Mapped[str] = mapped_column(String(64))
+    raw_bytes: Mapped[int] = mapped_column(BigInteger)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    graftwork_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+    track: Mapped[Track] = relationship()
+    files: Mapped[list[DiffFile]] = relationship(order_by="DiffFile.path")
+
+
+class DiffFile(Immutable, Base):
+    """One file of a diff folder, stored as a blob: its raw hash and size, and the blob's."""
+
+    __tablename__ = "diff_files"
+    __table_args__ = (UniqueConstraint("diff_id", "path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    diff_id: Mapped[int] = mapped_column(ForeignKey("diffs.id"))
+    path: Mapped[str] = mapped_column(String(400))
+    raw_sha256: Mapped[str] = mapped_column(SHA256)
+    raw_bytes: Mapped[int] = mapped_column(BigInteger)
+    blob_sha256: Mapped[str] = mapped_column(SHA256, index=True)
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    codec: Mapped[str] = mapped_column(String(64))
+
+
+class FinetuneRun(Base):
+    """A fine-tuning run: what it started from, its recipe, and its loss curve once it ends."""
+
+    __tablename__ = "finetune_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    recipe: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(32))
+    loss_curve: Mapped[list[Any] | None]
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Candidate(Immutable, Base):
+    """A model produced for a release of a track: how it was made and where its folder is."""
+
+    __tablename__ = "candidates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    mode: Mapped[str] = mapped_column(String(32))
+    alpha: Mapped[float] = mapped_column(Float)
+    source_diff_id: Mapped[int | None] = mapped_column(ForeignKey("diffs.id", use_alter=True))
+    finetune_run_id: Mapped[int | None] = mapped_column(ForeignKey("finetune_runs.id"))
+    model_uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+    track: Mapped[Track] = relationship()
+
+
+class EvalResult(Immutable, Base):
+    """One metric of one lm-eval task on one model (a candidate, or a release's bare base)."""
+
+    __tablename__ = "eval_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"), index=True)
+    release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id"), index=True)
+    subject: Mapped[str] = mapped_column(String(32))
+    task: Mapped[str] = mapped_column(String(200))
+    metric: Mapped[str] = mapped_column(String(200))
+    filter: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float] = mapped_column(Float)
+    stderr: Mapped[float | None] = mapped_column(Float)
+    n: Mapped[int | None] = mapped_column(Integer)
+    harness_version: Mapped[str] = mapped_column(String(64))
+    task_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class Promotion(Immutable, Base):
+    """A gate decision on a track's channel: promote, reject or roll back, with its reasons."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(200))
+    decision: Mapped[str] = mapped_column(String(32))
+    from_candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"))
+    to_candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"))
+    reasons: Mapped[list[Any]]
+    actor: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+    track: Mapped[Track] = relationship()
+
+
+class WebhookDelivery(Base):
+    """A Hub webhook delivery, recorded once so that a duplicate starts nothing new."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    track_id: Mapped[int | None] = mapped_column(ForeignKey("tracks.id"))
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)

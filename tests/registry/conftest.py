@@ -1,0 +1,88 @@
+"""Registry fixtures: every test runs once on SQLite and once on PostgreSQL, each on a fresh database.
+
+PostgreSQL comes from pytest-postgresql: the server at PGHOST:PGPORT (default 127.0.0.1:5432, user
+postgres) when one is running, else one started from the system's binaries. When neither can be had
+the PostgreSQL half is skipped with a banner at the end of the run, and under CI (`CI=true`) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_postgresql import factories
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from flows.registry import Registry
+from storage.blobs import BlobStore
+from storage.db import ensure_schema, make_engine
+from tasks import deltas
+from tests.conftest import Family
+
+PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PGPORT", "5432"))
+PG_USER = os.environ.get("PGUSER", "postgres")
+_unavailable: list[str] = []
+
+
+def _server_running() -> bool:
+    try:
+        with socket.create_connection((PG_HOST, PG_PORT), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+if _server_running():
+    postgresql_server = factories.postgresql_noproc(host=PG_HOST, port=PG_PORT, user=PG_USER)
+else:
+    postgresql_server = factories.postgresql_proc(port=None)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _unavailable:
+        terminalreporter.section("PostgreSQL UNAVAILABLE", sep="!", red=True, bold=True)
+        terminalreporter.write_line(f"the registry tests did NOT run on PostgreSQL: {_unavailable[0]}", red=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of a fresh, empty database, dropped after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    try:
+        server = request.getfixturevalue("postgresql_server")
+    except Exception as e:  # whatever stopped the server from starting (e.g. initdb refusing root)
+        reason = f"PostgreSQL cannot be had ({type(e).__name__}: {e})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI must run the registry tests on PostgreSQL.")
+        _unavailable.append(reason)
+        pytest.skip(reason)
+    dbname = f"graft_test_{uuid.uuid4().hex[:12]}"
+    janitor = DatabaseJanitor(
+        user=server.user, host=server.host, port=server.port, dbname=dbname, password=server.password
+    )
+    with janitor:
+        yield f"postgresql+psycopg://{server.user}@{server.host}:{server.port}/{dbname}"
+
+
+@pytest.fixture
+def registry(database_url: str, tmp_path: Path) -> Iterator[Registry]:
+    """A migrated, empty registry with a local blob store."""
+    engine = make_engine(database_url)
+    ensure_schema(engine)
+    yield Registry(engine=engine, store=BlobStore(str(tmp_path / "blobs")))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def diff_dir(bf16_family: Family, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diff folder made by the engine from the bf16 family."""
+    out = tmp_path_factory.mktemp("registry-diff") / "diff"
+    deltas.diff(finetuned=bf16_family.finetuned, base=bf16_family.base, out=out)
+    return out
