@@ -62,11 +62,20 @@ class Registered:
 
 
 def register_diff(
-    registry: Registry, *, diff_dir: Path, track: str, parent: str | None = None, say: Say | None = None
+    registry: Registry,
+    *,
+    diff_dir: Path,
+    track: str,
+    parent: str | None = None,
+    candidate_id: int | None = None,
+    base_release_id: int | None = None,
+    say: Say | None = None,
 ) -> Registered:
     """Compress and store every file of a diff folder, then record the diff on `track`.
 
-    Registering the same folder again (or from two processes at once) returns the same row.
+    `parent` is the diff it follows in the Δ chain; `candidate_id` and `base_release_id` the candidate
+    it was taken from and the release that candidate was made for. Registering the same folder again
+    (or from two processes at once) returns the same row.
 
     Raises:
         ModelFolderError: `diff_dir` is not a complete diff folder.
@@ -88,27 +97,23 @@ def register_diff(
             if say:
                 say(f"  stored {relative}: {_mb(stats.raw_bytes)} → {_mb(blob.size)}")
     manifest = folder.manifest
-    new_diff = rows.NewDiff(
-        key=hashlib.sha256("\n".join(f"{f.path} {f.raw_sha256}" for f in stored).encode()).hexdigest(),
-        finetuned=manifest["finetuned"],
-        base=manifest["base"],
-        tensor_count=manifest["tensor_count"],
-        norms={name: t["l2_norm"] for name, t in manifest["tensors"].items()},
-        codec=CODEC,
-        graftwork_version=manifest["graftwork_version"],
-        files=tuple(stored),
-    )
     with session_scope(registry.engine) as session:
-        parent_id = None if parent is None else rows.get_diff(session, ref=parent).id
-        row, new = rows.add_diff(
-            session, track=rows.ensure_track(session, name=track), diff=_with_parent(new_diff, parent_id)
+        new_diff = rows.NewDiff(
+            key=hashlib.sha256("\n".join(f"{f.path} {f.raw_sha256}" for f in stored).encode()).hexdigest(),
+            finetuned=manifest["finetuned"],
+            base=manifest["base"],
+            tensor_count=manifest["tensor_count"],
+            norms={name: t["l2_norm"] for name, t in manifest["tensors"].items()},
+            codec=CODEC,
+            graftwork_version=manifest["graftwork_version"],
+            files=tuple(stored),
+            parent_id=None if parent is None else rows.get_diff(session, ref=parent).id,
+            candidate_id=candidate_id,
+            base_release_id=base_release_id,
         )
+        row, new = rows.add_diff(session, track=rows.ensure_track(session, name=track), diff=new_diff)
         result = Registered(rows.public_id(row), new, row.raw_bytes, row.stored_bytes, time.perf_counter() - start)
     return result
-
-
-def _with_parent(diff: rows.NewDiff, parent_id: int | None) -> rows.NewDiff:
-    return rows.NewDiff(**{**vars(diff), "parent_id": parent_id})
 
 
 def export_diff(registry: Registry, *, ref: str, out: Path, overwrite: bool = False) -> Path:

@@ -52,6 +52,23 @@ def ensure_track(session: Session, *, name: str, spec: dict[str, Any] | None = N
     return track
 
 
+def save_track(session: Session, *, name: str, spec: dict[str, Any]) -> tuple[Track, bool]:
+    """Create the track `name`, or replace its spec (a track is configuration, not an artifact).
+
+    Returns the track and whether it is new.
+    """
+    track, new = _insert_or_get(session, Track, unique=("name",), values={"name": name, "spec": spec})
+    if not new and track.spec != spec:
+        track.spec = spec
+        session.flush()
+    return track, new
+
+
+def list_tracks(session: Session) -> list[Track]:
+    """Every track, by name."""
+    return list(session.scalars(select(Track).order_by(Track.name)))
+
+
 def get_track(session: Session, *, name: str) -> Track:
     """The track called `name`.
 
@@ -175,6 +192,20 @@ def ancestors(session: Session, *, diff: Diff) -> list[Diff]:
         chain.append(parent)
         current = parent
     return chain
+
+
+def carried_diff(session: Session, *, track: Track, mode: str) -> Diff | None:
+    """The Δ a new release of `track` starts from: for `iterative`, the newest diff made from one of
+    the track's candidates (Δ_{i−1} = M*_{i−1} − M_{i−1}); for `direct`, the newest source diff (one
+    with no parent: the first fine-tune, or one imported); for `none`, nothing.
+    """
+    if mode == "none":
+        return None
+    query = select(Diff).where(Diff.track_id == track.id)
+    query = (
+        query.where(Diff.candidate_id.is_not(None)) if mode == "iterative" else query.where(Diff.parent_id.is_(None))
+    )
+    return session.scalars(query.order_by(Diff.id.desc()).limit(1)).one_or_none()
 
 
 def diffs_of(session: Session, *, track: Track) -> list[Diff]:

@@ -1,0 +1,124 @@
+"""The gate: the rules that decide whether a candidate replaces a track's champion.
+
+A gate looks at named metrics of the eval results. The first is the primary metric: the candidate
+must reach `min_primary`, and the bare base's value plus `beat_base_by` and the champion's plus
+`beat_champion_by`. No metric may fall below the champion's by more than `max_regression` plus
+`stderr_multiplier` standard errors of the difference (so noise alone does not block a candidate).
+A metric missing from the results rejects. Every rule checked yields one reason, so a decision can
+always be explained.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Scored(Protocol):
+    """One metric of one task (an eval record)."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def filter(self) -> str: ...
+    @property
+    def value(self) -> float: ...
+    @property
+    def stderr(self) -> float | None: ...
+
+
+class MetricRef(BaseModel):
+    """A metric of a task, as lm-eval names it (`exact_match` under filter `none`, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    metric: str
+    filter: str = "none"
+
+    def __str__(self) -> str:
+        return f"{self.task}/{self.metric}" + ("" if self.filter == "none" else f"[{self.filter}]")
+
+
+class GateRules(BaseModel):
+    """What a candidate must show to be promoted."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metrics: tuple[MetricRef, ...] = Field(min_length=1, description="Metrics the gate reads; the first is primary.")
+    min_primary: float | None = Field(None, description="The primary metric must reach this value.")
+    beat_base_by: float | None = Field(0.0, description="Primary must reach the bare base's plus this (None: skip).")
+    beat_champion_by: float = Field(0.0, description="Primary must reach the champion's plus this.")
+    max_regression: float = Field(0.02, ge=0, description="No metric may fall further below the champion's ...")
+    stderr_multiplier: float = Field(
+        2.0, ge=0, description="... than this plus this many standard errors of the difference (0: ignore stderr)."
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict and its reasons, one per rule checked."""
+
+    promote: bool
+    reasons: tuple[str, ...]
+
+
+def decide(
+    *,
+    rules: GateRules,
+    candidate: Iterable[Scored],
+    base: Iterable[Scored] | None = None,
+    champion: Iterable[Scored] | None = None,
+) -> Decision:
+    """Apply the rules to a candidate's results, against the bare base's and the champion's.
+
+    A pure function: one reason per rule, `fail: ...` or `pass: ...`; promote only if all pass.
+    """
+    checks: list[tuple[bool, str]] = []
+    cand = _found(candidate)
+    base_found = None if base is None else _found(base)
+    champ = None if champion is None else _found(champion)
+    for whose, found in (("candidate", cand), ("base", base_found), ("champion", champ)):
+        missing = [] if found is None else [str(ref) for ref in rules.metrics if ref not in found]
+        if missing:
+            have = ", ".join(sorted(str(k) for k in found or {})) or "nothing"
+            checks.append((False, f"the {whose}'s results lack {', '.join(missing)} (they have: {have})"))
+    if checks:
+        return _decision(checks)
+    primary = rules.metrics[0]
+    value = cand[primary].value
+    if rules.min_primary is not None:
+        ok = value >= rules.min_primary
+        checks.append((ok, f"{primary} {value:.4f} {'≥' if ok else '<'} required {rules.min_primary:.4f}"))
+    if base_found is not None and rules.beat_base_by is not None:
+        need = base_found[primary].value + rules.beat_base_by
+        checks.append((value >= need, f"{primary} {value:.4f} vs base + margin {need:.4f}"))
+    if champ is None:
+        checks.append((True, "no champion yet on this channel"))
+        return _decision(checks)
+    need = champ[primary].value + rules.beat_champion_by
+    checks.append((value >= need, f"{primary} {value:.4f} vs champion + margin {need:.4f}"))
+    for ref in rules.metrics:
+        drop = champ[ref].value - cand[ref].value
+        noise = rules.stderr_multiplier * math.hypot(cand[ref].stderr or 0.0, champ[ref].stderr or 0.0)
+        allowed = rules.max_regression + noise
+        ok = drop <= allowed
+        checks.append((ok, f"{ref} change {-drop:+.4f} vs champion (tolerance −{allowed:.4f})"))
+    return _decision(checks)
+
+
+def _decision(checks: list[tuple[bool, str]]) -> Decision:
+    return Decision(
+        promote=all(ok for ok, _ in checks),
+        reasons=tuple(("pass: " if ok else "fail: ") + why for ok, why in checks),
+    )
+
+
+def _found(records: Iterable[Scored]) -> dict[MetricRef, Scored]:
+    return {MetricRef(task=r.task, metric=r.metric, filter=r.filter): r for r in records}
