@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import HfApi, constants
+from typer.testing import CliRunner
 
 from tasks import hub
 from tasks.errors import (
@@ -35,7 +36,7 @@ from tasks.errors import (
     OutputExistsError,
 )
 from tasks.hub import HubRef, ReleaseRef
-from tests.conftest import VOCAB, random_state, save_model
+from tests.conftest import VOCAB, perturb, random_state, save_model
 from tests.hub_fixtures import FakeHubWrites, OlahServer, commit_all, copy_model, git, init_repo
 
 pytestmark = pytest.mark.hub
@@ -330,3 +331,16 @@ def test_publish_then_download_the_tag_through_olah(hf: Hub, tmp_path: Path) -> 
     other = _model(tmp_path / "other", seed=22)
     with pytest.raises(OutputExistsError, match="candidate-1"):
         hub.publish(folder=other, repo_id="acme/promoted", tag="candidate-1", token=TOKEN, api=_writes(hf))
+
+
+def test_graft_transfer_takes_models_from_the_hub(hf: Hub, tmp_path: Path) -> None:
+    from deployments.cli import app
+
+    finetuned = save_model(tmp_path / "ft", perturb(hf.mirror.state, seed=5, std=2e-3), shard_size="1GB")
+    out = tmp_path / "out"
+    args = ["transfer", "--finetuned", str(finetuned), "--base", "acme/tiny@stage1-step1000"]
+    result = CliRunner().invoke(app, [*args, "--target", "acme/tiny@main", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").is_file()
+    result = CliRunner().invoke(app, ["diff", str(finetuned), "acme/nope@main", "-o", str(tmp_path / "d")])
+    assert result.exit_code == 1 and "acme/nope@main was not found" in result.stderr
