@@ -16,6 +16,7 @@ from deployments.registry_cli import db_app, registry_app
 from flows.demo import run_demo
 from flows.settings import GraftSettings
 from tasks import deltas as engine
+from tasks.hub import fetch_model
 
 app = typer.Typer(
     name="graft",
@@ -114,8 +115,8 @@ def diff(
     _run(
         "diff",
         lambda report: engine.diff(
-            finetuned=finetuned,
-            base=base,
+            finetuned=fetch_model(finetuned),
+            base=fetch_model(base),
             out=out_dir,
             allow_pickle=allow_pickle,
             overwrite=overwrite,
@@ -142,7 +143,7 @@ def apply(
         "apply",
         lambda report: engine.apply(
             diff=diff_dir,
-            target=target,
+            target=fetch_model(target),
             out=out_dir,
             alpha=alpha,
             allow_pickle=allow_pickle,
@@ -170,9 +171,9 @@ def transfer(
     _run(
         "transfer",
         lambda report: engine.transfer(
-            finetuned=finetuned,
-            base=base,
-            target=target,
+            finetuned=fetch_model(finetuned),
+            base=fetch_model(base),
+            target=fetch_model(target),
             out=out_dir,
             alpha=alpha,
             allow_pickle=allow_pickle,

@@ -52,3 +52,19 @@ class OutputExistsError(GraftError, FileExistsError):
 
 class InexactDeltaError(GraftError, ArithmeticError):
     """No stored dtype lets base + Δ give back the fine-tuned tensor bit for bit."""
+
+
+class ModelRefError(GraftError, ValueError):
+    """A model reference (`org/name@rev`, a revision) is malformed, or not pinned where a pinned one is needed."""
+
+
+class HubNotFoundError(GraftError, LookupError):
+    """A Hub repository, branch, tag or commit does not exist (or is private and no valid token was given)."""
+
+
+class HubUnavailableError(GraftError, ConnectionError):
+    """The Hub cannot be reached (or offline mode is on) and the files are not in the local cache."""
+
+
+class HubPermissionError(GraftError, PermissionError):
+    """The Hub refused a request: the token is missing, invalid or lacks the write permission."""
