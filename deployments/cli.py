@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
+from deployments.testbed_cli import app as testbed_app
 from flows.demo import run_demo
 from flows.settings import GraftSettings
 from tasks import deltas as engine
@@ -23,6 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(testbed_app)
 err = Console(stderr=True)
 out = Console()
 
