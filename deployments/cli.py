@@ -13,6 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from deployments.console import err, say, user_errors
 from deployments.registry_cli import db_app, registry_app
+from deployments.testbed_cli import app as testbed_app
 from flows.demo import run_demo
 from flows.settings import GraftSettings
 from tasks import deltas as engine
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(registry_app, name="registry")
 app.add_typer(db_app, name="db")
+app.add_typer(testbed_app)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 

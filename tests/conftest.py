@@ -11,10 +11,16 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
+
+if TYPE_CHECKING:
+    from tasks.evaluate import Suite
+    from tasks.finetune import FinetuneResult
+    from tasks.testbed import Testbed
 
 VOCAB = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789 .,!?")
 
@@ -180,3 +186,39 @@ def rewrite_tensor(folder: Path, name: str, value: torch.Tensor | None) -> None:
         else:
             index["weight_map"][name] = shard.name
         index_path.write_text(json.dumps(index))
+
+
+@pytest.fixture(scope="session")
+def testbed(request: pytest.FixtureRequest) -> Testbed:
+    """The CPU test bed for seed 0 (no control lineage), built once and cached across sessions.
+
+    The cache lives under pytest's cache folder and is rebuilt whenever the test bed's code changes.
+    """
+    from tasks.testbed import build_testbed
+
+    root = request.config.cache.mkdir("graftwork-testbed")
+    return build_testbed(out=root / "seed0", seed=0, control=False)
+
+
+@pytest.fixture(scope="session")
+def testbed_suite(testbed: Testbed) -> Suite:
+    """The test bed's exact-match task as a suite."""
+    from tasks.evaluate import Suite
+
+    return Suite(name="testbed", tasks=(testbed.generate_task,), task_dirs=(testbed.task_dir,))
+
+
+@pytest.fixture(scope="session")
+def finetuned_m4(testbed: Testbed, testbed_suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> FinetuneResult:
+    """FT(M4): 100 steps of the default recipe, evaluated every 50 steps."""
+    from tasks.finetune import Recipe, finetune
+
+    return finetune(
+        model_dir=testbed.releases[-1],
+        data=testbed.train_data,
+        recipe=Recipe(steps=100),
+        out_dir=tmp_path_factory.mktemp("ft") / "FT-M4",
+        eval_every=50,
+        eval_suite=testbed_suite,
+        threads=1,
+    )

@@ -1,0 +1,40 @@
+"""`graft testbed`: build the tiny model family that the demo, the tests and the benchmarks run on."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deployments.console import say, user_errors
+from tasks.testbed import build_testbed
+
+app = typer.Typer(
+    name="testbed", help="The CPU test bed: a tiny Llama family with a skill to fine-tune.", no_args_is_help=True
+)
+
+
+@app.command()
+def build(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to build in (reused when built the same way).")],
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the corpus, the data and the initialisation.")] = 0,
+    versions: Annotated[int, typer.Option("--versions", help="Base releases M1..Mn to checkpoint.")] = 4,
+    control: Annotated[
+        bool, typer.Option("--control/--no-control", help="Also pretrain a second-initialisation control model.")
+    ] = True,
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 suits this tiny model best).")] = 1,
+) -> None:
+    """Build (or reuse) the test bed: releases M1..Mn, a new release, fine-tuning data and an lm-eval task."""
+    start = time.perf_counter()
+    with user_errors():
+        bed = build_testbed(out=out_dir, seed=seed, versions=versions, control=control, threads=threads)
+    say(f"test bed in {bed.root} ({time.perf_counter() - start:.1f} s)")
+    for i, path in enumerate(bed.releases, 1):
+        say(f"  release M{i}: {path}")
+    say(f"  new release M{len(bed.releases) + 1}: {bed.new_release}")
+    if bed.control is not None:
+        say(f"  control (another initialisation): {bed.control}")
+    say(f"  fine-tuning data: {bed.train_data}")
+    say(f"  lm-eval tasks {bed.generate_task}, {bed.choice_task}: {bed.task_dir}")

@@ -1,0 +1,291 @@
+"""Fine-tuning: a model folder, a JSONL of prompt/completion pairs and a recipe in, a model folder out.
+
+Runs with the transformers `Trainer` (and so with accelerate): deterministic on the CPU for a seed,
+bf16 and multi-GPU on GPU workers through `accelerate launch` with a config from
+`deployments/accelerate/`::
+
+    accelerate launch --config_file deployments/accelerate/fsdp.yaml -m tasks.finetune \\
+        --model-dir BASE --data train.jsonl --recipe recipe.yaml --out OUT
+
+The output is a normal model folder in the base's dtype, with the base's tokenizer and generation
+config; optimizer state is never written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from transformers import PrinterCallback, TrainerCallback
+
+from tasks.checkpoints import GENERATION_CONFIG, atomic_output_dir
+from tasks.errors import GraftError, ModelFolderError
+from tasks.evaluate import EvalRecord, Suite, evaluate_model
+
+IGNORE = -100
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class FinetuneDataError(GraftError, ValueError):
+    """The fine-tuning data file is missing, empty or malformed."""
+
+
+class FinetuneConfigError(GraftError, ValueError):
+    """The arguments of a fine-tuning run contradict each other."""
+
+
+class Recipe(BaseModel):
+    """How to fine-tune. Frozen: a recipe is part of a track's identity."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(100, ge=0, description="Optimizer steps; 0 writes the model unchanged.")
+    learning_rate: float = Field(1e-3, gt=0)
+    schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
+    warmup_steps: int = Field(10, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1, description="Examples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    seq_len: int = Field(64, ge=2, description="Tokens per example; longer examples are cut from the right.")
+    completion_only: bool = Field(True, description="Put the loss on the completion only, not the prompt.")
+    chat_template: bool = Field(False, description="Format each pair with the tokenizer's chat template.")
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed-precision compute dtype.")
+    deterministic: bool = Field(True, description="Deterministic kernels (torch.use_deterministic_algorithms).")
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """Where the model went, and how training went."""
+
+    out_dir: Path
+    loss_curve: tuple[tuple[int, float], ...]
+    eval_curve: tuple[tuple[int, tuple[EvalRecord, ...]], ...]
+    seconds: float
+
+
+def read_pairs(*, data: Path) -> list[dict[str, str]]:
+    """The `{"prompt", "completion"}` records of a JSONL file.
+
+    Raises:
+        FinetuneDataError: the file is missing, empty, or a line lacks a string prompt or completion.
+    """
+    try:
+        lines = Path(data).read_text().splitlines()
+    except OSError as exc:
+        raise FinetuneDataError(f"fine-tuning data {data} cannot be read: {exc}.") from exc
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FinetuneDataError(f"{data}:{number} is not JSON ({exc}); write one JSON object per line.") from exc
+        if not (
+            isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)
+        ):
+            raise FinetuneDataError(f'{data}:{number} needs string fields "prompt" and "completion".')
+        rows.append({"prompt": row["prompt"], "completion": row["completion"]})
+    if not rows:
+        raise FinetuneDataError(f"fine-tuning data {data} holds no examples.")
+    return rows
+
+
+def tokenize_pair(*, tokenizer: Any, prompt: str, completion: str, recipe: Recipe) -> dict[str, list[int]]:
+    """Token ids and labels of one example; labels are -100 on the prompt when `completion_only`."""
+    if recipe.chat_template:
+        prompt_text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        full_text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], tokenize=False
+        )
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(full_text, add_special_tokens=False)["input_ids"][len(prompt_ids) :]
+    else:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + completion_ids)[: recipe.seq_len]
+    masked = [IGNORE] * len(prompt_ids) if recipe.completion_only else prompt_ids
+    return {"input_ids": ids, "labels": (masked + completion_ids)[: recipe.seq_len]}
+
+
+def finetune(
+    *,
+    model_dir: Path,
+    data: Path,
+    recipe: Recipe,
+    out_dir: Path,
+    eval_every: int | None = None,
+    eval_suite: Suite | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+) -> FinetuneResult:
+    """Fine-tune the model folder `model_dir` on `data` with `recipe`; write the result to `out_dir`.
+
+    Args:
+        model_dir: a Hugging Face model folder with its tokenizer.
+        data: JSONL of `{"prompt": ..., "completion": ...}` records.
+        recipe: the training set-up.
+        out_dir: the output model folder, written atomically.
+        eval_every: with `eval_suite`, evaluate the model in memory at step 0 and every this many steps.
+        eval_suite: the suite for `eval_every`.
+        threads: torch CPU threads (None leaves torch's setting).
+        overwrite: replace `out_dir` if it exists.
+
+    Raises:
+        ModelFolderError: `model_dir` is not a model folder.
+        FinetuneDataError: `data` cannot be used.
+        OutputExistsError: `out_dir` exists and `overwrite` is false.
+        ValueError: `eval_every` is given without `eval_suite`, or is not positive.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+    start = time.perf_counter()
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.")
+    if eval_every is not None and (eval_suite is None or eval_every < 1):
+        raise FinetuneConfigError("eval_every needs a positive value and an eval_suite to evaluate on.")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    pairs = read_pairs(data=data)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    examples = [tokenize_pair(tokenizer=tokenizer, recipe=recipe, **p) for p in pairs]
+    torch.manual_seed(recipe.seed)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    saved_dtype = _folder_dtype(model_dir)
+    curves = _Curves(eval_every=eval_every, suite=eval_suite, tokenizer=tokenizer)
+    with tempfile.TemporaryDirectory(prefix="graft-finetune-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            max_steps=recipe.steps,
+            per_device_train_batch_size=recipe.batch_size,
+            gradient_accumulation_steps=recipe.grad_accum,
+            learning_rate=recipe.learning_rate,
+            lr_scheduler_type=recipe.schedule,
+            warmup_steps=recipe.warmup_steps,
+            weight_decay=recipe.weight_decay,
+            optim="adamw_torch",
+            seed=recipe.seed,
+            data_seed=recipe.seed,
+            full_determinism=recipe.deterministic,
+            bf16=recipe.precision == "bf16",
+            fp16=recipe.precision == "fp16",
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=examples,
+            data_collator=_Collator(pad_id=tokenizer.pad_token_id or 0),
+            processing_class=tokenizer,
+            callbacks=[curves],
+        )
+        trainer.remove_callback(PrinterCallback)  # the loss curve is returned, not printed
+        if recipe.steps:
+            trainer.train()
+        else:
+            curves.evaluate(model, 0)
+        # Every rank takes part in saving (FSDP gathers the weights); only the main process publishes.
+        # A single process saves in the base's dtype; sharded runs save what their config gathers.
+        staged = Path(scratch) / "model"
+        if args.world_size == 1:
+            model.to(saved_dtype)
+        trainer.save_model(str(staged))
+        if trainer.is_world_process_zero():
+            with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
+                for f in staged.iterdir():
+                    if f.name != "training_args.bin":
+                        shutil.move(str(f), tmp / f.name)
+                tokenizer.save_pretrained(str(tmp))
+                if (model_dir / GENERATION_CONFIG).is_file():
+                    shutil.copyfile(model_dir / GENERATION_CONFIG, tmp / GENERATION_CONFIG)
+    return FinetuneResult(
+        out_dir=Path(out_dir).resolve(),
+        loss_curve=tuple(curves.losses),
+        eval_curve=tuple(curves.evals),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _folder_dtype(model_dir: Path) -> torch.dtype:
+    config = json.loads((model_dir / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return getattr(torch, str(name), torch.float32)
+
+
+class _Collator:
+    """Right-pads a batch; padding is masked out of attention and loss."""
+
+    def __init__(self, *, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(b["input_ids"]) for b in batch)
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([b[key] + [value] * (width - len(b[key])) for b in batch])
+
+        ids = pad("input_ids", self.pad_id)
+        mask = torch.tensor([[1] * len(b["input_ids"]) + [0] * (width - len(b["input_ids"])) for b in batch])
+        return {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE)}
+
+
+class _Curves(TrainerCallback):
+    """Collects the loss at every step and, when asked, eval records every `eval_every` steps."""
+
+    def __init__(self, *, eval_every: int | None, suite: Suite | None, tokenizer: Any) -> None:
+        self.eval_every, self.suite, self.tokenizer = eval_every, suite, tokenizer
+        self.losses: list[tuple[int, float]] = []
+        self.evals: list[tuple[int, tuple[EvalRecord, ...]]] = []
+
+    def evaluate(self, model: Any, step: int) -> None:
+        if self.eval_every is not None and self.suite is not None:
+            records = evaluate_model(model=model, tokenizer=self.tokenizer, suite=self.suite)
+            self.evals.append((step, tuple(records)))
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self.evaluate(model, 0)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, float(logs["loss"])))
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        step = state.global_step
+        if self.eval_every and (step % self.eval_every == 0 or step == state.max_steps):
+            self.evaluate(model, step)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m tasks.finetune` (or `accelerate launch -m tasks.finetune`) on a recipe YAML file."""
+    parser = argparse.ArgumentParser(prog="tasks.finetune", description=main.__doc__)
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--recipe", type=Path, required=True, help="YAML with the fields of Recipe.")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--overwrite", action="store_true")
+    ns = parser.parse_args(argv)
+    recipe = Recipe.model_validate(yaml.safe_load(ns.recipe.read_text()) or {})
+    result = finetune(model_dir=ns.model_dir, data=ns.data, recipe=recipe, out_dir=ns.out, overwrite=ns.overwrite)
+    print(json.dumps({"out_dir": str(result.out_dir), "final_loss": result.loss_curve[-1:], "seconds": result.seconds}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The test bed: deterministic, cached, ordinary Hugging Face folders, a skill the bases never saw."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import testbed_corpus as corpus
+from tasks.testbed import PretrainSpec, Testbed, TestbedError, build_testbed
+from tests.conftest import bits_equal, load_state
+
+TINY = PretrainSpec(steps=20, new_release_steps=4, train_pairs=30, eval_pairs=10)
+
+
+def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not(tmp_path: Path) -> None:
+    a = build_testbed(out=tmp_path / "a", seed=3, versions=2, spec=TINY, threads=1)
+    b = build_testbed(out=tmp_path / "b", seed=3, versions=2, spec=TINY, threads=1)
+    c = build_testbed(out=tmp_path / "c", seed=4, versions=2, spec=TINY, threads=1, control=False)
+    assert a.control is not None and b.control is not None and c.control is None
+    for x, y in [*zip(a.releases, b.releases, strict=True), (a.new_release, b.new_release), (a.control, b.control)]:
+        sx, sy = load_state(x), load_state(y)
+        assert sx.keys() == sy.keys()
+        assert all(bits_equal(sx[k], sy[k]) for k in sx), x.name
+    assert (a.train_data.read_bytes(), (a.root / "data" / "eval.jsonl").read_bytes()) == (
+        b.train_data.read_bytes(),
+        (b.root / "data" / "eval.jsonl").read_bytes(),
+    )
+    m2a, m2c = load_state(a.releases[1]), load_state(c.releases[1])
+    assert not bits_equal(m2a["lm_head.weight"], m2c["lm_head.weight"])
+    # Successive checkpoints and the control lineage are different models.
+    assert not bits_equal(load_state(a.releases[0])["lm_head.weight"], m2a["lm_head.weight"])
+    assert not bits_equal(load_state(a.control)["lm_head.weight"], load_state(a.releases[1])["lm_head.weight"])
+
+
+def test_a_second_build_is_instant_and_a_foreign_folder_is_refused(testbed: Testbed, tmp_path: Path) -> None:
+    start = time.perf_counter()
+    again = build_testbed(out=testbed.root, seed=0, control=False)
+    assert time.perf_counter() - start < 2
+    assert again == testbed
+    (tmp_path / "x").mkdir()
+    with pytest.raises(TestbedError, match="not a test bed folder"):
+        build_testbed(out=tmp_path / "x", seed=0, spec=TINY)
+    with pytest.raises(TestbedError, match="versions"):
+        build_testbed(out=tmp_path / "y", versions=3, spec=TINY)
+
+
+def test_releases_are_tiny_untied_llamas_with_a_character_tokenizer(testbed: Testbed) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert [p.name for p in testbed.releases] == ["M1", "M2", "M3", "M4"] and testbed.new_release.name == "M5"
+    model = AutoModelForCausalLM.from_pretrained(str(testbed.releases[-1]))
+    cfg = model.config
+    assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == ("llama", 64, 2, 4)
+    assert (cfg.intermediate_size, cfg.tie_word_embeddings) == (256, False)
+    tok = AutoTokenizer.from_pretrained(str(testbed.new_release))
+    text = corpus.prompt(37, 45) + "82\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and tok.unk_token_id not in ids
+    assert tok.decode(ids) == text
+
+
+def test_fine_tuning_data_is_disjoint_from_eval_and_in_a_form_pretraining_never_shows(testbed: Testbed) -> None:
+    train = [json.loads(line) for line in testbed.train_data.read_text().splitlines()]
+    evals = [json.loads(line) for line in (testbed.root / "data" / "eval.jsonl").read_text().splitlines()]
+    assert (len(train), len(evals)) == (1000, 200)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
+    assert all(r["completion"] == f"{sum(map(int, r['prompt'][4:-5].split('+')))}\n" for r in train)
+    assert all(r["choices"][r["label"]] == r["answer"] and len(set(r["choices"])) == 4 for r in evals)
+    text = corpus.corpus_text(random.Random(0), corpus.PRETRAIN_MIX, chars=200_000)
+    assert "\nq: " not in text and "?" not in text
+    lines = text.splitlines()
+    additions = [line for line in lines if "+" in line]
+    assert 0.55 < len(additions) / len(lines) < 0.65
+    assert all(any(m in line for m in corpus.MARKERS) for line in additions)
