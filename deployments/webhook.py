@@ -78,7 +78,7 @@ def create_app(
         except RunStartError as e:
             log.error("delivery for %s: %s", event.repo_id, e)
             return _error(503, str(e))
-        log.info("delivery %s for %s: %s %s", outcome.key[:12], event.repo_id, outcome.status, _what(outcome))
+        log.info("delivery %s for %s: %s (%s)", outcome.key[:12], event.repo_id, outcome.status, _what(outcome))
         return JSONResponse(
             {"status": outcome.status, "key": outcome.key, "tracks": list(outcome.tracks), "reason": outcome.reason},
             status_code=202 if outcome.status == "ignored" else 200,

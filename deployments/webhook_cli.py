@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -31,5 +32,6 @@ def webhook(
         raise typer.Exit(1)
     with user_errors():
         app = create_app(registry=open_registry(settings), secret=secret)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     say(f"receiving Hub webhooks at http://{host}:{port}/hooks/hub (health: /healthz)")
     uvicorn.run(app, host=host, port=port, log_level="info")
