@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,10 @@ class GraftSettings(BaseSettings):
     blob_url: str | None = Field(
         default=None,
         description="The blob store: a folder or any fsspec URL such as s3://bucket/prefix (default: DATA_DIR/blobs).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The secret the Hub sends in X-Webhook-Secret; `graft webhook` refuses to start without it.",
     )
 
     @property

@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from storage.errors import DatabaseError, NotFoundError
-from storage.models import Base, Candidate, Diff, DiffFile, EvalResult, Promotion, Release, Track
+from storage.models import Base, Candidate, Diff, DiffFile, EvalResult, Promotion, Release, Track, WebhookDelivery
 
 Kind = Literal["release", "diff", "candidate", "promotion"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
@@ -88,6 +88,18 @@ def record_release(
     """Record a release of `track` once; return it and whether it is new."""
     values = {"track_id": track.id, "repo_id": repo_id, "revision": revision, "ref": ref, "path": path}
     return _insert_or_get(session, Release, unique=("track_id", "repo_id", "revision"), values=values)
+
+
+def record_delivery(
+    session: Session, *, key: str, payload: dict[str, Any], track: Track | None
+) -> tuple[WebhookDelivery, bool]:
+    """Record a webhook delivery once per `key`; return the row and whether it is new.
+
+    Two processes recording the same key at once get one row: on PostgreSQL the second waits for the
+    first's transaction and sees the row once it commits; on SQLite writers queue on the database lock.
+    """
+    values = {"key": key, "payload": payload, "track_id": None if track is None else track.id}
+    return _insert_or_get(session, WebhookDelivery, unique=("key",), values=values)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,37 @@
+"""`graft webhook`: serve the Hub webhook receiver."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from deployments.console import err, say, user_errors
+from deployments.webhook import create_app
+from flows.registry import open_registry
+from flows.settings import GraftSettings
+
+
+def webhook(
+    host: Annotated[str, typer.Option("--host", help="The address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="The port to listen on.")] = 8000,
+) -> None:
+    """Receive Hub webhooks at POST /hooks/hub and start the watchers of the tracks they concern."""
+    settings = GraftSettings()
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    if not secret:
+        err.print(
+            "[bold red]error:[/] GRAFT_WEBHOOK_SECRET is not set, and the receiver refuses to accept "
+            "unauthenticated deliveries. Choose a secret (e.g. `openssl rand -hex 32`), set it in the "
+            "webhook's settings on the Hub and export it as GRAFT_WEBHOOK_SECRET.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+    with user_errors():
+        app = create_app(registry=open_registry(settings), secret=secret)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    say(f"receiving Hub webhooks at http://{host}:{port}/hooks/hub (health: /healthz)")
+    uvicorn.run(app, host=host, port=port, log_level="info")

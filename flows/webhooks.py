@@ -1,0 +1,264 @@
+"""Hub webhooks: parse a delivery, find the tracks that watch its repo, and start their watchers once.
+
+A delivery is identified by `delivery_key`, a hash of what it says (repo, event, head commit and
+updated refs), so the Hub replaying it, or sending it twice, gives the same key. Each (delivery,
+track) pair is recorded as one `webhook_deliveries` row, in the same transaction that starts the
+track's run: a run is started only by the request that inserts the row, and when starting fails the
+row is rolled back, so a redelivery tries again. The run's idempotency key is the row's key, so a
+run that was started just before a crash is not started twice by Prefect either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Annotated, Any, Literal
+
+from prefect.deployments import run_deployment
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from sqlalchemy.orm import Session
+
+from flows.registry import Registry
+from storage import registry as rows
+from storage.db import session_scope
+from storage.models import Track
+from tasks.errors import GraftError
+
+StartRun = Callable[[str, str], None]
+"""Starts a track's run: called with the track name and an idempotency key."""
+
+RELEASE_EVENTS = frozenset({("create", "repo"), ("update", "repo"), ("update", "repo.content")})
+"""The (action, scope) pairs that can bring a new release: a new repo, or new commits, branches or tags."""
+
+WATCHER_FLOW = "watch-releases"
+
+
+class WebhookPayloadError(GraftError, ValueError):
+    """A delivery's body is not JSON, or not a Hub webhook payload."""
+
+
+class RunStartError(GraftError, RuntimeError):
+    """A track's run could not be started; nothing of the delivery was recorded."""
+
+
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+_Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+_Name = Annotated[str, StringConstraints(min_length=1, max_length=400)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _WireEvent(_Wire):
+    action: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    scope: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class _WireRepo(_Wire):
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    name: _Name
+    head_sha: _Sha | None = Field(default=None, alias="headSha")
+
+
+class _WireRef(_Wire):
+    ref: _Name
+    new_sha: _Sha | None = Field(default=None, alias="newSha")
+
+
+class _WirePayload(_Wire):
+    event: _WireEvent
+    repo: _WireRepo
+    updated_refs: list[_WireRef] | None = Field(default=None, alias="updatedRefs", max_length=10_000)
+
+
+class HubEvent(BaseModel):
+    """What Graftwork reads from a Hub webhook delivery (payload version 3).
+
+    `head_sha` is the raw `repo.headSha`, which huggingface_hub's `WebhookPayload` drops;
+    `updated_refs` are the `(ref, newSha)` pairs of `updatedRefs` (newSha is None for a deleted ref).
+    `payload` is the delivery as it came, recorded with it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    repo_type: str
+    repo_id: str
+    action: str
+    scope: str
+    head_sha: str | None
+    updated_refs: tuple[tuple[str, str | None], ...]
+    payload: dict[str, Any] = Field(repr=False)
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> HubEvent:
+        """Parse a delivery's body.
+
+        Raises:
+            WebhookPayloadError: the body is not JSON, or not a Hub webhook payload (the message says why).
+        """
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError) as e:
+            raise WebhookPayloadError(f"the body is not JSON ({e}); the Hub sends a JSON object.") from e
+        return cls.from_payload(payload)
+
+    @classmethod
+    def from_payload(cls, payload: object) -> HubEvent:
+        """Read a delivery's decoded JSON.
+
+        Raises:
+            WebhookPayloadError: `payload` is not a Hub webhook payload; the message names each field at fault.
+        """
+        if not isinstance(payload, dict):
+            kind = _JSON_KINDS.get(type(payload), type(payload).__name__)
+            raise WebhookPayloadError(f"the payload is a JSON {kind}, not an object; the Hub sends an object.")
+        try:
+            wire = _WirePayload.model_validate(payload)
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in err['loc']) or 'payload'}: {err['msg']}" for err in e.errors()
+            )
+            raise WebhookPayloadError(
+                f"not a Hub webhook payload: {problems}. Expected {{event: {{action, scope}}, "
+                "repo: {type, name, headSha}, updatedRefs: [{ref, newSha}]}."
+            ) from None
+        return cls(
+            repo_type=wire.repo.type,
+            repo_id=wire.repo.name,
+            action=wire.event.action,
+            scope=wire.event.scope,
+            head_sha=wire.repo.head_sha,
+            updated_refs=tuple((r.ref, r.new_sha) for r in wire.updated_refs or ()),
+            payload=payload,
+        )
+
+    @property
+    def new_refs(self) -> list[str] | None:
+        """The refs this delivery creates or moves (None when it names no refs at all)."""
+        if not self.updated_refs:
+            return None
+        return [ref for ref, sha in self.updated_refs if sha is not None]
+
+
+def delivery_key(event: HubEvent) -> str:
+    """A stable key for a delivery: the sha256 of its repo, event, head commit and sorted updated refs.
+
+    The same delivery, replayed or sent twice, gives the same key; the order of `updatedRefs` does not matter.
+    """
+    refs = sorted(event.updated_refs, key=lambda r: (r[0], r[1] or ""))
+    what = [event.repo_type, event.repo_id, event.action, event.scope, event.head_sha, refs]
+    return hashlib.sha256(json.dumps(what, separators=(",", ":")).encode()).hexdigest()
+
+
+def tracks_watching(session: Session, *, repo_id: str, refs: Collection[str] | None = None) -> list[str]:
+    """The names of the registered tracks whose source watches the Hub repo `repo_id`, by name.
+
+    A `hub-repos` source watches the repos of its `author` whose name (after the slash) matches its
+    `name_pattern`; a `hub-refs` source watches its `repo`, and when `refs` is given only if one of them
+    (a branch or tag name, with or without `refs/heads/` or `refs/tags/`) matches its `ref_pattern`.
+    Patterns are globs, matched case-sensitively. Local sources and specs without a source watch nothing.
+    """
+    return [track.name for track in _watching(session, repo_id=repo_id, refs=refs)]
+
+
+def _watching(session: Session, *, repo_id: str, refs: Collection[str] | None) -> list[Track]:
+    return [t for t in rows.list_tracks(session) if _watches(t.spec.get("source"), repo_id=repo_id, refs=refs)]
+
+
+def _watches(source: object, *, repo_id: str, refs: Collection[str] | None) -> bool:
+    if not isinstance(source, dict):
+        return False
+    kind = source.get("kind")
+    if kind == "hub-refs":
+        pattern = source.get("ref_pattern")
+        if source.get("repo") != repo_id or not isinstance(pattern, str):
+            return False
+        return refs is None or any(fnmatchcase(_short_ref(ref), pattern) for ref in refs)
+    if kind == "hub-repos":
+        author, _, name = repo_id.partition("/")
+        pattern = source.get("name_pattern")
+        return isinstance(pattern, str) and author == source.get("author") and fnmatchcase(name, pattern)
+    return False
+
+
+def _short_ref(ref: str) -> str:
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref.removeprefix(prefix)
+    return ref
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a delivery did: `started` the runs of `tracks`, nothing new (`duplicate`: their runs were
+    started by an earlier delivery), or nothing at all (`ignored`, with the reason)."""
+
+    status: Literal["started", "duplicate", "ignored"]
+    key: str
+    tracks: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun) -> Outcome:
+    """Record a delivery and start the run of every track that watches its repo, once per delivery.
+
+    `start_run(track, idempotency_key)` is called once per new (delivery, track) pair, inside the
+    transaction that records the pair; a delivery that no track watches (or a non-model repo, or an
+    event that brings no release) is recorded without a track and ignored.
+
+    Raises:
+        RunStartError: `start_run` failed for a track; nothing of this delivery is recorded, so the
+            Hub's redelivery tries again.
+        sqlalchemy.exc.SQLAlchemyError: the registry database failed; the delivery is not recorded.
+    """
+    key = delivery_key(event)
+    with session_scope(registry.engine) as session:
+        reason = _not_a_release(event)
+        tracks = [] if reason else _watching(session, repo_id=event.repo_id, refs=event.new_refs)
+        if not tracks:
+            rows.record_delivery(session, key=key, payload=event.payload, track=None)
+            return Outcome(status="ignored", key=key, reason=reason or f"no track watches {event.repo_id}")
+        started: list[str] = []
+        for track in tracks:
+            row, new = rows.record_delivery(session, key=f"{key}:{track.id}", payload=event.payload, track=track)
+            if new:
+                try:
+                    start_run(track.name, row.key)
+                except Exception as e:
+                    raise RunStartError(
+                        f"could not start the run of track {track.name} for {event.repo_id}: {e}. "
+                        "Nothing was recorded; fix the cause and redeliver the webhook from the Hub."
+                    ) from e
+                started.append(track.name)
+    if started:
+        return Outcome(status="started", key=key, tracks=tuple(started))
+    return Outcome(status="duplicate", key=key, tracks=tuple(t.name for t in tracks))
+
+
+def _not_a_release(event: HubEvent) -> str:
+    if event.repo_type != "model":
+        return f"{event.repo_id} is a {event.repo_type} repo; tracks watch model repos"
+    if (event.action, event.scope) not in RELEASE_EVENTS:
+        return f"a {event.scope} {event.action} event brings no new release"
+    return ""
+
+
+def start_watcher(track: str, idempotency_key: str) -> None:
+    """Start a run of the track's watcher deployment (`watch-releases/watch-TRACK`) and return at once.
+
+    Prefect starts one run per idempotency key, so calling this twice with one key starts one run.
+
+    Raises:
+        prefect.exceptions.ObjectNotFound: the deployment does not exist; serve it (`graft serve`) or
+            deploy `deployments/prefect.yaml`.
+    """
+    run_deployment(
+        f"{WATCHER_FLOW}/watch-{track}",
+        parameters={"track": track, "dispatch": "deployment"},
+        idempotency_key=idempotency_key,
+        timeout=0,
+    )
