@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from deployments.console import err, say, user_errors
 from deployments.registry_cli import db_app, registry_app
 from deployments.testbed_cli import app as testbed_app
+from deployments.track_cli import track_app
+from deployments.webhook_cli import webhook
 from flows.demo import run_demo
 from flows.settings import GraftSettings
 from tasks import deltas as engine
@@ -28,6 +31,8 @@ app = typer.Typer(
 app.add_typer(registry_app, name="registry")
 app.add_typer(db_app, name="db")
 app.add_typer(testbed_app)
+app.add_typer(track_app, name="track")
+app.command("webhook")(webhook)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 
@@ -199,6 +204,44 @@ def demo(
         ok = run_demo(data_dir=root, say=say, describe=describe)
     if not ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    watch_minutes: Annotated[float, typer.Option("--watch-minutes", help="How often each track's watcher runs.")] = 60,
+) -> None:
+    """Serve every deployment (a watcher per track, recycle, backfill, one-off flows) from this process."""
+    from deployments.serve import serve_all
+    from flows.registry import open_registry
+    from storage import registry as rows
+    from storage.db import session_scope
+
+    with user_errors(), session_scope(open_registry(GraftSettings()).engine) as session:
+        tracks = [t.name for t in rows.list_tracks(session)]
+    say(f"serving {len(tracks)} track watcher(s) every {watch_minutes:g} min: {', '.join(tracks) or 'none yet'}")
+    serve_all(tracks=tracks, watch_every=timedelta(minutes=watch_minutes))
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option("--pool", help="The work pool: cpu (watchers, gating) or gpu (recycle runs).")],
+) -> None:
+    """Start a Prefect worker for a pool, creating the pool first when it is missing.
+
+    The gpu pool gets a concurrency limit of one run per visible GPU.
+    """
+    import asyncio
+
+    import torch
+
+    from deployments.serve import POOLS, ensure_pool, start_worker
+
+    if pool not in POOLS:
+        raise typer.BadParameter(f"{pool!r} is not a Graftwork pool; use one of {', '.join(POOLS)}.")
+    limit = max(torch.cuda.device_count(), 1) if pool == "gpu" else None
+    if asyncio.run(ensure_pool(name=pool, concurrency=limit)):
+        say(f"created work pool {pool}" + (f" (concurrency {limit})" if limit else ""))
+    raise typer.Exit(start_worker(pool=pool))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ points at a missing or partial blob.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tempfile
 import time
@@ -41,13 +42,20 @@ class Registry:
 def open_registry(settings: GraftSettings) -> Registry:
     """Open the registry the settings name, migrating its database to the head revision first.
 
+    One registry (one engine and its connection pool) per database and blob URL per process.
+
     Raises:
         DatabaseError: the database cannot be reached.
         SchemaTooNewError: the database was migrated by a newer Graftwork.
     """
-    engine = make_engine(settings.registry_database_url)
+    return _open(settings.registry_database_url, settings.registry_blob_url)
+
+
+@functools.cache
+def _open(database_url: str, blob_url: str) -> Registry:
+    engine = make_engine(database_url)
     ensure_schema(engine)
-    return Registry(engine=engine, store=BlobStore(settings.registry_blob_url))
+    return Registry(engine=engine, store=BlobStore(blob_url))
 
 
 @dataclass(frozen=True)

@@ -206,18 +206,57 @@ def ancestors(session: Session, *, diff: Diff) -> list[Diff]:
     return chain
 
 
-def carried_diff(session: Session, *, track: Track, mode: str) -> Diff | None:
-    """The Δ a new release of `track` starts from: for `iterative`, the newest diff made from one of
-    the track's candidates (Δ_{i−1} = M*_{i−1} − M_{i−1}); for `direct`, the newest source diff (one
-    with no parent: the first fine-tune, or one imported); for `none`, nothing.
+def carried_diff(session: Session, *, track: Track, mode: str, before: Release) -> Diff | None:
+    """The Δ a release of `track` starts from, taken from releases recorded before it.
+
+    `iterative`: the newest diff made from one of the track's candidates (Δ_{i−1} = M*_{i−1} − M_{i−1});
+    `direct`: the newest source diff (one with no parent: the first fine-tune, or one imported);
+    `none`: nothing.
     """
     if mode == "none":
         return None
     query = select(Diff).where(Diff.track_id == track.id)
-    query = (
-        query.where(Diff.candidate_id.is_not(None)) if mode == "iterative" else query.where(Diff.parent_id.is_(None))
-    )
+    if mode == "iterative":
+        query = query.where(Diff.candidate_id.is_not(None), Diff.base_release_id < before.id)
+    else:
+        query = query.where(
+            Diff.parent_id.is_(None), (Diff.base_release_id < before.id) | Diff.base_release_id.is_(None)
+        )
     return session.scalars(query.order_by(Diff.id.desc()).limit(1)).one_or_none()
+
+
+def get_release(session: Session, *, release_id: int) -> Release:
+    """A release by id.
+
+    Raises:
+        NotFoundError: no such release.
+    """
+    row = get(session, ref=f"release-{release_id}")
+    assert isinstance(row, Release)
+    return row
+
+
+def get_candidate(session: Session, *, candidate_id: int) -> Candidate:
+    """A candidate by id.
+
+    Raises:
+        NotFoundError: no such candidate.
+    """
+    row = get(session, ref=f"candidate-{candidate_id}")
+    assert isinstance(row, Candidate)
+    return row
+
+
+def candidate_at(session: Session, *, release: Release, model_uri: str) -> Candidate | None:
+    """The candidate already recorded for `release` with its model at `model_uri`, if any."""
+    query = select(Candidate).where(Candidate.release_id == release.id, Candidate.model_uri == model_uri)
+    return session.scalars(query.order_by(Candidate.id).limit(1)).one_or_none()
+
+
+def decision_for(session: Session, *, candidate: Candidate) -> Promotion | None:
+    """The gate's decision on `candidate`, if it was made."""
+    query = select(Promotion).where(Promotion.to_candidate_id == candidate.id, Promotion.actor == "gate")
+    return session.scalars(query.order_by(Promotion.id).limit(1)).one_or_none()
 
 
 def diffs_of(session: Session, *, track: Track) -> list[Diff]:
@@ -320,17 +359,32 @@ def add_promotion(
     return row
 
 
+def _reign(session: Session, *, track: Track, channel: str) -> Promotion | None:
+    """The promotion (or rollback) that made the current champion of a channel."""
+    query = select(Promotion).where(
+        Promotion.track_id == track.id, Promotion.channel == channel, Promotion.decision != "reject"
+    )
+    return session.scalars(query.order_by(Promotion.id.desc()).limit(1)).one_or_none()
+
+
 def champion(session: Session, *, track: Track, channel: str) -> Candidate | None:
     """The candidate currently promoted on a track's channel, if any."""
-    latest = session.scalars(
-        select(Promotion)
-        .where(Promotion.track_id == track.id, Promotion.channel == channel, Promotion.decision != "reject")
-        .order_by(Promotion.id.desc())
-        .limit(1)
-    ).one_or_none()
+    latest = _reign(session, track=track, channel=channel)
     if latest is None or latest.to_candidate_id is None:
         return None
     return session.get(Candidate, latest.to_candidate_id)
+
+
+def previous_champion(session: Session, *, track: Track, channel: str) -> Candidate:
+    """The champion the current one replaced: where a rollback goes.
+
+    Raises:
+        NotFoundError: the channel has no champion, or its champion replaced nobody.
+    """
+    latest = _reign(session, track=track, channel=channel)
+    if latest is None or latest.from_candidate_id is None:
+        raise NotFoundError(f"track {track.name} has no earlier champion on channel {channel!r} to roll back to.")
+    return get_candidate(session, candidate_id=latest.from_candidate_id)
 
 
 def blob_owners(session: Session) -> dict[str, list[str]]:

@@ -38,7 +38,10 @@ def _server_running() -> bool:
 
 
 if _server_running():
-    postgresql_server = factories.postgresql_noproc(host=PG_HOST, port=PG_PORT, user=PG_USER)
+    # A template database name of our own, so that two test runs on one server do not collide.
+    postgresql_server = factories.postgresql_noproc(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=f"graftwork_tmpl_{os.getpid()}"
+    )
 else:
     postgresql_server = factories.postgresql_proc(port=None)
 

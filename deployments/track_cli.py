@@ -1,0 +1,64 @@
+"""`graft track ...`: declare tracks, inspect them, and run their watcher once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deployments.console import say, user_errors
+from flows.recycle import load_spec, watch_releases
+from flows.registry import open_registry
+from flows.settings import GraftSettings
+from flows.tracks import load_track
+from storage import registry as rows
+from storage.db import session_scope
+
+track_app = typer.Typer(help="Tracks: continuous-development lines declared in YAML.", no_args_is_help=True)
+
+
+@track_app.command("add")
+def add(file: Annotated[Path, typer.Argument(help="A track YAML file (see deployments/tracks/).")]) -> None:
+    """Validate a track file and register it (again: its spec is replaced)."""
+    with user_errors():
+        spec = load_track(file)
+        registry = open_registry(GraftSettings())
+        with session_scope(registry.engine) as session:
+            _, new = rows.save_track(session, name=spec.name, spec=spec.model_dump(mode="json"))
+    verb = "added" if new else "updated"
+    say(f"{verb} track {spec.name} ({spec.source.kind} releases, {spec.recycle.mode} recycling)")
+
+
+@track_app.command("list")
+def list_() -> None:
+    """List the registered tracks."""
+    with user_errors(), session_scope(open_registry(GraftSettings()).engine) as session:
+        tracks = rows.list_tracks(session)
+        for track in tracks:
+            spec = track.spec
+            say(f"{track.name:<24} {spec['source']['kind']:<10} {spec['recycle']['mode']:<10} {spec['channel']}")
+    if not tracks:
+        say("no tracks yet: `graft track add FILE`")
+
+
+@track_app.command("show")
+def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
+    """Show a track's spec and its champion."""
+    with user_errors():
+        registry = open_registry(GraftSettings())
+        spec = load_spec(track=name)
+        with session_scope(registry.engine) as session:
+            champion = rows.champion(session, track=rows.get_track(session, name=name), channel=spec.channel)
+            holder = "none yet" if champion is None else f"{rows.public_id(champion)} ({champion.model_uri})"
+    say(json.dumps(spec.model_dump(mode="json"), indent=2))
+    say(f"champion on {spec.channel}: {holder}")
+
+
+@track_app.command("watch")
+def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
+    """Look for new releases once and run Algorithm 1 on each, here, in release order."""
+    with user_errors():
+        new = watch_releases(track=name, dispatch="inline")
+    say(f"track {name}: {len(new)} new release(s) processed")

@@ -1,0 +1,60 @@
+"""How a recycle run tells its story in the Prefect UI: a table of eval results (candidate against
+champion, base and base + Δ) and a markdown summary of the gate's decision and the Δ lineage."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.progress import artifact_key
+from tasks.evaluate import EvalRecord
+from tasks.gate import Decision
+
+COLUMNS = ("candidate", "champion", "base", "transferred")
+
+
+def eval_table(scores: dict[str, list[EvalRecord]]) -> list[dict[str, str]]:
+    """One row per metric, one column per model that was scored."""
+    values = {subject: {(r.task, r.metric, r.filter): r for r in records} for subject, records in scores.items()}
+    metrics = sorted({key for found in values.values() for key in found})
+    rows = []
+    for task, metric, flt in metrics:
+        row = {"metric": f"{task} {metric}" + ("" if flt == "none" else f" [{flt}]")}
+        for subject in (c for c in COLUMNS if c in values):
+            record = values[subject].get((task, metric, flt))
+            row[subject] = "—" if record is None else _cell(record)
+        rows.append(row)
+    return rows
+
+
+def _cell(record: EvalRecord) -> str:
+    return f"{record.value:.4f}" + ("" if record.stderr is None else f" ± {record.stderr:.4f}")
+
+
+def report_run(
+    *,
+    key: str,
+    title: str,
+    carried: str | None,
+    new_diff: str,
+    scores: dict[str, list[EvalRecord]],
+    decision: Decision,
+    losses: list[list[float]],
+) -> None:
+    """Publish the run's eval table and its decision summary as artifacts."""
+    create_table_artifact(table=eval_table(scores), key=artifact_key(f"{key}-evals"), description=title)
+    verdict = "promoted" if decision.promote else "rejected"
+    lineage = f"{carried} → {new_diff}" if carried else f"{new_diff} (first of the chain: plain fine-tuning)"
+    training = f"{len(losses)} steps, loss {losses[0][1]:.4f} → {losses[-1][1]:.4f}" if losses else "no steps"
+    markdown = "\n".join(
+        [
+            f"# {title}",
+            f"**Gate: {verdict}**",
+            "",
+            *(f"- {reason}" for reason in decision.reasons),
+            "",
+            f"Δ lineage: {lineage}",
+            "",
+            f"Fine-tuning: {training}",
+        ]
+    )
+    create_markdown_artifact(markdown=markdown, key=artifact_key(f"{key}-decision"), description=verdict)

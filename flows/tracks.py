@@ -1,0 +1,164 @@
+"""Tracks: one continuous-development line each, declared in YAML and validated here.
+
+```yaml
+name: testbed-demo                 # letters, digits, '-', '_', '.'
+source:                            # where releases come from; one of:
+  kind: local                      #   local:     each sub-folder of release_dir is a release
+  release_dir: releases/           #   hub-repos: author + name_pattern (new repos)
+                                   #   hub-refs:  repo + ref_pattern (new branches/tags, OLMo style)
+finetune:
+  data: data/train.jsonl           # {"prompt": ..., "completion": ...} per line
+  recipe: {steps: 100, learning_rate: 1.0e-3}
+recycle: {mode: iterative, alpha: 1.0}   # iterative | direct | none
+eval:                              # an lm-eval suite: task names and local task folders
+  tasks: [testbed_addition]
+  task_dirs: [tasks/]
+gate:
+  metrics: [{task: testbed_addition, metric: exact_match}]
+  min_primary: 0.5
+channel: production
+publish: {repo: org/model, tag_format: "{track}-{release}"}   # optional
+```
+Relative paths are taken from the YAML file's folder; `~` is the user's home.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tasks.errors import GraftError
+from tasks.evaluate import Suite
+from tasks.finetune import Recipe
+from tasks.gate import GateRules
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+class TrackError(GraftError, ValueError):
+    """A track file is missing, not YAML, or not a valid track."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalSource(_Spec):
+    """Releases are the sub-folders of a local directory."""
+
+    kind: Literal["local"]
+    release_dir: Path
+
+
+class HubReposSource(_Spec):
+    """Releases are new Hub repos of an author whose names match a pattern (`Llama-3.*-8B`)."""
+
+    kind: Literal["hub-repos"]
+    author: str
+    name_pattern: str
+
+
+class HubRefsSource(_Spec):
+    """Releases are the branches and tags of one Hub repo that match a pattern (`stage1-step*`)."""
+
+    kind: Literal["hub-refs"]
+    repo: str
+    ref_pattern: str
+
+
+Source = Annotated[LocalSource | HubReposSource | HubRefsSource, Field(discriminator="kind")]
+
+
+class FinetuneSpec(_Spec):
+    """The fine-tuning data and recipe; 0 steps makes every candidate a pure transfer."""
+
+    data: Path
+    recipe: Recipe = Field(default_factory=lambda: Recipe.model_validate({}))
+
+
+class RecycleSpec(_Spec):
+    """How the previous fine-tuning is carried over to a new release (Algorithm 1's modes)."""
+
+    mode: Literal["iterative", "direct", "none"] = "iterative"
+    alpha: float = Field(default=1.0, description="Scale of the diff vector: base + alpha·Δ.")
+
+
+class PublishSpec(_Spec):
+    """Where a promoted candidate is published on the Hub."""
+
+    repo: str
+    tag_format: str = Field(
+        default="{track}-{release}", description="Fields: {track}, {release} (the base's short sha)."
+    )
+    private: bool = True
+
+
+class TrackSpec(_Spec):
+    """A validated track."""
+
+    name: str
+    source: Source
+    finetune: FinetuneSpec
+    recycle: RecycleSpec = Field(default_factory=RecycleSpec)
+    eval: Suite
+    gate: GateRules
+    channel: str = "production"
+    publish: PublishSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError("use letters, digits, '-', '_' and '.', starting with a letter or digit")
+        return name
+
+
+def parse_track(data: Any, *, base_dir: Path, origin: str) -> TrackSpec:
+    """Validate a track given as plain data; relative paths are resolved against `base_dir`.
+
+    Raises:
+        TrackError: naming each invalid field and the reason.
+    """
+    if not isinstance(data, dict):
+        raise TrackError(f"{origin}: a track is a mapping of fields, not {type(data).__name__}.")
+    try:
+        spec = TrackSpec.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'track'}: {err['msg']}" for err in e.errors())
+        raise TrackError(f"{origin} is not a valid track: {problems}") from None
+    return _resolved(spec, base_dir.resolve())
+
+
+def load_track(path: Path) -> TrackSpec:
+    """Read and validate a track YAML file.
+
+    Raises:
+        TrackError: the file is missing, is not YAML, or is not a valid track.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise TrackError(f"cannot read track file {path}: {e.strerror}.") from None
+    except yaml.YAMLError as e:
+        raise TrackError(f"{path} is not YAML: {e}") from None
+    return parse_track(data, base_dir=Path(path).parent, origin=str(path))
+
+
+def _resolved(spec: TrackSpec, base: Path) -> TrackSpec:
+    def where(path: Path) -> Path:
+        return base / path.expanduser()
+
+    source = spec.source
+    if isinstance(source, LocalSource):
+        source = source.model_copy(update={"release_dir": where(source.release_dir)})
+    return spec.model_copy(
+        update={
+            "source": source,
+            "finetune": spec.finetune.model_copy(update={"data": where(spec.finetune.data)}),
+            "eval": spec.eval.model_copy(update={"task_dirs": tuple(where(d) for d in spec.eval.task_dirs)}),
+        }
+    )

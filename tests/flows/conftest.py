@@ -1,0 +1,58 @@
+"""Flow fixtures: a Prefect test harness for the session, a fresh data dir per test, and track files
+over the test bed's releases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.testbed import Testbed
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server (SQLite) for every flow test of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: None) -> Path:
+    """An empty Graftwork data dir (its SQLite registry and blob store) for this test."""
+    root = tmp_path / "data"
+    monkeypatch.setenv("GRAFT_DATA_DIR", str(root))
+    monkeypatch.delenv("GRAFT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("GRAFT_BLOB_URL", raising=False)
+    return root
+
+
+def write_track(
+    folder: Path, testbed: Testbed, *, name: str, releases: tuple[int, ...], mode: str = "iterative", steps: int = 30
+) -> Path:
+    """A track file whose release dir holds the test bed's releases M_i (1-based), in that order."""
+    release_dir = folder / f"{name}-releases"
+    release_dir.mkdir(parents=True)
+    for n, i in enumerate(releases, 1):
+        (release_dir / f"{n:02d}-M{i}").symlink_to(testbed.releases[i - 1], target_is_directory=True)
+    spec = {
+        "name": name,
+        "source": {"kind": "local", "release_dir": str(release_dir)},
+        "finetune": {"data": str(testbed.train_data), "recipe": {"steps": steps, "seed": 0}},
+        "recycle": {"mode": mode, "alpha": 1.0},
+        "eval": {
+            "name": "testbed",
+            "tasks": [testbed.generate_task],
+            "task_dirs": [str(testbed.task_dir)],
+            "limit": 40,
+        },
+        "gate": {"metrics": [{"task": testbed.generate_task, "metric": "exact_match"}], "beat_base_by": 0.0},
+        "channel": "production",
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

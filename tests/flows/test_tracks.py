@@ -1,0 +1,83 @@
+"""Track files: the shipped examples validate, an invalid one is refused naming the field and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.tracks import HubRefsSource, LocalSource, TrackError, load_track
+
+TRACKS = Path(__file__).parents[2] / "deployments" / "tracks"
+
+
+@pytest.mark.parametrize("path", sorted(TRACKS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_example_track_is_valid(path: Path) -> None:
+    spec = load_track(path)
+    assert spec.name == path.stem
+    assert spec.finetune.data.is_absolute()
+    assert spec.gate.metrics, "a gate reads at least one metric"
+
+
+def test_the_olmo_track_watches_branches_of_one_repo() -> None:
+    spec = load_track(TRACKS / "olmo-2-7b-checkpoints.yaml")
+    assert spec.source == HubRefsSource(
+        kind="hub-refs", repo="allenai/OLMo-2-1124-7B", ref_pattern="stage1-step*-tokens*"
+    )
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+GOOD = {
+    "name": "t",
+    "source": {"kind": "local", "release_dir": "releases"},
+    "finetune": {"data": "train.jsonl"},
+    "eval": {"tasks": ["x"]},
+    "gate": {"metrics": [{"task": "x", "metric": "acc"}]},
+}
+
+
+def test_relative_paths_are_taken_from_the_files_folder(tmp_path: Path) -> None:
+    spec = load_track(_write(tmp_path, GOOD))
+    assert spec.source == LocalSource(kind="local", release_dir=tmp_path / "releases")
+    assert spec.finetune.data == tmp_path / "train.jsonl"
+    assert (spec.recycle.mode, spec.recycle.alpha, spec.channel) == ("iterative", 1.0, "production")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"name": "bad name!"}, "name: Value error, use letters, digits"),
+        (
+            {"source": {"kind": "ftp"}},
+            "source: Input tag 'ftp' found using 'kind' does not match any of the expected tags",
+        ),
+        ({"recycle": {"mode": "sideways"}}, "recycle.mode: Input should be 'iterative', 'direct' or 'none'"),
+        (
+            {"finetune": {"data": "d.jsonl", "recipe": {"steps": -1}}},
+            "finetune.recipe.steps: Input should be greater than",
+        ),
+        ({"gate": {"metrics": []}}, "gate.metrics: Tuple should have at least 1 item"),
+        ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_an_invalid_track_names_the_field_and_the_reason(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(TrackError, match="is not a valid track: ") as caught:
+        load_track(_write(tmp_path, {**GOOD, **change}))
+    assert message in str(caught.value)
+
+
+def test_a_missing_or_non_yaml_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(TrackError, match=r"cannot read track file .*nope\.yaml: No such file"):
+        load_track(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(TrackError, match=r"bad\.yaml is not YAML"):
+        load_track(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(TrackError, match="a track is a mapping of fields, not list"):
+        load_track(tmp_path / "list.yaml")
