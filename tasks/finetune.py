@@ -188,6 +188,7 @@ def finetune(
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
         )
         trainer = Trainer(
             model=model,
