@@ -148,7 +148,7 @@ def finetune(
         ModelFolderError: `model_dir` is not a model folder.
         FinetuneDataError: `data` cannot be used.
         OutputExistsError: `out_dir` exists and `overwrite` is false.
-        ValueError: `eval_every` is given without `eval_suite`, or is not positive.
+        FinetuneConfigError: `eval_every` is given without `eval_suite`, or is not positive.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
