@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test bench bench-codec lint
+.PHONY: setup demo test bench bench-codec replicate lint
 
 $(BIN)/graft: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: setup
 
 bench-codec: setup
 	$(BIN)/python benchmarks/bench_codec.py
+
+# The paper's effects on the test bed, three seeds: benchmarks/results/replicate/report.md (< 10 min).
+replicate: setup
+	$(BIN)/python benchmarks/replicate.py
 
 lint: setup
 	$(BIN)/ruff check .

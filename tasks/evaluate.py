@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.errors import GraftError
+from tasks.errors import GraftError, ModelFolderError
 
 OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 Backend = Literal["hf", "vllm"]
@@ -93,8 +93,6 @@ def evaluate(
         SuiteError: a task of the suite is not found.
         ModelFolderError: `model_dir` is not a model folder.
     """
-    from tasks.errors import ModelFolderError
-
     if not (Path(model_dir) / "config.json").is_file():
         raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.")
     args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": dtype}

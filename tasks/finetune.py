@@ -148,7 +148,7 @@ def finetune(
         ModelFolderError: `model_dir` is not a model folder.
         FinetuneDataError: `data` cannot be used.
         OutputExistsError: `out_dir` exists and `overwrite` is false.
-        ValueError: `eval_every` is given without `eval_suite`, or is not positive.
+        FinetuneConfigError: `eval_every` is given without `eval_suite`, or is not positive.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
@@ -188,6 +188,7 @@ def finetune(
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
+            dataloader_pin_memory=torch.cuda.is_available(),
         )
         trainer = Trainer(
             model=model,

@@ -13,7 +13,8 @@ import hashlib
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,24 @@ def build_testbed(
         return _testbed(out, seed=seed, versions=versions, control=control)
     if out.exists() and not manifest.is_file():
         raise TestbedError(f"{out} exists and is not a test bed folder; choose an empty or new --out.")
-    torch.set_num_threads(threads)
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with atomic_output_dir(out, overwrite=True) as tmp, _torch_settings(threads=threads):
         _write_data(tmp, seed=seed, spec=spec)
         _build_models(tmp, seed=seed, versions=versions, control=control, spec=spec)
         write_json(tmp / MANIFEST, {"key": key, "seed": seed, "versions": versions, "control": control})
     return _testbed(out, seed=seed, versions=versions, control=control)
+
+
+@contextmanager
+def _torch_settings(*, threads: int) -> Iterator[None]:
+    """Deterministic kernels and `threads` CPU threads for the block; the caller's settings after it."""
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
 
 
 def _testbed(root: Path, *, seed: int, versions: int, control: bool) -> Testbed:
@@ -232,7 +245,6 @@ def _fresh_model(seed: int) -> Any:
 
 
 def _build_models(root: Path, *, seed: int, versions: int, control: bool, spec: PretrainSpec) -> None:
-    torch.use_deterministic_algorithms(True)
     releases = root / "releases"
     every = spec.steps // versions
     checkpoints = {every * i: releases / f"M{i}" for i in range(1, versions + 1)}

@@ -34,6 +34,14 @@ def test_labels_are_ignored_on_the_prompt_only_when_asked(testbed: Testbed) -> N
     assert full["labels"] == full["input_ids"]
     cut = tokenize_pair(tokenizer=tok, prompt=prompt, completion=completion, recipe=Recipe(seq_len=5))
     assert len(cut["input_ids"]) == len(cut["labels"]) == 5
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'][0] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}a: {% endif %}"
+    )
+    chat = tokenize_pair(tokenizer=tok, prompt="3+4?", completion="7", recipe=Recipe(chat_template=True))
+    assert tok.decode(chat["input_ids"]) == "u: 3+4?\na: 7\n"
+    asked = len("u: 3+4?\na: ")
+    assert chat["labels"] == [IGNORE] * asked + chat["input_ids"][asked:]
 
 
 def test_same_seed_gives_bit_identical_weights(testbed: Testbed, tmp_path: Path) -> None:
@@ -106,3 +114,21 @@ def test_bad_data_and_arguments_are_clear_errors(testbed: Testbed, testbed_suite
     with pytest.raises(ValidationError):
         Recipe().steps = 3  # type: ignore[misc]
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.gpu
+def test_bf16_on_a_gpu_learns_and_keeps_the_bases_dtype(testbed: Testbed, testbed_suite: Suite, tmp_path: Path) -> None:
+    from tasks.evaluate import evaluate
+
+    result = finetune(
+        model_dir=testbed.releases[-1],
+        data=testbed.train_data,
+        recipe=Recipe(steps=100, precision="bf16", deterministic=False),
+        out_dir=tmp_path / "bf16",
+    )
+    losses = [loss for _, loss in result.loss_curve]
+    assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
+    base = load_state(testbed.releases[-1])
+    assert all(v.dtype == base[k].dtype for k, v in load_state(result.out_dir).items())
+    (record,) = evaluate(model_dir=result.out_dir, suite=testbed_suite, device="cuda")
+    assert record.value >= 0.5

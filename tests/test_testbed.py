@@ -76,3 +76,18 @@ def test_fine_tuning_data_is_disjoint_from_eval_and_in_a_form_pretraining_never_
     additions = [line for line in lines if "+" in line]
     assert 0.55 < len(additions) / len(lines) < 0.65
     assert all(any(m in line for m in corpus.MARKERS) for line in additions)
+
+
+def test_cli_reuses_a_built_test_bed_and_reports_a_bad_out(testbed: Testbed, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deployments.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["testbed", "build", "--out", str(testbed.root), "--no-control"])
+    assert result.exit_code == 0, result.output
+    assert f"release M4: {testbed.releases[-1]}" in result.output.replace("\n", "")
+    (tmp_path / "taken").mkdir()
+    result = runner.invoke(app, ["testbed", "build", "--out", str(tmp_path / "taken")])
+    assert result.exit_code == 1
+    assert "not a test bed folder" in result.output

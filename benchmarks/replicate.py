@@ -1,0 +1,383 @@
+"""The paper's effects, reproduced on the test bed with Graftwork's own engine, fine-tuning and evaluation.
+
+    python benchmarks/replicate.py [--quick] [--out benchmarks/results/replicate] [--seeds 0 1 2]
+
+For each seed it builds (or reuses) a test bed and measures: the transfer matrix M_i + Δ_j next to M_i
+and FT(M_i) (Table 3); learning curves of FT(M_i) against FT(M_i + Δ_{i−1}) (Figure 2); Algorithm 1
+(iterative) against direct recycling and plain fine-tuning over the versions (Table 6, Figure 3); and a
+control lineage from another initialisation whose diffs must not transfer. It writes `report.md`,
+`results.json` and PNG plots, and states seed by seed which findings held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TQDM_DISABLE"):
+    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks import deltas  # noqa: E402
+from tasks.evaluate import Suite, evaluate  # noqa: E402
+from tasks.finetune import Recipe, finetune  # noqa: E402
+from tasks.testbed import Testbed, build_testbed  # noqa: E402
+
+STRONG_GAIN = 20.0  # points a strong base must gain from M_i + Δ_{i−1}, with no training
+WEAK_GAIN = 10.0  # points a weak base (M1) or the control lineage must stay under
+EARLY_STEP = 50
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How much to run: the full report or the quick one the tests use."""
+
+    seeds: tuple[int, ...]
+    steps: int
+    eval_every: int
+    control: bool
+    new_release: bool
+    threads: int = 1
+
+
+FULL = Setup(seeds=(0, 1, 2), steps=200, eval_every=50, control=True, new_release=True)
+QUICK = Setup(seeds=(0,), steps=100, eval_every=50, control=False, new_release=False)
+
+
+@dataclass
+class SeedRun:
+    """Everything measured on one seed's test bed (accuracies in percent)."""
+
+    seed: int
+    base: dict[str, float] = field(default_factory=dict)
+    finetuned: dict[str, float] = field(default_factory=dict)
+    matrix: dict[str, dict[str, float]] = field(default_factory=dict)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    algorithm1: dict[str, dict[str, float]] = field(default_factory=dict)
+    control: dict[str, float] = field(default_factory=dict)
+    findings: dict[str, bool] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Lab:
+    """One seed's work folder: fine-tunes, diffs and transfers by name, each done once."""
+
+    def __init__(self, *, bed: Testbed, work: Path, setup: Setup) -> None:
+        self.bed, self.work, self.setup = bed, work, setup
+        self.suite = Suite(name="testbed", tasks=(bed.generate_task,), task_dirs=(bed.task_dir,))
+        self.recipe = Recipe(steps=setup.steps, seed=bed.seed)
+        self._acc: dict[Path, float] = {}
+
+    def acc(self, model: Path) -> float:
+        if model not in self._acc:
+            (record,) = evaluate(model_dir=model, suite=self.suite)
+            self._acc[model] = 100 * record.value
+        return self._acc[model]
+
+    def finetune(self, name: str, model: Path, *, curve: bool) -> tuple[Path, list[tuple[int, float]]]:
+        result = finetune(
+            model_dir=model,
+            data=self.bed.train_data,
+            recipe=self.recipe,
+            out_dir=self.work / "ft" / name,
+            eval_every=self.setup.eval_every if curve else None,
+            eval_suite=self.suite if curve else None,
+            threads=self.setup.threads,
+            overwrite=True,
+        )
+        points = [(step, 100 * records[0].value) for step, records in result.eval_curve]
+        if points:
+            self._acc[result.out_dir] = points[-1][1]
+        return result.out_dir, points
+
+    def diff(self, name: str, finetuned: Path, base: Path) -> Path:
+        return deltas.diff(finetuned=finetuned, base=base, out=self.work / "diffs" / name, overwrite=True).output
+
+    def apply(self, name: str, diff: Path, target: Path) -> Path:
+        return deltas.apply(diff=diff, target=target, out=self.work / "transfers" / name, overwrite=True).output
+
+
+def build(*, seed: int, setup: Setup, beds: Path, own_control: bool) -> Testbed:
+    """One seed's test bed, with its own control lineage only when no other seed can serve as one."""
+    return build_testbed(out=beds / f"seed{seed}", seed=seed, control=own_control, threads=setup.threads)
+
+
+def run_seed(*, seed: int, setup: Setup, root: Path, beds: Path, control: Path | None = None) -> SeedRun:
+    """Every measurement of the report on one seed.
+
+    `control` is a model pretrained from another initialisation (another seed's last release); without
+    one, and when the set-up asks for a control, the test bed builds its own.
+    """
+    start = time.perf_counter()
+    bed = build(seed=seed, setup=setup, beds=beds, own_control=setup.control and control is None)
+    control = control or bed.control
+    lab = Lab(bed=bed, work=root / f"seed{seed}", setup=setup)
+    run = SeedRun(seed=seed)
+    releases = (*bed.releases, bed.new_release) if setup.new_release else bed.releases
+    versions = {f"M{i}": p for i, p in enumerate(releases, 1)}
+    names = list(versions)
+    fts, diffs = {}, {}
+    for name, path in versions.items():
+        run.base[name] = lab.acc(path)
+        fts[name], run.curves[f"FT({name})"] = lab.finetune(name, path, curve=name != names[0])
+        run.finetuned[name] = lab.acc(fts[name])
+        diffs[name] = lab.diff(name, fts[name], path)
+    for target in names:
+        run.matrix[target] = {
+            source: lab.acc(lab.apply(f"{target}+d{source}", diffs[source], versions[target]))
+            for source in names
+            if source != target
+        }
+    # Algorithm 1: direct recycles the previous version's plain Δ; iterative the previous recycled one.
+    direct = {names[0]: run.finetuned[names[0]]}
+    iterative = {names[0]: run.finetuned[names[0]]}
+    star_prev = fts[names[0]]  # M*_1 = FT(M1)
+    for prev, name in itertools.pairwise(names):
+        recycled = lab.apply(f"{name}+d{prev}", diffs[prev], versions[name])
+        ft_path, run.curves[f"FT({name}+Δ{prev[1:]})"] = lab.finetune(f"{name}+d{prev}", recycled, curve=True)
+        direct[name] = lab.acc(ft_path)
+        if prev == names[0]:
+            star = ft_path  # Δ*_1 is Δ_1: the first recycled step is the same in both modes
+        else:
+            chain = lab.diff(f"iter-{prev}", star_prev, versions[prev])
+            star, _ = lab.finetune(f"iter-{name}", lab.apply(f"{name}+diter{prev}", chain, versions[name]), curve=False)
+        iterative[name] = lab.acc(star)
+        star_prev = star
+    run.algorithm1 = {"none": dict(run.finetuned), "direct": direct, "iterative": iterative}
+    if setup.control and control is not None:
+        last = names[len(bed.releases) - 1]
+        ft_control, _ = lab.finetune("control", control, curve=False)
+        control_diff = lab.diff("control", ft_control, control)
+        run.control = {
+            "C": lab.acc(control),
+            "FT(C)": lab.acc(ft_control),
+            "C + Δ_n": lab.acc(lab.apply(f"C+d{last}", diffs[last], control)),
+            "M_n": run.base[last],
+            "M_n + Δ_C": lab.acc(lab.apply(f"{last}+dC", control_diff, versions[last])),
+        }
+    run.findings = findings(run, pretrained=len(bed.releases))
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def findings(run: SeedRun, *, pretrained: int) -> dict[str, bool]:
+    """The paper's findings, checked on one seed.
+
+    The stronger bases are the later half of the pretraining releases and the new release; the weak
+    base is M1.
+    """
+    strong = [f"M{i}" for i in range(pretrained // 2 + 1, len(run.base) + 1)]
+    out: dict[str, bool] = {}
+    for name in strong:
+        prev = f"M{int(name[1:]) - 1}"
+        gain = run.matrix[name][prev] - run.base[name]
+        out[f"{name} + Δ{prev[1:]} gains ≥ {STRONG_GAIN:.0f} points without training"] = gain >= STRONG_GAIN
+        plain, recycled = dict(run.curves[f"FT({name})"]), dict(run.curves[f"FT({name}+Δ{prev[1:]})"])
+        out[f"FT({name} + Δ{prev[1:]}) ahead of FT({name}) at step {EARLY_STEP}"] = (
+            recycled[EARLY_STEP] > plain[EARLY_STEP]
+        )
+        out[f"FT({name} + Δ{prev[1:]}) ahead of FT({name}) on the mean of the curve"] = statistics.fmean(
+            recycled.values()
+        ) > statistics.fmean(plain.values())
+    weak_gain = max(run.matrix["M1"].values()) - run.base["M1"]
+    out[f"M1 + any Δ gains < {WEAK_GAIN:.0f} points (a weak base cannot use it)"] = weak_gain < WEAK_GAIN
+    if run.control:
+        c = run.control
+        gains = (c["C + Δ_n"] - c["C"], c["M_n + Δ_C"] - c["M_n"])
+        out[f"no transfer between lineages (both directions gain < {WEAK_GAIN:.0f} points)"] = max(gains) < WEAK_GAIN
+    return out
+
+
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The first evaluated step at which `curve` reaches `target`, or None if it never does."""
+    return next((step for step, value in curve if value >= target), None)
+
+
+def write_report(runs: list[SeedRun], *, out: Path, setup: Setup, seconds: float) -> Path:
+    """`report.md`, `results.json` and the plots under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps([run.__dict__ for run in runs], indent=1))
+    plots = _plots(runs, out=out)
+    lines = [
+        "# The paper's effects on the Graftwork test bed",
+        "",
+        f"Seeds {', '.join(str(r.seed) for r in runs)}; fine-tuning {setup.steps} steps "
+        f"(evaluated every {setup.eval_every}); accuracy is exact match in percent on the test bed's "
+        f"`testbed_add` lm-eval task (200 held-out sums). Total time {seconds:.0f} s.",
+        "",
+        "## Findings, seed by seed",
+        "",
+        "| finding | " + " | ".join(f"seed {r.seed}" for r in runs) + " |",
+        "| --- | " + " | ".join("---" for _ in runs) + " |",
+    ]
+    for key in runs[0].findings:
+        lines.append(f"| {key} | " + " | ".join("held" if r.findings.get(key) else "**failed**" for r in runs) + " |")
+    lines += ["", "## Transfer matrix (paper Table 3)", "", *_matrix_table(runs)]
+    lines += ["", "## Learning curves (paper Figure 2)", "", *_curve_table(runs), "", f"![curves]({plots[0]})"]
+    lines += ["", "## Algorithm 1 (paper Table 6, Figure 3)", "", *_algorithm1_table(runs), "", f"![alg1]({plots[1]})"]
+    if runs[0].control:
+        lines += ["", "## Control: a lineage from another initialisation", "", *_control_table(runs)]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _matrix_table(runs: list[SeedRun]) -> list[str]:
+    names = list(runs[0].base)
+    lines = [
+        "Rows: target base M_i; columns: M_i alone, M_i + Δ_j (no training), FT(M_i). Mean ± sd over seeds.",
+        "",
+        "| target | M_i | " + " | ".join(f"+Δ{n[1:]}" for n in names) + " | FT(M_i) |",
+        "| --- | --- | " + " | ".join("---" for _ in names) + " | --- |",
+    ]
+    for t in names:
+        cells = [_spread([r.matrix[t][s] for r in runs]) if s != t else "–" for s in names]
+        base, ft = _spread([r.base[t] for r in runs]), _spread([r.finetuned[t] for r in runs])
+        lines.append(f"| {t} | {base} | " + " | ".join(cells) + f" | {ft} |")
+    return lines
+
+
+def _curve_table(runs: list[SeedRun]) -> list[str]:
+    names = list(runs[0].base)[1:]
+    lines = [
+        f"Accuracy at step {EARLY_STEP}, mean of the curve, and the first evaluated step at which each run "
+        "reaches FT(M_i)'s final accuracy (– : never within the budget).",
+        "",
+        "| M_i | FT(M_i) @50 | FT(M_i+Δ_{i−1}) @50 | FT(M_i) mean | FT(M_i+Δ_{i−1}) mean | steps FT(M_i) "
+        "| steps FT(M_i+Δ_{i−1}) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n in names:
+        prev = f"Δ{int(n[1:]) - 1}"
+        plain = [r.curves[f"FT({n})"] for r in runs]
+        recycled = [r.curves[f"FT({n}+{prev})"] for r in runs]
+        at = [_spread([dict(c).get(EARLY_STEP, float("nan")) for c in cs]) for cs in (plain, recycled)]
+        mean = [_spread([statistics.fmean(v for _, v in c) for c in cs]) for cs in (plain, recycled)]
+        reach = [
+            ", ".join(str(steps_to_reach(c, p[-1][1]) or "–") for c, p in zip(cs, plain, strict=True))
+            for cs in (plain, recycled)
+        ]
+        lines.append(f"| {n} | {at[0]} | {at[1]} | {mean[0]} | {mean[1]} | {reach[0]} | {reach[1]} |")
+    return lines
+
+
+def _algorithm1_table(runs: list[SeedRun]) -> list[str]:
+    names = list(runs[0].base)
+    lines = [
+        "Accuracy after fine-tuning each version: plain FT(M_i), direct FT(M_i + Δ_{i−1}) and iterative "
+        "FT(M_i + Δ*_{i−1}), Δ* carrying every earlier version's fine-tuning.",
+        "",
+        "| mode | " + " | ".join(names) + " |",
+        "| --- | " + " | ".join("---" for _ in names) + " |",
+    ]
+    for mode in ("none", "direct", "iterative"):
+        lines.append(f"| {mode} | " + " | ".join(_spread([r.algorithm1[mode][n] for r in runs]) for n in names) + " |")
+    wins = sum(r.algorithm1["iterative"][n] > r.algorithm1["direct"][n] for r in runs for n in names[2:])
+    ties = sum(r.algorithm1["iterative"][n] == r.algorithm1["direct"][n] for r in runs for n in names[2:])
+    total = len(runs) * len(names[2:])
+    lines += [
+        "",
+        f"Iterative against direct, as measured (M3 onward, all seeds): {wins} wins, {ties} ties, "
+        f"{total - wins - ties} losses out of {total}. Not asserted.",
+    ]
+    return lines
+
+
+def _control_table(runs: list[SeedRun]) -> list[str]:
+    keys = list(runs[0].control)
+    return [
+        "| " + " | ".join(keys) + " |",
+        "| " + " | ".join("---" for _ in keys) + " |",
+        "| " + " | ".join(_spread([r.control[k] for r in runs]) for k in keys) + " |",
+    ]
+
+
+def _plots(runs: list[SeedRun], *, out: Path) -> tuple[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(runs[0].base)[1:]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), sharey=True)
+    for ax, n in zip(axes, names, strict=True):
+        prev = f"Δ{int(n[1:]) - 1}"
+        for r in runs:
+            for key, style in ((f"FT({n})", "--"), (f"FT({n}+{prev})", "-")):
+                xs, ys = zip(*r.curves[key], strict=True)
+                ax.plot(
+                    xs, ys, style, color="C0" if style == "--" else "C1", alpha=0.7, label=key if r is runs[0] else None
+                )
+        ax.set_title(n)
+        ax.set_xlabel("fine-tuning step")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("exact match %")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    all_names = list(runs[0].base)
+    for mode in ("none", "direct", "iterative"):
+        ys = [statistics.fmean(r.algorithm1[mode][n] for r in runs) for n in all_names]
+        ax.plot(all_names, ys, marker="o", label=mode)
+    ax.set_ylabel("exact match % after FT (mean over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "algorithm1.png", dpi=100)
+    plt.close(fig)
+    return "curves.png", "algorithm1.png"
+
+
+def _build_one(args: tuple[int, Setup, Path, bool]) -> Testbed:
+    seed, setup, beds, own_control = args
+    return build(seed=seed, setup=setup, beds=beds, own_control=own_control)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one seed, shorter fine-tuning, no control (< 2 min)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/replicate"))
+    parser.add_argument("--beds", type=Path, default=Path("benchmarks/.cache/testbeds"), help="test bed cache")
+    parser.add_argument("--jobs", type=int, default=3, help="seeds run at once, one process and one thread each")
+    ns = parser.parse_args(argv)
+    setup = QUICK if ns.quick else FULL
+    if ns.seeds:
+        setup = Setup(**{**setup.__dict__, "seeds": tuple(ns.seeds)})
+    start = time.perf_counter()
+    seeds = setup.seeds
+    jobs = max(1, min(ns.jobs, len(seeds)))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # With several seeds, each seed's control is the next seed's last release: another initialisation.
+        shared = len(seeds) > 1
+        beds = list(pool.map(_build_one, [(s, setup, ns.beds, setup.control and not shared) for s in seeds]))
+        controls = [beds[(k + 1) % len(beds)].releases[-1] if shared else None for k in range(len(beds))]
+        futures = [
+            pool.submit(run_seed, seed=s, setup=setup, root=ns.out / "work", beds=ns.beds, control=c)
+            for s, c in zip(seeds, controls, strict=True)
+        ]
+        runs = [f.result() for f in futures]
+    for run in runs:
+        print(f"seed {run.seed}: {run.seconds:.0f} s", file=sys.stderr)
+    report = write_report(runs, out=ns.out, setup=setup, seconds=time.perf_counter() - start)
+    print(report.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
