@@ -17,7 +17,7 @@ from deployments.registry_cli import db_app, registry_app
 from deployments.testbed_cli import app as testbed_app
 from deployments.track_cli import track_app
 from deployments.webhook_cli import webhook
-from flows.demo import run_demo
+from flows.demo import DemoOptions, run_demo
 from flows.settings import GraftSettings
 from tasks import deltas as engine
 from tasks.hub import fetch_model
@@ -192,18 +192,54 @@ def transfer(
     )
 
 
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Graftwork's data dir (default: GRAFT_DATA_DIR, ~/.graftwork).")
+]
+
+
 @app.command()
 def demo(
-    data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="Where the demo keeps its models (default: GRAFT_DATA_DIR).")
+    data_dir: DataDir = None,
+    releases: Annotated[int, typer.Option("--releases", min=1, max=5, help="Releases to publish, M1..M5.")] = 4,
+    seed: Annotated[int, typer.Option("--seed", help="The test bed's seed.")] = 0,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Evaluate on 50 documents, and plain FT only at its start and end.")
+    ] = False,
+    testbed: Annotated[
+        Path | None, typer.Option("--testbed", help="Use (or build) the test bed in this folder instead.")
     ] = None,
 ) -> None:
-    """Run the engine end to end on a synthetic model family: diff, apply (round trip) and transfer."""
-    root = data_dir or GraftSettings().data_dir
+    """Graftwork end to end on the CPU test bed: releases published one by one, each carried over,
+    fine-tuned, evaluated, gated and promoted through Prefect; then the lineage and what recycling saved.
+
+    Everything stays under the data dir; a second run reuses what exists.
+    """
+    options = DemoOptions(
+        data_dir=(data_dir or GraftSettings().data_dir).resolve(),
+        releases=releases,
+        seed=seed,
+        fast=fast,
+        testbed=testbed,
+    )
     with user_errors():
-        ok = run_demo(data_dir=root, say=say, describe=describe)
-    if not ok:
-        raise typer.Exit(1)
+        run_demo(options=options, say=say)
+
+
+@app.command()
+def ui(
+    data_dir: DataDir = None,
+    port: Annotated[int, typer.Option("--port", help="Port of the Prefect UI.")] = 4200,
+) -> None:
+    """Start the Prefect server (and its UI) on the data dir's Prefect database, where the demo's runs are."""
+    import os
+    import subprocess
+    import sys
+
+    home = (data_dir or GraftSettings().data_dir).resolve() / "prefect"
+    say(f"Prefect UI on http://127.0.0.1:{port} (database {home / 'prefect.db'}); Ctrl-C stops it")
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    raise typer.Exit(subprocess.call(command, env=env))
 
 
 @app.command()

@@ -253,6 +253,24 @@ def candidate_at(session: Session, *, release: Release, model_uri: str) -> Candi
     return session.scalars(query.order_by(Candidate.id).limit(1)).one_or_none()
 
 
+def candidate_for(session: Session, *, track: Track, ref: str) -> Candidate | None:
+    """The newest candidate made for the track's release published as `ref` (a branch, tag or folder)."""
+    query = (
+        select(Candidate)
+        .join(Release, Candidate.release_id == Release.id)
+        .where(Candidate.track_id == track.id, Release.ref == ref)
+        .order_by(Candidate.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).one_or_none()
+
+
+def release_scores(session: Session, *, candidate: Candidate, metric: str) -> list[EvalResult]:
+    """One metric's results for every model scored in the candidate's run (candidate, base, transferred)."""
+    query = select(EvalResult).where(EvalResult.release_id == candidate.release_id, EvalResult.metric == metric)
+    return list(session.scalars(query.order_by(EvalResult.id)))
+
+
 def decision_for(session: Session, *, candidate: Candidate) -> Promotion | None:
     """The gate's decision on `candidate`, if it was made."""
     query = select(Promotion).where(Promotion.to_candidate_id == candidate.id, Promotion.actor == "gate")

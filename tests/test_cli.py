@@ -50,13 +50,3 @@ def test_shard_sizes_parse(text: str, size: int) -> None:
 def test_a_bad_shard_size_is_refused() -> None:
     with pytest.raises(typer.BadParameter, match="'five' is not a size"):
         parse_size("five")
-
-
-def test_the_demo_runs_and_reuses_its_family(tmp_path: Path) -> None:
-    first = runner.invoke(app, ["demo", "--data-dir", str(tmp_path)])
-    assert first.exit_code == 0, first.output
-    assert "Building a synthetic Llama family" in first.stdout
-    assert "apply(diff(m', m), m) == m' bit for bit: yes" in first.stdout
-    second = runner.invoke(app, ["demo", "--data-dir", str(tmp_path)])
-    assert second.exit_code == 0, second.output
-    assert "Reusing a synthetic Llama family" in second.stdout

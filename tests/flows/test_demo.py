@@ -1,0 +1,58 @@
+"""`graft demo` in fast mode on a clean data dir: its table, the registry afterwards, and a re-run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from deployments.cli import app
+from flows.registry import open_registry
+from flows.settings import GraftSettings
+from storage import registry as rows
+from storage.db import session_scope
+from storage.models import Candidate, Diff, Promotion
+from tasks.testbed import Testbed
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+
+
+def test_the_demo_runs_on_a_clean_data_dir_and_reuses_it(
+    tmp_path: Path, testbed: Testbed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = tmp_path / "data"
+    args = ["demo", "--fast", "--releases", "3", "--data-dir", str(data_dir), "--testbed", str(testbed.root)]
+    start = time.perf_counter()
+    first = runner.invoke(app, args)
+    first_seconds = time.perf_counter() - start
+    assert first.exit_code == 0, first.output
+    lines = first.stdout.splitlines()
+    table = [line for line in lines if line.split()[:1] in (["M1"], ["M2"], ["M3"]) and "published" not in line]
+    assert [line.split()[0] for line in table] == ["M1", "M2", "M3"]
+    assert table[0].split()[2] == "—"  # the first release is plain fine-tuning: nothing to carry over
+    assert all(line.split()[5].rstrip(":") in {"promote", "reject"} for line in table)
+    assert "Compute that recycling saved" in first.stdout
+    assert f"graft ui --data-dir {data_dir}" in first.stdout
+
+    monkeypatch.setenv("GRAFT_DATA_DIR", str(data_dir))
+    with session_scope(open_registry(GraftSettings()).engine) as session:
+        candidates = list(session.scalars(select(Candidate).order_by(Candidate.id)))
+        diffs = list(session.scalars(select(Diff).order_by(Diff.id)))
+        assert len(candidates) == 3 and [c.mode for c in candidates] == ["none", "iterative", "iterative"]
+        assert [d.parent_id for d in diffs] == [None, diffs[0].id, diffs[1].id]
+        decisions = [p.decision for p in session.scalars(select(Promotion).order_by(Promotion.id))]
+        assert decisions == [line.split()[5].rstrip(":") for line in table]
+        assert rows.get_track(session, name="testbed-demo").spec["eval"]["limit"] == 50
+    assert (data_dir / "prefect" / "prefect.db").is_file()  # the runs are in the data dir's Prefect database
+
+    start = time.perf_counter()
+    second = runner.invoke(app, args)
+    second_seconds = time.perf_counter() - start
+    assert second.exit_code == 0, second.output
+    assert second.stdout.count("(reused)") == 3 and "Reusing track testbed-demo" in second.stdout
+    assert [line for line in second.stdout.splitlines() if "(reused)" in line] == [f"{t}   (reused)" for t in table]
+    assert second_seconds < first_seconds / 2
