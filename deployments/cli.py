@@ -237,8 +237,15 @@ def ui(
 
     home = (data_dir or GraftSettings().data_dir).resolve() / "prefect"
     say(f"Prefect UI on http://127.0.0.1:{port} (database {home / 'prefect.db'}); Ctrl-C stops it")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+    }
+    command = [sys.executable, "-m", "prefect", "server", "start"]
     raise typer.Exit(subprocess.call(command, env=env))
 
 

@@ -90,6 +90,7 @@ def _local_services(data_dir: Path) -> Iterator[None]:
         PREFECT_HOME,
         PREFECT_LOGGING_LEVEL,
         PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
         temporary_settings,
     )
 
@@ -109,7 +110,9 @@ def _local_services(data_dir: Path) -> Iterator[None]:
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with (
-            temporary_settings(updates=updates, restore_defaults={PREFECT_API_URL}),
+            temporary_settings(
+                updates=updates, restore_defaults={PREFECT_API_URL, PREFECT_SERVER_DATABASE_CONNECTION_URL}
+            ),
             redirect_stderr(_AppendOnly(log)),
         ):
             yield

@@ -32,8 +32,7 @@ def _graft(*args: str) -> str:
 def test_three_releases_go_through_the_whole_flow(data_dir: Path, testbed: Testbed, tmp_path: Path) -> None:
     track = write_track(tmp_path, testbed, name="bed", releases=(2, 3, 4))
     assert "added track bed (local releases, iterative recycling)" in _graft("track", "add", str(track))
-    new = recycle.watch_releases(track="bed", dispatch="inline")
-    assert len(new) == 3
+    assert "track bed: 3 new release(s) processed" in _graft("track", "watch", "bed")
     assert recycle.watch_releases(track="bed", dispatch="inline") == []  # seen releases run once
 
     gate = recycle.load_spec(track="bed").gate
@@ -41,7 +40,7 @@ def test_three_releases_go_through_the_whole_flow(data_dir: Path, testbed: Testb
         candidates = list(session.scalars(select(Candidate).order_by(Candidate.id)))
         diffs = list(session.scalars(select(Diff).order_by(Diff.id)))
         promotions = list(session.scalars(select(Promotion).order_by(Promotion.id)))
-        assert [c.release_id for c in candidates] == new
+        assert len({c.release_id for c in candidates}) == 3
         assert [c.mode for c in candidates] == ["none", "iterative", "iterative"]
         # The Δ^iter chain: each release's Δ is taken from its candidate and has the previous one as parent.
         assert [d.candidate_id for d in diffs] == [c.id for c in candidates]
