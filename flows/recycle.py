@@ -28,8 +28,13 @@ from tasks.evaluate import EvalRecord, evaluate
 from tasks.finetune import finetune
 from tasks.gate import Decision, decide
 from tasks.hub import ReleaseRef, discover_local, discover_refs, discover_repos, download, publish
+from tasks.launch import run_launch
 
 RECYCLE_DEPLOYMENT = "recycle-then-finetune/recycle-then-finetune"
+ACCELERATE_CONFIGS = {
+    kind: Path(__file__).parents[1] / "deployments" / "accelerate" / name
+    for kind, name in (("fsdp", "fsdp.yaml"), ("deepspeed", "deepspeed_zero3.yaml"))
+}
 
 
 def load_spec(*, track: str) -> TrackSpec:
@@ -162,11 +167,21 @@ def carry_over(the_plan: Plan, base: Path, alpha: float) -> Path:
 
 @task
 def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec) -> Path:
-    """The track's recipe on `start`; the loss curve is kept next to the candidate."""
+    """The track's recipe on `start`, in this process, or under `accelerate launch` when the track
+    asks for several GPU processes; the loss curve (one process) is kept next to the candidate."""
     out = the_plan.work / "candidate"
-    if not out.is_dir():
+    if out.is_dir():
+        return out
+    launch = spec.finetune.launch
+    if launch.processes == 1:
         result = finetune(model_dir=start, data=spec.finetune.data, recipe=spec.finetune.recipe, out_dir=out)
         (the_plan.work / "loss.json").write_text(json.dumps(result.loss_curve))
+        return out
+    if launch.config is None:
+        launch = launch.model_copy(update={"config": ACCELERATE_CONFIGS[launch.distributed]})
+    recipe = the_plan.work / "recipe.json"
+    recipe.write_text(spec.finetune.recipe.model_dump_json())
+    run_launch(launch=launch, model_dir=start, data=spec.finetune.data, recipe_json=recipe, out_dir=out)
     return out
 
 

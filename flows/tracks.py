@@ -9,6 +9,7 @@ source:                            # where releases come from; one of:
 finetune:
   data: data/train.jsonl           # {"prompt": ..., "completion": ...} per line
   recipe: {steps: 100, learning_rate: 1.0e-3}
+  launch: {processes: 1}           # > 1: accelerate with distributed: fsdp | deepspeed
 recycle: {mode: iterative, alpha: 1.0}   # iterative | direct | none
 eval:                              # an lm-eval suite: task names and local task folders
   tasks: [testbed_addition]
@@ -35,6 +36,7 @@ from tasks.errors import GraftError
 from tasks.evaluate import Suite
 from tasks.finetune import Recipe
 from tasks.gate import GateRules
+from tasks.launch import Launch
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -74,10 +76,12 @@ Source = Annotated[LocalSource | HubReposSource | HubRefsSource, Field(discrimin
 
 
 class FinetuneSpec(_Spec):
-    """The fine-tuning data and recipe; 0 steps makes every candidate a pure transfer."""
+    """The fine-tuning data and recipe (0 steps makes every candidate a pure transfer), and how many
+    GPU processes train (more than one: accelerate with FSDP or DeepSpeed ZeRO-3)."""
 
     data: Path
     recipe: Recipe = Field(default_factory=lambda: Recipe.model_validate({}))
+    launch: Launch = Field(default_factory=lambda: Launch.model_validate({}))
 
 
 class RecycleSpec(_Spec):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,20 @@ def test_a_missing_or_non_yaml_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(TrackError, match="a track is a mapping of fields, not list"):
         load_track(tmp_path / "list.yaml")
+
+
+def test_a_multi_gpu_track_fine_tunes_through_accelerate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows import recycle
+    from tasks.hub import ReleaseRef
+
+    spec = load_track(_write(tmp_path, {**GOOD, "finetune": {"data": "d.jsonl", "launch": {"processes": 2}}}))
+    launched: list[dict[str, object]] = []
+    monkeypatch.setattr(recycle, "run_launch", lambda **kwargs: launched.append(kwargs))
+    plan = recycle.Plan("t", 1, ReleaseRef(repo_id="o/m", revision="a" * 40), None, "none", tmp_path / "work")
+    plan.work.mkdir()
+    out = recycle.fine_tune.fn(plan, tmp_path / "base", spec)
+    [call] = launched
+    assert call["launch"].config == recycle.ACCELERATE_CONFIGS["fsdp"] and call["launch"].config.is_file()
+    assert call["launch"].processes == 2
+    assert (call["model_dir"], call["out_dir"], call["data"]) == (tmp_path / "base", out, tmp_path / "d.jsonl")
+    assert json.loads(call["recipe_json"].read_text()) == spec.finetune.recipe.model_dump(mode="json")
