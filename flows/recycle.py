@@ -145,9 +145,16 @@ def plan(track: str, release_id: int, spec: TrackSpec, mode: str | None) -> Plan
 
 
 @task
-def fetch(release: ReleaseRef) -> Path:
-    """The release's model folder: its local path, or a download pinned to its sha."""
-    return release.path if release.path is not None else download(release=release)
+def fetch(the_plan: Plan) -> Path:
+    """The release's model folder: its local path, or a download pinned to its sha (its progress
+    artifact goes from 0 to 100 % when the download completes)."""
+    release = the_plan.release
+    if release.path is not None:
+        return release.path
+    with progress_artifact(key=_key(the_plan, "download"), description=f"download {release}") as report:
+        folder = download(release=release)
+        report(1, 1)
+    return folder
 
 
 @task
@@ -174,7 +181,10 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec) -> Path:
         return out
     launch = spec.finetune.launch
     if launch.processes == 1:
-        result = finetune(model_dir=start, data=spec.finetune.data, recipe=spec.finetune.recipe, out_dir=out)
+        with progress_artifact(key=_key(the_plan, "finetune"), description="fine-tuning steps") as report:
+            result = finetune(
+                model_dir=start, data=spec.finetune.data, recipe=spec.finetune.recipe, out_dir=out, progress=report
+            )
         (the_plan.work / "loss.json").write_text(json.dumps(result.loss_curve))
         return out
     if launch.config is None:
@@ -319,7 +329,7 @@ def recycle_then_finetune(track: str, release_id: int, mode: str | None = None) 
     """
     spec = load_spec(track=track)
     the_plan = plan(track, release_id, spec, mode)
-    base = fetch(the_plan.release)
+    base = fetch(the_plan)
     start = base if the_plan.carried_diff is None else carry_over(the_plan, base, spec.recycle.alpha)
     candidate = fine_tune(the_plan, start, spec)
     candidate_id = record_candidate(the_plan, spec, candidate)

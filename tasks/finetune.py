@@ -18,7 +18,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -131,6 +131,7 @@ def finetune(
     eval_suite: Suite | None = None,
     threads: int | None = None,
     overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune the model folder `model_dir` on `data` with `recipe`; write the result to `out_dir`.
 
@@ -143,6 +144,7 @@ def finetune(
         eval_suite: the suite for `eval_every`.
         threads: torch CPU threads (None leaves torch's setting).
         overwrite: replace `out_dir` if it exists.
+        progress: called with (steps done, steps in all) after every optimizer step.
 
     Raises:
         ModelFolderError: `model_dir` is not a model folder.
@@ -166,7 +168,7 @@ def finetune(
     torch.manual_seed(recipe.seed)
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     saved_dtype = _folder_dtype(model_dir)
-    curves = _Curves(eval_every=eval_every, suite=eval_suite, tokenizer=tokenizer)
+    curves = _Curves(eval_every=eval_every, suite=eval_suite, tokenizer=tokenizer, progress=progress)
     with tempfile.TemporaryDirectory(prefix="graft-finetune-") as scratch:
         args = TrainingArguments(
             output_dir=scratch,
@@ -251,8 +253,15 @@ class _Collator:
 class _Curves(TrainerCallback):
     """Collects the loss at every step and, when asked, eval records every `eval_every` steps."""
 
-    def __init__(self, *, eval_every: int | None, suite: Suite | None, tokenizer: Any) -> None:
-        self.eval_every, self.suite, self.tokenizer = eval_every, suite, tokenizer
+    def __init__(
+        self,
+        *,
+        eval_every: int | None,
+        suite: Suite | None,
+        tokenizer: Any,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.eval_every, self.suite, self.tokenizer, self.progress = eval_every, suite, tokenizer, progress
         self.losses: list[tuple[int, float]] = []
         self.evals: list[tuple[int, tuple[EvalRecord, ...]]] = []
 
@@ -270,6 +279,8 @@ class _Curves(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         step = state.global_step
+        if self.progress is not None:
+            self.progress(step, state.max_steps)
         if self.eval_every and (step % self.eval_every == 0 or step == state.max_steps):
             self.evaluate(model, step)
 

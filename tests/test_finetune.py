@@ -132,3 +132,15 @@ def test_bf16_on_a_gpu_learns_and_keeps_the_bases_dtype(testbed: Testbed, testbe
     assert all(v.dtype == base[k].dtype for k, v in load_state(result.out_dir).items())
     (record,) = evaluate(model_dir=result.out_dir, suite=testbed_suite, device="cuda")
     assert record.value >= 0.5
+
+
+def test_progress_is_reported_after_every_step(testbed: Testbed, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    finetune(
+        model_dir=testbed.releases[0],
+        data=testbed.train_data,
+        recipe=Recipe(steps=3, warmup_steps=0),
+        out_dir=tmp_path / "ft",
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen == [(1, 3), (2, 3), (3, 3)]
