@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
@@ -17,10 +17,10 @@ from deployments.registry_cli import db_app, registry_app
 from deployments.testbed_cli import app as testbed_app
 from deployments.track_cli import track_app
 from deployments.webhook_cli import webhook
-from flows.demo import DemoOptions, run_demo
 from flows.settings import GraftSettings
-from tasks import deltas as engine
-from tasks.hub import fetch_model
+
+if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
+    from tasks.deltas import DeltaSummary
 
 app = typer.Typer(
     name="graft",
@@ -82,13 +82,13 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield report
 
 
-def _run(label: str, op: Callable[[Callable[[int, int], None]], engine.DeltaSummary]) -> None:
+def _run(label: str, op: Callable[[Callable[[int, int], None]], DeltaSummary]) -> None:
     with user_errors(), _progress(label) as report:
         summary = op(report)
     say(describe(summary))
 
 
-def describe(summary: engine.DeltaSummary) -> str:
+def describe(summary: DeltaSummary) -> str:
     """A short human summary of an engine operation: tensors, bytes, time, vocabulary rows."""
     seconds = max(summary.seconds, 1e-9)
     lines = [
@@ -102,6 +102,16 @@ def describe(summary: engine.DeltaSummary) -> str:
     if summary.widened:
         lines.append(f"  stored in float64 to stay exact: {', '.join(summary.widened)}")
     return "\n".join(lines)
+
+
+def _model(argument: Path) -> Path:
+    """A model argument as a local folder: an existing folder as it is, else a Hub ref, downloaded
+    pinned to its sha (huggingface_hub is imported only then)."""
+    if Path(argument).is_dir():
+        return Path(argument)
+    from tasks.hub import fetch_model
+
+    return fetch_model(argument)
 
 
 def _gb(n: int) -> str:
@@ -119,11 +129,13 @@ def diff(
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write the diff vector Δ = FINETUNED − BASE as a diff folder (shards + diff.json)."""
+    from tasks import deltas as engine
+
     _run(
         "diff",
         lambda report: engine.diff(
-            finetuned=fetch_model(finetuned),
-            base=fetch_model(base),
+            finetuned=_model(finetuned),
+            base=_model(base),
             out=out_dir,
             allow_pickle=allow_pickle,
             overwrite=overwrite,
@@ -146,11 +158,13 @@ def apply(
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write TARGET + ALPHA·Δ as a model folder."""
+    from tasks import deltas as engine
+
     _run(
         "apply",
         lambda report: engine.apply(
             diff=diff_dir,
-            target=fetch_model(target),
+            target=_model(target),
             out=out_dir,
             alpha=alpha,
             allow_pickle=allow_pickle,
@@ -175,12 +189,14 @@ def transfer(
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write TARGET + ALPHA·(FINETUNED − BASE) in one streaming pass, without storing Δ."""
+    from tasks import deltas as engine
+
     _run(
         "transfer",
         lambda report: engine.transfer(
-            finetuned=fetch_model(finetuned),
-            base=fetch_model(base),
-            target=fetch_model(target),
+            finetuned=_model(finetuned),
+            base=_model(base),
+            target=_model(target),
             out=out_dir,
             alpha=alpha,
             allow_pickle=allow_pickle,
@@ -214,6 +230,8 @@ def demo(
 
     Everything stays under the data dir; a second run reuses what exists.
     """
+    from flows.demo import DemoOptions, run_demo
+
     options = DemoOptions(
         data_dir=(data_dir or GraftSettings().data_dir).resolve(),
         releases=releases,

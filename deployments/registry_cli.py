@@ -4,32 +4,38 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from sqlalchemy.orm import Session
 
 from deployments.console import say, user_errors
-from flows import registry as ops
 from flows.settings import GraftSettings
-from storage import db
-from storage import registry as rows
-from storage.db import session_scope
-from storage.models import Candidate, Diff, Promotion, Release
+
+if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
+    from sqlalchemy.orm import Session
+
+    from flows.registry import Registry
+    from storage.models import Diff
+    from storage.registry import Artifact
 
 registry_app = typer.Typer(help="The registry of releases, diffs, candidates and promotions.", no_args_is_help=True)
 db_app = typer.Typer(help="The registry's database schema.", no_args_is_help=True)
 
 TrackOption = Annotated[str | None, typer.Option("--track", "-t", help="Only this track.")]
+Kind = Literal["release", "diff", "candidate", "promotion"]
 
 
-def _open() -> ops.Registry:
-    return ops.open_registry(GraftSettings())
+def _open() -> Registry:
+    from flows.registry import open_registry
+
+    return open_registry(GraftSettings())
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the registry database to the newest schema (commands that need it do this themselves)."""
+    from storage import db
+
     with user_errors():
         engine = db.make_engine(GraftSettings().registry_database_url)
         before = db.current_revision(engine)
@@ -42,10 +48,13 @@ def db_upgrade() -> None:
 def list_(
     track: TrackOption = None,
     kind: Annotated[
-        rows.Kind | None, typer.Option("--kind", "-k", help="Only this kind of artifact.", case_sensitive=False)
+        Kind | None, typer.Option("--kind", "-k", help="Only this kind of artifact.", case_sensitive=False)
     ] = None,
 ) -> None:
     """List artifacts, oldest first."""
+    from storage import registry as rows
+    from storage.db import session_scope
+
     with user_errors(), session_scope(_open().engine) as session:
         scope = None if track is None else rows.get_track(session, name=track)
         found = rows.list_artifacts(session, track=scope, kind=kind)
@@ -58,6 +67,9 @@ def list_(
 @registry_app.command("show")
 def show(artifact: Annotated[str, typer.Argument(metavar="ID", help="An id from `graft registry list`.")]) -> None:
     """Show one artifact: provenance, sizes, hashes, eval results and lineage."""
+    from storage import registry as rows
+    from storage.db import session_scope
+
     with user_errors(), session_scope(_open().engine) as session:
         row = rows.get(session, ref=artifact)
         say(f"{rows.public_id(row)} on track {row.track.name}, recorded {row.created_at:%Y-%m-%d %H:%M:%S}")
@@ -68,6 +80,9 @@ def show(artifact: Annotated[str, typer.Argument(metavar="ID", help="An id from 
 @registry_app.command("lineage")
 def lineage(track: Annotated[str, typer.Argument(help="The track whose Δ chain to show.")]) -> None:
     """Show a track's chain of diff vectors, release by release."""
+    from storage import registry as rows
+    from storage.db import session_scope
+
     with user_errors(), session_scope(_open().engine) as session:
         diffs = rows.diffs_of(session, track=rows.get_track(session, name=track))
         for diff in diffs:
@@ -84,6 +99,8 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write a registered diff as a plain diff folder, usable by `graft apply`."""
+    from flows import registry as ops
+
     with user_errors():
         path = ops.export_diff(_open(), ref=diff, out=out_dir, overwrite=overwrite)
     say(f"exported {diff} to {path}")
@@ -96,6 +113,8 @@ def import_(
     parent: Annotated[str | None, typer.Option("--parent", help="The diff it follows in the Δ chain.")] = None,
 ) -> None:
     """Register a diff made elsewhere: compress its files into the blob store and record it."""
+    from flows import registry as ops
+
     with user_errors():
         done = ops.register_diff(_open(), diff_dir=diff_dir, track=track, parent=parent, say=say)
     verb = "registered" if done.new else "already registered as"
@@ -108,6 +127,8 @@ def import_(
 @registry_app.command("verify")
 def verify() -> None:
     """Re-hash every blob that a row points to; exit 1 when any is missing or corrupt."""
+    from flows import registry as ops
+
     with user_errors():
         report = ops.verify(_open())
     for label, found in (("missing", report.missing), ("corrupt", report.corrupt)):
@@ -125,12 +146,16 @@ def gc(
     ] = 24.0,
 ) -> None:
     """Remove blobs no row points to (and writers' leftovers) older than the grace period."""
+    from flows import registry as ops
+
     with user_errors():
         report = ops.gc(_open(), grace=timedelta(hours=grace_hours))
     say(f"removed {report.blobs} orphan blob(s) and {report.temporaries} temporary file(s), {_mb(report.bytes)}")
 
 
-def _summary(row: rows.Artifact) -> str:
+def _summary(row: Artifact) -> str:
+    from storage.models import Candidate, Diff, Release
+
     if isinstance(row, Release):
         return f"{row.repo_id}@{row.revision[:12]}" + (f" ({row.ref})" if row.ref else "")
     if isinstance(row, Diff):
@@ -140,7 +165,10 @@ def _summary(row: rows.Artifact) -> str:
     return f"{row.decision} on {row.channel}: candidate-{row.to_candidate_id} ({'; '.join(row.reasons)})"
 
 
-def _details(session: Session, row: rows.Artifact) -> list[str]:
+def _details(session: Session, row: Artifact) -> list[str]:
+    from storage import registry as rows
+    from storage.models import Candidate, Diff, Promotion
+
     lines = [_summary(row)]
     if isinstance(row, Diff):
         lines += [f"fine-tuned: {_provenance(row.finetuned)}", f"base: {_provenance(row.base)}"]

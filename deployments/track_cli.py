@@ -9,12 +9,7 @@ from typing import Annotated
 import typer
 
 from deployments.console import say, user_errors
-from flows.recycle import load_spec, watch_releases
-from flows.registry import open_registry
 from flows.settings import GraftSettings
-from flows.tracks import load_track
-from storage import registry as rows
-from storage.db import session_scope
 
 track_app = typer.Typer(help="Tracks: continuous-development lines declared in YAML.", no_args_is_help=True)
 
@@ -22,6 +17,11 @@ track_app = typer.Typer(help="Tracks: continuous-development lines declared in Y
 @track_app.command("add")
 def add(file: Annotated[Path, typer.Argument(help="A track YAML file (see deployments/tracks/).")]) -> None:
     """Validate a track file and register it (again: its spec is replaced)."""
+    from flows.registry import open_registry
+    from flows.tracks import load_track
+    from storage import registry as rows
+    from storage.db import session_scope
+
     with user_errors():
         spec = load_track(file)
         registry = open_registry(GraftSettings())
@@ -34,6 +34,10 @@ def add(file: Annotated[Path, typer.Argument(help="A track YAML file (see deploy
 @track_app.command("list")
 def list_() -> None:
     """List the registered tracks."""
+    from flows.registry import open_registry
+    from storage import registry as rows
+    from storage.db import session_scope
+
     with user_errors(), session_scope(open_registry(GraftSettings()).engine) as session:
         tracks = rows.list_tracks(session)
         for track in tracks:
@@ -46,6 +50,11 @@ def list_() -> None:
 @track_app.command("show")
 def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
     """Show a track's spec and its champion."""
+    from flows.recycle import load_spec
+    from flows.registry import open_registry
+    from storage import registry as rows
+    from storage.db import session_scope
+
     with user_errors():
         registry = open_registry(GraftSettings())
         spec = load_spec(track=name)
@@ -59,6 +68,8 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None
 @track_app.command("watch")
 def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
     """Look for new releases once and run Algorithm 1 on each, here, in release order."""
+    from flows.recycle import watch_releases
+
     with user_errors():
         new = watch_releases(track=name, dispatch="inline")
     say(f"track {name}: {len(new)} new release(s) processed")

@@ -6,11 +6,8 @@ import logging
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from deployments.console import err, say, user_errors
-from deployments.webhook import create_app
-from flows.registry import open_registry
 from flows.settings import GraftSettings
 
 
@@ -19,6 +16,11 @@ def webhook(
     port: Annotated[int, typer.Option("--port", help="The port to listen on.")] = 8000,
 ) -> None:
     """Receive Hub webhooks at POST /hooks/hub and start the watchers of the tracks they concern."""
+    import uvicorn
+
+    from deployments.webhook import create_app
+    from flows.registry import open_registry
+
     settings = GraftSettings()
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     if not secret:

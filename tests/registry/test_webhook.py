@@ -355,7 +355,7 @@ def test_graft_webhook_needs_a_secret_and_never_prints_it(monkeypatch: pytest.Mo
     cli = typer.Typer()
     cli.command()(webhook_cli.webhook)
     served: list[dict[str, Any]] = []
-    monkeypatch.setattr(webhook_cli.uvicorn, "run", lambda app, **kwargs: served.append(kwargs))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(kwargs))
     monkeypatch.setenv("GRAFT_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("GRAFT_WEBHOOK_SECRET", raising=False)
     monkeypatch.delenv("GRAFT_DATABASE_URL", raising=False)
