@@ -250,7 +250,6 @@ def ui(
 ) -> None:
     """Start the Prefect server (and its UI) on the data dir's Prefect database, where the demo's runs are."""
     import os
-    import subprocess
     import sys
 
     home = (data_dir or GraftSettings().data_dir).resolve() / "prefect"
@@ -264,7 +263,8 @@ def ui(
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
     }
     command = [sys.executable, "-m", "prefect", "server", "start"]
-    raise typer.Exit(subprocess.call(command, env=env))
+    # The server replaces this process, so that stopping `graft ui` stops the server itself.
+    os.execve(sys.executable, command, env)
 
 
 @app.command()
@@ -302,7 +302,7 @@ def worker(
     limit = max(torch.cuda.device_count(), 1) if pool == "gpu" else None
     if asyncio.run(ensure_pool(name=pool, concurrency=limit)):
         say(f"created work pool {pool}" + (f" (concurrency {limit})" if limit else ""))
-    raise typer.Exit(start_worker(pool=pool))
+    start_worker(pool=pool)
 
 
 if __name__ == "__main__":

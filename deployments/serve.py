@@ -8,10 +8,10 @@ workers, `deployments/prefect.yaml` declares the same deployments on the `cpu` a
 
 from __future__ import annotations
 
-import subprocess
+import os
 import sys
 from datetime import timedelta
-from typing import cast
+from typing import NoReturn, cast
 
 from prefect import serve
 from prefect.client.orchestration import get_client
@@ -66,6 +66,6 @@ async def ensure_pool(*, name: str, concurrency: int | None) -> bool:
             return True
 
 
-def start_worker(*, pool: str) -> int:
-    """Run a Prefect worker for `pool` in the foreground; return its exit status."""
-    return subprocess.call([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool])
+def start_worker(*, pool: str) -> NoReturn:
+    """Replace this process with a Prefect worker for `pool` (so that stopping it stops the worker)."""
+    os.execv(sys.executable, [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool])

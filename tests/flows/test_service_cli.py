@@ -51,7 +51,7 @@ def test_serve_serves_a_watcher_for_each_registered_track(
 
 def test_worker_creates_its_pool_once(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[str] = []
-    monkeypatch.setattr(deployments.serve, "start_worker", lambda *, pool: started.append(pool) or 0)
+    monkeypatch.setattr(deployments.serve, "start_worker", lambda *, pool: started.append(pool))
     assert "created work pool gpu (concurrency 1)" in _graft("worker", "--pool", "gpu")
     assert "created" not in _graft("worker", "--pool", "gpu")
     assert started == ["gpu", "gpu"]
@@ -83,3 +83,11 @@ def test_ui_serves_the_data_dirs_prefect_database(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while True:  # stopping `graft ui` stops the server: nothing is left listening
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            break
+        assert time.monotonic() < deadline, f"a server still listens on {port} after graft ui stopped"
+        time.sleep(0.5)
