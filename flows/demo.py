@@ -97,10 +97,10 @@ def _local_services(data_dir: Path) -> Iterator[None]:
     overrides = {"GRAFT_DATA_DIR": str(data_dir)}
     before = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
-    quiet = {name: logging.getLogger(name) for name in ("prefect", "lm_eval", "lm-eval", "transformers")}
+    quiet = {name: logging.getLogger(name) for name in ("prefect", "lm_eval", "transformers")}
     levels = {name: logger.level for name, logger in quiet.items()}
-    for logger in quiet.values():
-        logger.setLevel(logging.WARNING)
+    for name, logger in quiet.items():
+        logger.setLevel(logging.WARNING if name == "prefect" else logging.ERROR)
     updates = {
         PREFECT_HOME: data_dir / "prefect",
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
