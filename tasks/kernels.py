@@ -8,6 +8,7 @@ one thread behind the arithmetic, so disk, memory copies and arithmetic overlap.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -83,6 +84,14 @@ def stored_delta(
     return d, sumsq
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every element is finite. For 16- and 32-bit floats one float64 sum tells (it cannot
+    overflow, and any NaN or Inf makes it non-finite), about 4× faster than `isfinite(t).all()`."""
+    if t.dtype == torch.float64:
+        return bool(torch.isfinite(t).all())
+    return math.isfinite(float(t.sum(dtype=torch.float64)))
+
+
 def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
@@ -129,7 +138,7 @@ class Job:
             NonFiniteError: an input or the result holds NaN or Inf; names the tensor and the model.
         """
         out = self.compute(self, inputs, start, stop)
-        if not bool(torch.isfinite(out).all()):
+        if not _all_finite(out):
             for role, info, t in zip(self.roles, self.inputs, inputs, strict=True):
                 if not bool(torch.isfinite(t).all()):
                     raise NonFiniteError(

@@ -172,3 +172,16 @@ def test_a_killed_run_leaves_no_output_and_the_next_run_cleans_up(tmp_path: Path
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert (out / "model.safetensors.index.json").is_file()
     assert not any(p.exists() for p in partial)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_the_finiteness_check_has_no_false_alarms_at_the_edge_of_the_range(dtype: torch.dtype) -> None:
+    from tasks.kernels import _all_finite
+
+    biggest = torch.finfo(dtype).max
+    edge = torch.full((1 << 19,), biggest, dtype=dtype)
+    assert _all_finite(edge)  # half a million of the largest finite values: no overflow of the check
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = edge.clone()
+        broken[12345] = bad
+        assert not _all_finite(broken)
