@@ -24,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from flows.recycle import load_spec, watch_releases
+from flows.recycle import watch_releases
 from flows.registry import open_registry
 from flows.settings import GraftSettings
+from flows.tracks import TrackSpec, load_track
 from storage import registry as rows
 from storage.db import session_scope
 from tasks.evaluate import EvalRecord
@@ -145,7 +146,7 @@ def _run(options: DemoOptions, say: Say) -> list[ReleaseRow]:
     start = time.perf_counter()
     bed = _testbed(options, say)
     versions = (*bed.releases, bed.new_release)[: options.releases]
-    _register_track(options, bed, say)
+    spec = _register_track(options, bed, say)
     release_dir = options.root / "releases"
     release_dir.mkdir(parents=True, exist_ok=True)
     table: list[ReleaseRow] = []
@@ -157,7 +158,7 @@ def _run(options: DemoOptions, say: Say) -> list[ReleaseRow]:
         if published:
             say(f"{model.name:<8} published; the watcher found it: carry over, fine-tune, evaluate, gate ...")
             watch_releases(track=TRACK, dispatch="inline")
-        row = _row(options, model, bed, folder.name)
+        row = _row(options, spec, model, bed, folder.name)
         table.append(row)
         say(_line(row) + ("" if published else "   (reused)"))
     _summary(table, options, say, time.perf_counter() - start)
@@ -177,8 +178,8 @@ def _testbed(options: DemoOptions, say: Say) -> Testbed:
     return bed
 
 
-def _register_track(options: DemoOptions, bed: Testbed, say: Say) -> None:
-    """Write the demo track (the shipped template with this data dir's paths) and register it."""
+def _register_track(options: DemoOptions, bed: Testbed, say: Say) -> TrackSpec:
+    """Write the demo track (the shipped template with this data dir's paths), register it, return it."""
     spec = yaml.safe_load(TEMPLATE.read_text())
     spec["source"]["release_dir"] = str(options.root / "releases")
     spec["finetune"]["data"] = str(bed.train_data)
@@ -188,12 +189,11 @@ def _register_track(options: DemoOptions, bed: Testbed, say: Say) -> None:
     path = options.root / f"{TRACK}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    from flows.tracks import load_track
-
     track = load_track(path)
     with session_scope(open_registry(GraftSettings()).engine) as session:
         _, new = rows.save_track(session, name=track.name, spec=track.model_dump(mode="json"))
     say(f"{'Registered' if new else 'Reusing'} track {TRACK} ({path})")
+    return track
 
 
 def _publish(model: Path, at: Path) -> bool:
@@ -208,8 +208,7 @@ def _publish(model: Path, at: Path) -> bool:
     return True
 
 
-def _row(options: DemoOptions, model: Path, bed: Testbed, published_as: str) -> ReleaseRow:
-    spec = load_spec(track=TRACK)
+def _row(options: DemoOptions, spec: TrackSpec, model: Path, bed: Testbed, published_as: str) -> ReleaseRow:
     primary = spec.gate.metrics[0]
     with session_scope(open_registry(GraftSettings()).engine) as session:
         track = rows.get_track(session, name=TRACK)
@@ -220,7 +219,7 @@ def _row(options: DemoOptions, model: Path, bed: Testbed, published_as: str) -> 
         assert promotion is not None
         decision = promotion.decision
         reason = next((r for r in promotion.reasons if r.startswith("fail")), promotion.reasons[-1])
-    curve = _plain_curve(options, model, bed, spec.finetune.recipe.steps)
+    curve = _plain_curve(options, spec, model, bed)
     transferred = scores.get("transferred")
     return ReleaseRow(
         release=model.name,
@@ -234,19 +233,18 @@ def _row(options: DemoOptions, model: Path, bed: Testbed, published_as: str) -> 
     )
 
 
-def _plain_curve(options: DemoOptions, model: Path, bed: Testbed, steps: int) -> list[tuple[int, float]]:
+def _plain_curve(options: DemoOptions, spec: TrackSpec, model: Path, bed: Testbed) -> list[tuple[int, float]]:
     """Plain FT of the bare release with the same budget: (step, score) every few steps (cached)."""
     saved = options.root / "plain-ft" / f"{model.name}.json"
     if saved.is_file():
         return [(s, v) for s, v in json.loads(saved.read_text())]
-    spec = load_spec(track=TRACK)
     primary = spec.gate.metrics[0]
     result = finetune(
         model_dir=model,
         data=bed.train_data,
         recipe=spec.finetune.recipe,
         out_dir=options.root / "plain-ft" / model.name,
-        eval_every=steps if options.fast else CURVE_EVERY,
+        eval_every=spec.finetune.recipe.steps if options.fast else CURVE_EVERY,
         eval_suite=spec.eval,
         overwrite=True,
     )

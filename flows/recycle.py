@@ -265,22 +265,19 @@ def gate_and_promote(
         candidate = rows.get_candidate(session, candidate_id=candidate_id)
         release = rows.get_release(session, release_id=the_plan.release_id)
         decided = rows.decision_for(session, candidate=candidate)
-        champion = rows.champion(session, track=release.track, channel=spec.channel)
-        if decided is not None:
-            champion = (
-                None
-                if decided.from_candidate_id is None
-                else rows.get_candidate(session, candidate_id=decided.from_candidate_id)
-            )
+        if decided is None:
+            champion = rows.champion(session, track=release.track, channel=spec.channel)
+        elif decided.from_candidate_id is None:
+            champion = None
+        else:  # a re-run: report the champion the decision was measured against
+            champion = rows.get_candidate(session, candidate_id=decided.from_candidate_id)
+        champion_id = None if champion is None else rows.public_id(champion)
         champion_scores = (
             [] if champion is None else [_record(r) for r in rows.eval_results(session, candidate=champion)]
         )
         if decided is not None:
-            return GateOutcome(
-                Decision(decided.decision == "promote", tuple(decided.reasons)),
-                None if champion is None else rows.public_id(champion),
-                champion_scores,
-            )
+            decision = Decision(decided.decision == "promote", tuple(decided.reasons))
+            return GateOutcome(decision, champion_id, champion_scores)
         for subject, records in scores.items():
             rows.add_eval_results(
                 session,
@@ -304,7 +301,7 @@ def gate_and_promote(
             reasons=list(decision.reasons),
             actor="gate",
         )
-        return GateOutcome(decision, None if champion is None else rows.public_id(champion), champion_scores)
+        return GateOutcome(decision, champion_id, champion_scores)
 
 
 def _score(record: EvalRecord) -> rows.Score:

@@ -164,7 +164,11 @@ def get(session: Session, *, ref: str) -> Artifact:
     kind, _, number = ref.rpartition("-")
     if kind not in _MODELS or not number.isdigit():
         raise NotFoundError(f"{ref!r} is not a registry id; ids look like {', '.join(k + '-1' for k in KINDS)}.")
-    row = cast(Artifact | None, session.get(_MODELS[kind], int(number)))
+    return _by_id(session, cast(Kind, kind), int(number))
+
+
+def _by_id(session: Session, kind: Kind, number: int) -> Artifact:
+    row = cast(Artifact | None, session.get(_MODELS[kind], number))
     if row is None:
         raise NotFoundError(f"no {kind} with id {number} in the registry; `graft registry list` shows what there is.")
     return row
@@ -231,7 +235,7 @@ def get_release(session: Session, *, release_id: int) -> Release:
     Raises:
         NotFoundError: no such release.
     """
-    row = get(session, ref=f"release-{release_id}")
+    row = _by_id(session, "release", release_id)
     assert isinstance(row, Release)
     return row
 
@@ -242,7 +246,7 @@ def get_candidate(session: Session, *, candidate_id: int) -> Candidate:
     Raises:
         NotFoundError: no such candidate.
     """
-    row = get(session, ref=f"candidate-{candidate_id}")
+    row = _by_id(session, "candidate", candidate_id)
     assert isinstance(row, Candidate)
     return row
 
