@@ -1,16 +1,18 @@
 """Streaming access to safetensors files with bounded memory.
 
-The `safetensors` library reads through a memory map, so every page a run touches stays resident
-until the file is closed, and its writer needs every tensor of a file in memory at once. The engine
-streams models far larger than its memory budget, so it parses the (tiny, JSON) header itself,
-reads row ranges with `pread` into small buffers, and writes tensors one chunk at a time behind a
-reserved header that is filled in when the file is complete (the format allows trailing spaces in
+The `safetensors` library maps whole files, so every page a run touches stays mapped (and counted in
+its resident memory) until the file is closed, and its writer needs every tensor of a file in memory
+at once. The engine streams models far larger than its memory budget, so it parses the (tiny, JSON)
+header itself, maps one row range at a time (no copy: arithmetic reads the page cache directly, and
+the range is unmapped as soon as its tensor is freed), and writes tensors one chunk at a time behind
+a reserved header that is filled in when the file is complete (the format allows trailing spaces in
 the header). Files written here are read back by `safetensors` itself in the tests.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -136,13 +138,17 @@ def _tensor_info(path: Path, name: str, entry: Any, base: int, size: int) -> Ten
 
 
 class TensorReader:
-    """Reads row ranges of tensors with `pread`, keeping one descriptor per file."""
+    """Maps row ranges of tensors, keeping one descriptor per file."""
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
 
     def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
-        """Rows `[start, stop)` of a floating-point tensor, as a new tensor of its own dtype.
+        """Rows `[start, stop)` of a floating-point tensor, in its own dtype.
+
+        The tensor is a copy-on-write map of the file's pages, not a copy: writing to it never
+        changes the file, and the pages are unmapped when the tensor is freed. The kernel is told to
+        read the range ahead, so a file that is not in the page cache streams from disk.
 
         Raises:
             UnsupportedDtypeError: the tensor is not a float tensor.
@@ -150,25 +156,28 @@ class TensorReader:
         """
         dtype = info.torch_dtype
         row_bytes = info.row_numel * _ITEMSIZE[info.dtype]
+        shape = (stop - start, *info.shape[1:]) if info.shape else ()
         nbytes = (stop - start) * row_bytes
-        buf = torch.empty(nbytes, dtype=torch.uint8)
-        if nbytes:
-            self._pread_into(info, buf.numpy().data, info.start + start * row_bytes)
-        return buf.view(dtype).reshape((stop - start, *info.shape[1:]) if info.shape else ())
+        if not nbytes:
+            return torch.empty(shape, dtype=dtype)
+        offset = info.start + start * row_bytes
+        skip = offset % mmap.ALLOCATIONGRANULARITY
+        fd = self._fd(info.path)
+        os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_WILLNEED)
+        try:
+            pages = mmap.mmap(fd, skip + nbytes, access=mmap.ACCESS_COPY, offset=offset - skip)
+        except ValueError:
+            raise ModelFolderError(f"{info.path} ended while reading tensor {info.name!r}.") from None
+        return torch.frombuffer(pages, dtype=dtype, count=nbytes // dtype.itemsize, offset=skip).reshape(shape)
 
-    def _pread_into(self, info: TensorInfo, view: memoryview, offset: int) -> None:
-        fd = self._fds.get(info.path)
+    def _fd(self, path: Path) -> int:
+        fd = self._fds.get(path)
         if fd is None:
-            fd = self._fds[info.path] = os.open(info.path, os.O_RDONLY)
-        done = 0
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n <= 0:
-                raise ModelFolderError(f"{info.path} ended while reading tensor {info.name!r}.")
-            done += n
+            fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        return fd
 
     def close(self) -> None:
-        """Close every file this reader opened."""
+        """Close every file this reader opened (tensors it returned stay valid)."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
