@@ -171,7 +171,7 @@ def _testbed(options: DemoOptions, say: Say) -> Testbed:
         return build_testbed(out=options.testbed, seed=options.seed, control=False)
     out = options.root / "testbed"
     reused = (out / "testbed.json").is_file()
-    say(("Reusing" if reused else "Building (about two minutes)") + f" the CPU test bed in {out}")
+    say(("Reusing" if reused else "Building (about five minutes)") + f" the CPU test bed in {out}")
     bed = build_testbed(out=out, seed=options.seed, control=False)
     if not reused:
         say(f"  base releases M1..M{len(bed.releases)} and a new release M{len(bed.releases) + 1}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +35,27 @@ def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not(tmp_pat
     # Successive checkpoints and the control lineage are different models.
     assert not bits_equal(load_state(a.releases[0])["lm_head.weight"], m2a["lm_head.weight"])
     assert not bits_equal(load_state(a.control)["lm_head.weight"], load_state(a.releases[1])["lm_head.weight"])
+
+
+def test_pretraining_runs_with_pinned_kernels_and_a_failed_child_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    from tasks import testbed
+
+    seen: list[dict[str, str]] = []
+    real_run = subprocess.run
+
+    def run(command: list[str], *, env: dict[str, str], check: bool) -> subprocess.CompletedProcess[bytes]:
+        seen.append(env)
+        return real_run([sys.executable, "-c", "raise SystemExit(3)"], env=env, check=check)
+
+    monkeypatch.setattr(testbed.subprocess, "run", run)
+    with pytest.raises(TestbedError, match=r"pretraining the test bed in .* failed \(exit 3\)"):
+        build_testbed(out=tmp_path / "tb", seed=0, spec=TINY)
+    assert seen and all(seen[0][k] == v for k, v in testbed.PINNED_NUMERICS.items())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_second_build_is_instant_and_a_foreign_folder_is_refused(testbed: Testbed, tmp_path: Path) -> None:
