@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,6 +83,19 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield report
 
 
+@contextmanager
+def _frozen_import() -> Iterator[None]:
+    """Import with the cyclic garbage collector paused, then freeze what was made: torch's hundreds of
+    thousands of objects are never scanned, neither during the import nor at exit, which makes a
+    one-shot engine command about 0.4 s faster (`gc.freeze` is meant for such long-lived objects)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+    gc.freeze()
+
+
 def _run(label: str, op: Callable[[Callable[[int, int], None]], DeltaSummary]) -> None:
     with user_errors(), _progress(label) as report:
         summary = op(report)
@@ -129,7 +143,8 @@ def diff(
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write the diff vector Δ = FINETUNED − BASE as a diff folder (shards + diff.json)."""
-    from tasks import deltas as engine
+    with _frozen_import():
+        from tasks import deltas as engine
 
     _run(
         "diff",
@@ -158,7 +173,8 @@ def apply(
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write TARGET + ALPHA·Δ as a model folder."""
-    from tasks import deltas as engine
+    with _frozen_import():
+        from tasks import deltas as engine
 
     _run(
         "apply",
@@ -189,7 +205,8 @@ def transfer(
     max_shard_size: ShardSize = "5GB",
 ) -> None:
     """Write TARGET + ALPHA·(FINETUNED − BASE) in one streaming pass, without storing Δ."""
-    from tasks import deltas as engine
+    with _frozen_import():
+        from tasks import deltas as engine
 
     _run(
         "transfer",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,20 @@ def test_transfer_prints_a_summary(bf16_family: Family, tmp_path: Path) -> None:
     assert f"transfer: wrote {tmp_path / 'o'}" in result.stdout
     assert "tensors 21 in 1 shard(s)" in result.stdout
     assert f"vocabulary rows: {len(VOCAB)} transferred, 0 kept, 0 carried" in result.stdout
+
+
+def test_engine_commands_freeze_the_engine_import_and_leave_the_collector_on(
+    bf16_family: Family, tmp_path: Path
+) -> None:
+    gc.unfreeze()
+    try:
+        args = ["diff", str(bf16_family.finetuned), str(bf16_family.base), "-o", str(tmp_path / "d")]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert gc.isenabled()
+        assert gc.get_freeze_count() > 10_000  # the interpreter's objects so far, torch's among them
+    finally:
+        gc.unfreeze()
 
 
 def test_diff_then_apply_through_the_cli(bf16_family: Family, tmp_path: Path) -> None:
