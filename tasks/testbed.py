@@ -143,6 +143,9 @@ def _pretrain_pinned(root: Path, *, seed: int, versions: int, control: bool, spe
 
 def _pretrain_job(job: dict[str, Any]) -> None:
     """The child's side of `_pretrain_pinned`."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Writing model shards" bar per checkpoint says nothing
     torch.set_num_threads(job["threads"])
     torch.use_deterministic_algorithms(True)
     spec = PretrainSpec(**job["spec"])
