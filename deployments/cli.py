@@ -87,7 +87,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
 def _frozen_import() -> Iterator[None]:
     """Import with the cyclic garbage collector paused, then freeze what was made: torch's hundreds of
     thousands of objects are never scanned, neither during the import nor at exit, which makes a
-    one-shot engine command about 0.4 s faster (`gc.freeze` is meant for such long-lived objects)."""
+    one-shot engine command 0.4-0.8 s faster here (`gc.freeze` is meant for such long-lived objects)."""
     gc.disable()
     try:
         yield
