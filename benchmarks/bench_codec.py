@@ -5,7 +5,7 @@ Inputs:
   engine stores it (a safetensors file).
 - `synthetic-bf16`: the same Δ rounded to bf16. It is lossy (a few % of the values change), so the
   engine never stores it; it is here to compare with zipnn's published kind of figure.
-- `engine`: the diff folder `tasks.deltas.diff` writes for a synthetic bf16 fine-tuned/base pair
+- `engine`: the diff folder `tasks.engine.diff` writes for a synthetic bf16 fine-tuned/base pair
   (`tasks.synthetic`), every file of it.
 
 For each candidate: ratio against the raw bf16 bytes of Δ (elements × 2), ratio against the bytes of
@@ -32,9 +32,9 @@ import torch
 import zstandard
 from safetensors.torch import save_file
 
-from tasks.codec import CODEC, DEFAULT_LEVEL, decode_file, encode_file
-from tasks.deltas import diff
-from tasks.synthetic import FamilySpec, build_family
+from graftwork.tasks.engine import diff
+from graftwork.tasks.io.codec import CODEC, DEFAULT_LEVEL, decode_file, encode_file
+from graftwork.tasks.testbed.synthetic import FamilySpec, build_family
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"

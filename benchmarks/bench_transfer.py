@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tasks.checkpoints import open_model_folder
-from tasks.stfile import TensorReader
-from tasks.synthetic import FamilySpec, build_family
+from graftwork.tasks.io.checkpoints import open_model_folder
+from graftwork.tasks.io.stfile import TensorReader
+from graftwork.tasks.testbed.synthetic import FamilySpec, build_family
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / ".cache"

@@ -25,12 +25,11 @@ from pathlib import Path
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "TQDM_DISABLE"):
     os.environ.setdefault(_var, "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks import deltas  # noqa: E402
-from tasks.evaluate import Suite, evaluate  # noqa: E402
-from tasks.finetune import Recipe, finetune  # noqa: E402
-from tasks.testbed import Testbed, build_testbed  # noqa: E402
+from graftwork.tasks import engine  # noqa: E402
+from graftwork.tasks.evaluate import Suite, evaluate  # noqa: E402
+from graftwork.tasks.testbed import Testbed, build_testbed  # noqa: E402
+from graftwork.tasks.training.finetune import Recipe, finetune  # noqa: E402
 
 STRONG_GAIN = 20.0  # points a strong base must gain from M_i + Δ_{i−1}, with no training
 WEAK_GAIN = 10.0  # points a weak base (M1) or the control lineage must stay under
@@ -100,10 +99,10 @@ class Lab:
         return result.out_dir, points
 
     def diff(self, name: str, finetuned: Path, base: Path) -> Path:
-        return deltas.diff(finetuned=finetuned, base=base, out=self.work / "diffs" / name, overwrite=True).output
+        return engine.diff(finetuned=finetuned, base=base, out=self.work / "diffs" / name, overwrite=True).output
 
     def apply(self, name: str, diff: Path, target: Path) -> Path:
-        return deltas.apply(diff=diff, target=target, out=self.work / "transfers" / name, overwrite=True).output
+        return engine.apply(diff=diff, target=target, out=self.work / "transfers" / name, overwrite=True).output
 
 
 def build(*, seed: int, setup: Setup, beds: Path, own_control: bool) -> Testbed:

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from deployments.console import err, say, user_errors
-from deployments.registry_cli import db_app, registry_app
-from deployments.testbed_cli import app as testbed_app
-from deployments.track_cli import track_app
-from deployments.webhook_cli import webhook
-from flows.settings import GraftSettings
+from ..flows.settings import GraftSettings
+from .console import err, say, user_errors
+from .registry_cli import db_app, registry_app
+from .testbed_cli import app as testbed_app
+from .track_cli import track_app
+from .webhook_cli import webhook
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
-    from tasks.deltas import DeltaSummary
+    from ..tasks.engine import DeltaSummary
 
 app = typer.Typer(
     name="graft",
@@ -123,7 +123,7 @@ def _model(argument: Path) -> Path:
     pinned to its sha (huggingface_hub is imported only then)."""
     if Path(argument).is_dir():
         return Path(argument)
-    from tasks.hub import fetch_model
+    from ..tasks.hub import fetch_model
 
     return fetch_model(argument)
 
@@ -144,7 +144,7 @@ def diff(
 ) -> None:
     """Write the diff vector Δ = FINETUNED − BASE as a diff folder (shards + diff.json)."""
     with _frozen_import():
-        from tasks import deltas as engine
+        from ..tasks import engine
 
     _run(
         "diff",
@@ -174,7 +174,7 @@ def apply(
 ) -> None:
     """Write TARGET + ALPHA·Δ as a model folder."""
     with _frozen_import():
-        from tasks import deltas as engine
+        from ..tasks import engine
 
     _run(
         "apply",
@@ -206,7 +206,7 @@ def transfer(
 ) -> None:
     """Write TARGET + ALPHA·(FINETUNED − BASE) in one streaming pass, without storing Δ."""
     with _frozen_import():
-        from tasks import deltas as engine
+        from ..tasks import engine
 
     _run(
         "transfer",
@@ -247,7 +247,7 @@ def demo(
 
     Everything stays under the data dir; a second run reuses what exists.
     """
-    from flows.demo import DemoOptions, run_demo
+    from ..flows.demo import DemoOptions, run_demo
 
     options = DemoOptions(
         data_dir=(data_dir or GraftSettings().data_dir).resolve(),
@@ -289,12 +289,12 @@ def serve(
     watch_minutes: Annotated[float, typer.Option("--watch-minutes", help="How often each track's watcher runs.")] = 60,
 ) -> None:
     """Serve every deployment (a watcher per track, recycle, backfill, one-off flows) from this process."""
-    from deployments.serve import serve_all
-    from flows.registry import open_registry
-    from storage import registry as rows
-    from storage.db import session_scope
+    from ..storage import registry as rows
+    from ..storage.db import session_scope
+    from .console import open_registry
+    from .serve import serve_all
 
-    with user_errors(), session_scope(open_registry(GraftSettings()).engine) as session:
+    with user_errors(), session_scope(open_registry().engine) as session:
         tracks = [t.name for t in rows.list_tracks(session)]
     say(f"serving {len(tracks)} track watcher(s) every {watch_minutes:g} min: {', '.join(tracks) or 'none yet'}")
     serve_all(tracks=tracks, watch_every=timedelta(minutes=watch_minutes))
@@ -312,7 +312,7 @@ def worker(
 
     import torch
 
-    from deployments.serve import POOLS, ensure_pool, start_worker
+    from .serve import POOLS, ensure_pool, start_worker
 
     if pool not in POOLS:
         raise typer.BadParameter(f"{pool!r} is not a Graftwork pool; use one of {', '.join(POOLS)}.")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from storage.errors import StorageError
-from tasks.errors import GraftError
+from ..errors import GraftError
+from ..flows.settings import Workspace
+
+if TYPE_CHECKING:
+    from ..storage import Registry
 
 err = Console(stderr=True)
 out = Console()
@@ -20,11 +24,20 @@ def say(line: str) -> None:
     out.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
+def open_registry() -> Registry:
+    """The registry the settings name (migrated on first use).
+
+    Raises:
+        DatabaseError, SchemaTooNewError: the database cannot be reached, or is newer than this Graftwork.
+    """
+    return Workspace.from_settings().registry()
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn Graftwork's errors into one red line on stderr and exit status 1."""
     try:
         yield
-    except (GraftError, StorageError) as exc:
+    except GraftError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
         raise typer.Exit(1) from None

@@ -2,39 +2,39 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from deployments.console import say, user_errors
-from flows.settings import GraftSettings
+from ..flows.settings import GraftSettings
+from ..fs import megabytes
+from ..terms import ArtifactKind
+from .console import open_registry, say, user_errors
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
     from sqlalchemy.orm import Session
 
-    from flows.registry import Registry
-    from storage.models import Diff
-    from storage.registry import Artifact
+    from ..storage import Registry
+    from ..storage.models import Diff, FinetuneRun
+    from ..storage.registry import Artifact
 
 registry_app = typer.Typer(help="The registry of releases, diffs, candidates and promotions.", no_args_is_help=True)
 db_app = typer.Typer(help="The registry's database schema.", no_args_is_help=True)
 
 TrackOption = Annotated[str | None, typer.Option("--track", "-t", help="Only this track.")]
-Kind = Literal["release", "diff", "candidate", "promotion"]
 
 
 def _open() -> Registry:
-    from flows.registry import open_registry
-
-    return open_registry(GraftSettings())
+    return open_registry()
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the registry database to the newest schema (commands that need it do this themselves)."""
-    from storage import db
+    from ..storage import db
 
     with user_errors():
         engine = db.make_engine(GraftSettings().registry_database_url)
@@ -48,12 +48,12 @@ def db_upgrade() -> None:
 def list_(
     track: TrackOption = None,
     kind: Annotated[
-        Kind | None, typer.Option("--kind", "-k", help="Only this kind of artifact.", case_sensitive=False)
+        ArtifactKind | None, typer.Option("--kind", "-k", help="Only this kind of artifact.", case_sensitive=False)
     ] = None,
 ) -> None:
     """List artifacts, oldest first."""
-    from storage import registry as rows
-    from storage.db import session_scope
+    from ..storage import registry as rows
+    from ..storage.db import session_scope
 
     with user_errors(), session_scope(_open().engine) as session:
         scope = None if track is None else rows.get_track(session, name=track)
@@ -67,8 +67,8 @@ def list_(
 @registry_app.command("show")
 def show(artifact: Annotated[str, typer.Argument(metavar="ID", help="An id from `graft registry list`.")]) -> None:
     """Show one artifact: provenance, sizes, hashes, eval results and lineage."""
-    from storage import registry as rows
-    from storage.db import session_scope
+    from ..storage import registry as rows
+    from ..storage.db import session_scope
 
     with user_errors(), session_scope(_open().engine) as session:
         row = rows.get(session, ref=artifact)
@@ -80,8 +80,8 @@ def show(artifact: Annotated[str, typer.Argument(metavar="ID", help="An id from 
 @registry_app.command("lineage")
 def lineage(track: Annotated[str, typer.Argument(help="The track whose Δ chain to show.")]) -> None:
     """Show a track's chain of diff vectors, release by release."""
-    from storage import registry as rows
-    from storage.db import session_scope
+    from ..storage import registry as rows
+    from ..storage.db import session_scope
 
     with user_errors(), session_scope(_open().engine) as session:
         diffs = rows.diffs_of(session, track=rows.get_track(session, name=track))
@@ -99,7 +99,7 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write a registered diff as a plain diff folder, usable by `graft apply`."""
-    from flows import registry as ops
+    from ..flows import registry as ops
 
     with user_errors():
         path = ops.export_diff(_open(), ref=diff, out=out_dir, overwrite=overwrite)
@@ -109,17 +109,17 @@ def export(
 @registry_app.command("import")
 def import_(
     diff_dir: Annotated[Path, typer.Argument(metavar="DIFF_DIR", help="A diff folder made by `graft diff`.")],
-    track: Annotated[str, typer.Option("--track", "-t", help="The track to register it on (created if new).")],
+    track: Annotated[str, typer.Option("--track", "-t", help="The registered track to record it on.")],
     parent: Annotated[str | None, typer.Option("--parent", help="The diff it follows in the Δ chain.")] = None,
 ) -> None:
     """Register a diff made elsewhere: compress its files into the blob store and record it."""
-    from flows import registry as ops
+    from ..flows import registry as ops
 
     with user_errors():
         done = ops.register_diff(_open(), diff_dir=diff_dir, track=track, parent=parent, say=say)
     verb = "registered" if done.new else "already registered as"
     say(
-        f"{verb} {done.id} on track {track}: {_mb(done.raw_bytes)} stored as {_mb(done.stored_bytes)} "
+        f"{verb} {done.id} on track {track}: {megabytes(done.raw_bytes)} stored as {megabytes(done.stored_bytes)} "
         f"({done.raw_bytes / max(done.stored_bytes, 1):.2f}×) in {done.seconds:.1f} s"
     )
 
@@ -127,7 +127,7 @@ def import_(
 @registry_app.command("verify")
 def verify() -> None:
     """Re-hash every blob that a row points to; exit 1 when any is missing or corrupt."""
-    from flows import registry as ops
+    from ..flows import registry as ops
 
     with user_errors():
         report = ops.verify(_open())
@@ -146,15 +146,15 @@ def gc(
     ] = 24.0,
 ) -> None:
     """Remove blobs no row points to (and writers' leftovers) older than the grace period."""
-    from flows import registry as ops
+    from ..flows import registry as ops
 
     with user_errors():
         report = ops.gc(_open(), grace=timedelta(hours=grace_hours))
-    say(f"removed {report.blobs} orphan blob(s) and {report.temporaries} temporary file(s), {_mb(report.bytes)}")
+    say(f"removed {report.blobs} orphan blob(s) and {report.temporaries} temporary file(s), {megabytes(report.bytes)}")
 
 
 def _summary(row: Artifact) -> str:
-    from storage.models import Candidate, Diff, Release
+    from ..storage.models import Candidate, Diff, Release
 
     if isinstance(row, Release):
         return f"{row.repo_id}@{row.revision[:12]}" + (f" ({row.ref})" if row.ref else "")
@@ -166,28 +166,41 @@ def _summary(row: Artifact) -> str:
 
 
 def _details(session: Session, row: Artifact) -> list[str]:
-    from storage import registry as rows
-    from storage.models import Candidate, Diff, Promotion
+    from ..storage import registry as rows
+    from ..storage import runs
+    from ..storage.models import Candidate, Diff, Promotion
 
     lines = [_summary(row)]
     if isinstance(row, Diff):
         lines += [f"fine-tuned: {_provenance(row.finetuned)}", f"base: {_provenance(row.base)}"]
         lines.append(f"codec {row.codec}, key {row.key}")
         lines += [
-            f"file {f.path}: {_mb(f.raw_bytes)} sha256 {f.raw_sha256} → blob {f.blob_sha256} ({_mb(f.stored_bytes)})"
+            f"file {f.path}: {megabytes(f.raw_bytes)} sha256 {f.raw_sha256} "
+            f"→ blob {f.blob_sha256} ({megabytes(f.stored_bytes)})"
             for f in row.files
         ]
         chain = rows.ancestors(session, diff=row)
         lines.append("lineage: " + " ← ".join([rows.public_id(row), *(rows.public_id(d) for d in chain)]))
     if isinstance(row, Candidate):
+        if row.finetune_run is not None:
+            lines.append(_finetune_run(row.finetune_run))
         lines += [
             f"eval {r.task} {r.metric} [{r.filter}] = {r.value:.4f} ± {r.stderr if r.stderr is not None else 'n/a'}"
             f" (n={r.n}, lm-eval {r.harness_version})"
-            for r in rows.eval_results(session, candidate=row)
+            for r in runs.eval_results(session, candidate=row)
         ]
     if isinstance(row, Promotion):
         lines.append(f"from candidate-{row.from_candidate_id} by {row.actor}")
     return lines
+
+
+def _finetune_run(run: FinetuneRun) -> str:
+    loss = "" if run.final_loss is None else f", final loss {run.final_loss:.4f}"
+    took = (run.finished_at - run.started_at).total_seconds()
+    return (
+        f"fine-tune run {run.id}: {run.steps} steps in {took:.1f} s on {run.device} × {run.processes}, "
+        f"{run.tokens} tokens ({run.tokens_per_second:.0f} tokens/s){loss}; recipe {json.dumps(run.recipe)}"
+    )
 
 
 def _provenance(ref: dict[str, object]) -> str:
@@ -200,8 +213,4 @@ def _ref(ref: dict[str, object]) -> str:
 
 
 def _sizes(diff: Diff) -> str:
-    return f"{_mb(diff.raw_bytes)} stored as {_mb(diff.stored_bytes)}"
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
+    return f"{megabytes(diff.raw_bytes)} stored as {megabytes(diff.stored_bytes)}"

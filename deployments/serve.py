@@ -18,9 +18,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
+from prefect.types.entrypoint import EntrypointType
 
-from flows.oneoff import evaluate, promote, rollback, transfer
-from flows.recycle import recycle_then_finetune, run_series, watch_releases
+from ..flows.oneoff import evaluate, promote, rollback, transfer
+from ..flows.recycle import recycle_then_finetune, run_series
+from ..flows.watch import watch_releases
 
 POOLS = ("cpu", "gpu")
 
@@ -28,15 +30,20 @@ POOLS = ("cpu", "gpu")
 def build_deployments(*, tracks: list[str], watch_every: timedelta) -> list[RunnerDeployment]:
     """The deployments `graft serve` serves: a scheduled watcher per track, and the on-demand flows.
 
-    The recycle deployment runs one release at a time (concurrency limit 1: one GPU).
+    Each names its flow by module (`graftwork.flows.recycle.recycle_then_finetune`), so that the run
+    imports the installed package wherever it is started from. The recycle deployment runs one release
+    at a time (concurrency limit 1: one GPU).
     """
+    module = EntrypointType.MODULE_PATH
     deployments = [
-        recycle_then_finetune.to_deployment(name="recycle-then-finetune", concurrency_limit=1, tags=["graftwork"]),
-        run_series.to_deployment(name="run-series", tags=["graftwork"]),
-        transfer.to_deployment(name="transfer", tags=["graftwork"]),
-        evaluate.to_deployment(name="evaluate", tags=["graftwork"]),
-        promote.to_deployment(name="promote", tags=["graftwork"]),
-        rollback.to_deployment(name="rollback", tags=["graftwork"]),
+        recycle_then_finetune.to_deployment(
+            name="recycle-then-finetune", concurrency_limit=1, tags=["graftwork"], entrypoint_type=module
+        ),
+        run_series.to_deployment(name="run-series", tags=["graftwork"], entrypoint_type=module),
+        transfer.to_deployment(name="transfer", tags=["graftwork"], entrypoint_type=module),
+        evaluate.to_deployment(name="evaluate", tags=["graftwork"], entrypoint_type=module),
+        promote.to_deployment(name="promote", tags=["graftwork"], entrypoint_type=module),
+        rollback.to_deployment(name="rollback", tags=["graftwork"], entrypoint_type=module),
     ]
     deployments += [
         watch_releases.to_deployment(
@@ -44,6 +51,7 @@ def build_deployments(*, tracks: list[str], watch_every: timedelta) -> list[Runn
             interval=watch_every,
             parameters={"track": track, "dispatch": "deployment"},
             tags=["graftwork", f"track:{track}"],
+            entrypoint_type=module,
         )
         for track in tracks
     ]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from deployments.console import say, user_errors
+from .console import say, user_errors
 
 app = typer.Typer(
     name="testbed", help="The CPU test bed: a tiny Llama family with a skill to fine-tune.", no_args_is_help=True
@@ -26,7 +26,7 @@ def build(
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 suits this tiny model best).")] = 1,
 ) -> None:
     """Build (or reuse) the test bed: releases M1..Mn, a new release, fine-tuning data and an lm-eval task."""
-    from tasks.testbed import build_testbed
+    from ..tasks.testbed import build_testbed
 
     start = time.perf_counter()
     with user_errors():

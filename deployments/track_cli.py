@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from deployments.console import say, user_errors
-from flows.settings import GraftSettings
+from .console import open_registry, say, user_errors
 
 track_app = typer.Typer(help="Tracks: continuous-development lines declared in YAML.", no_args_is_help=True)
 
@@ -17,15 +16,13 @@ track_app = typer.Typer(help="Tracks: continuous-development lines declared in Y
 @track_app.command("add")
 def add(file: Annotated[Path, typer.Argument(help="A track YAML file (see deployments/tracks/).")]) -> None:
     """Validate a track file and register it (again: its spec is replaced)."""
-    from flows.registry import open_registry
-    from flows.tracks import load_track
-    from storage import registry as rows
-    from storage.db import session_scope
+    from ..flows.tracks import load_track
+    from ..storage import registry as rows
+    from ..storage.db import session_scope
 
     with user_errors():
         spec = load_track(file)
-        registry = open_registry(GraftSettings())
-        with session_scope(registry.engine) as session:
+        with session_scope(open_registry().engine) as session:
             _, new = rows.save_track(session, name=spec.name, spec=spec.model_dump(mode="json"))
     verb = "added" if new else "updated"
     say(f"{verb} track {spec.name} ({spec.source.kind} releases, {spec.recycle.mode} recycling)")
@@ -34,15 +31,20 @@ def add(file: Annotated[Path, typer.Argument(help="A track YAML file (see deploy
 @track_app.command("list")
 def list_() -> None:
     """List the registered tracks."""
-    from flows.registry import open_registry
-    from storage import registry as rows
-    from storage.db import session_scope
+    from ..errors import TrackError
+    from ..flows.tracks import spec_of
+    from ..storage import registry as rows
+    from ..storage.db import session_scope
 
-    with user_errors(), session_scope(open_registry(GraftSettings()).engine) as session:
+    with user_errors(), session_scope(open_registry().engine) as session:
         tracks = rows.list_tracks(session)
         for track in tracks:
-            spec = track.spec
-            say(f"{track.name:<24} {spec['source']['kind']:<10} {spec['recycle']['mode']:<10} {spec['channel']}")
+            try:
+                spec = spec_of(track)
+            except TrackError as e:
+                say(f"{track.name:<24} invalid spec: {e}")
+                continue
+            say(f"{track.name:<24} {spec.source.kind:<10} {spec.recycle.mode:<10} {spec.channel}")
     if not tracks:
         say("no tracks yet: `graft track add FILE`")
 
@@ -50,16 +52,16 @@ def list_() -> None:
 @track_app.command("show")
 def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
     """Show a track's spec and its champion."""
-    from flows.recycle import load_spec
-    from flows.registry import open_registry
-    from storage import registry as rows
-    from storage.db import session_scope
+    from ..flows.tracks import load_spec
+    from ..storage import registry as rows
+    from ..storage import runs
+    from ..storage.db import session_scope
 
     with user_errors():
-        registry = open_registry(GraftSettings())
-        spec = load_spec(track=name)
+        registry = open_registry()
+        spec = load_spec(registry, track=name)
         with session_scope(registry.engine) as session:
-            champion = rows.champion(session, track=rows.get_track(session, name=name), channel=spec.channel)
+            champion = runs.champion(session, track=rows.get_track(session, name=name), channel=spec.channel)
             holder = "none yet" if champion is None else f"{rows.public_id(champion)} ({champion.model_uri})"
     say(json.dumps(spec.model_dump(mode="json"), indent=2))
     say(f"champion on {spec.channel}: {holder}")
@@ -68,7 +70,7 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None
 @track_app.command("watch")
 def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
     """Look for new releases once and run Algorithm 1 on each, here, in release order."""
-    from flows.recycle import watch_releases
+    from ..flows.watch import watch_releases
 
     with user_errors():
         new = watch_releases(track=name, dispatch="inline")

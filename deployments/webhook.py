@@ -21,8 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from flows.registry import Registry
-from flows.webhooks import (
+from ..errors import DatabaseError, WebhookSecretError
+from ..flows.webhooks import (
     HubEvent,
     Outcome,
     RunStartError,
@@ -31,16 +31,11 @@ from flows.webhooks import (
     handle_delivery,
     start_watcher,
 )
-from storage.db import current_revision
-from storage.errors import DatabaseError
-from tasks.errors import GraftError
+from ..storage import Registry
+from ..storage.db import current_revision
 
 SECRET_HEADER = "X-Webhook-Secret"
 log = logging.getLogger("graftwork.webhook")
-
-
-class WebhookSecretError(GraftError, ValueError):
-    """The receiver was given no secret, so it could not tell the Hub's deliveries from anyone's."""
 
 
 def create_app(

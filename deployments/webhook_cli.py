@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from deployments.console import err, say, user_errors
-from flows.settings import GraftSettings
+from ..flows.settings import GraftSettings, Workspace
+from .console import err, say, user_errors
 
 
 def webhook(
@@ -18,8 +18,7 @@ def webhook(
     """Receive Hub webhooks at POST /hooks/hub and start the watchers of the tracks they concern."""
     import uvicorn
 
-    from deployments.webhook import create_app
-    from flows.registry import open_registry
+    from .webhook import create_app
 
     settings = GraftSettings()
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
@@ -33,7 +32,7 @@ def webhook(
         )
         raise typer.Exit(1)
     with user_errors():
-        app = create_app(registry=open_registry(settings), secret=secret)
+        app = create_app(registry=Workspace.from_settings(settings).registry(), secret=secret)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     say(f"receiving Hub webhooks at http://{host}:{port}/hooks/hub (health: /healthz)")
     uvicorn.run(app, host=host, port=port, log_level="info")

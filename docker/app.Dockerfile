@@ -13,7 +13,7 @@ RUN python -m venv /opt/venv \
     && pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 WORKDIR /src
 COPY docker/constraints.txt docker/constraints.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md __init__.py errors.py fs.py terms.py ./
 COPY flows flows
 COPY tasks tasks
 COPY storage storage
@@ -34,12 +34,8 @@ RUN groupadd --system --gid 10001 graft \
     && mkdir /data \
     && chown graft:graft /data
 COPY --from=build /opt/venv /opt/venv
+# The package is installed in the venv: deployments name their flows by module, so no source is copied.
 WORKDIR /app
-COPY pyproject.toml ./
-COPY flows flows
-COPY tasks tasks
-COPY storage storage
-COPY deployments deployments
 USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8000 4200

@@ -21,7 +21,7 @@ RUN python -m venv --system-site-packages /opt/venv \
 RUN if [ "$FLASH_ATTENTION" = "true" ]; then \
         MAX_JOBS=4 pip install --no-build-isolation flash-attn==2.8.3.post2; \
     fi
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md __init__.py errors.py fs.py terms.py ./
 COPY flows flows
 COPY tasks tasks
 COPY storage storage
@@ -42,12 +42,8 @@ RUN groupadd --system --gid 10001 graft \
     && mkdir /data \
     && chown graft:graft /data
 COPY --from=build /opt/venv /opt/venv
+# The package is installed in the venv: deployments name their flows by module, so no source is copied.
 WORKDIR /app
-COPY pyproject.toml ./
-COPY flows flows
-COPY tasks tasks
-COPY storage storage
-COPY deployments deployments
 USER 10001:10001
 VOLUME ["/data"]
 CMD ["graft", "worker", "--pool", "gpu"]

@@ -17,27 +17,28 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from flows.recycle import watch_releases
-from flows.registry import open_registry
-from flows.settings import GraftSettings
-from flows.tracks import TrackSpec, load_track
-from storage import registry as rows
-from storage.db import session_scope
-from tasks.evaluate import EvalRecord
-from tasks.finetune import finetune
-from tasks.testbed import Testbed, build_testbed
+from ..fs import Say
+from ..storage import registry as rows
+from ..storage import runs
+from ..storage.db import session_scope
+from ..tasks.evaluate import EvalRecord
+from ..tasks.testbed import Testbed, build_testbed
+from ..tasks.training.finetune import finetune
+from ..terms import EvalSubject
+from .settings import Workspace
+from .shipped import shipped_file
+from .tracks import TrackSpec, load_track
+from .watch import watch_releases
 
 TRACK = "testbed-demo"
-TEMPLATE = Path(__file__).parents[1] / "deployments" / "tracks" / f"{TRACK}.yaml"
 CURVE_EVERY = 10
-Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class DemoOptions:
     @property
     def root(self) -> Path:
         return self.data_dir / "demo"
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace.at(self.data_dir)
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,10 @@ def run_demo(*, options: DemoOptions, say: Say) -> list[ReleaseRow]:
 
 @contextmanager
 def _local_services(data_dir: Path) -> Iterator[None]:
-    """Point the registry (GRAFT_DATA_DIR) and Prefect (PREFECT_HOME: its SQLite database, with no
-    API URL so that Prefect runs on it in-process) at the data dir for the duration of the demo, and
-    send the libraries' progress bars and info logs (Prefect's, lm-eval's, transformers') to
-    `DATA_DIR/demo/demo.log`: the demo reports progress itself."""
+    """Point Prefect (PREFECT_HOME: its SQLite database, with no API URL so that Prefect runs on it
+    in-process) at the data dir for the duration of the demo, and send the libraries' progress bars
+    and info logs (Prefect's, lm-eval's, transformers') to `DATA_DIR/demo/demo.log`: the demo reports
+    progress itself. The registry is pointed at the data dir by the flows' `data_dir` argument."""
     from prefect.settings import (
         PREFECT_API_URL,
         PREFECT_HOME,
@@ -95,9 +100,6 @@ def _local_services(data_dir: Path) -> Iterator[None]:
         temporary_settings,
     )
 
-    overrides = {"GRAFT_DATA_DIR": str(data_dir)}
-    before = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
     quiet = {name: logging.getLogger(name) for name in ("prefect", "lm_eval", "transformers")}
     levels = {name: logger.level for name, logger in quiet.items()}
     for name, logger in quiet.items():
@@ -118,11 +120,6 @@ def _local_services(data_dir: Path) -> Iterator[None]:
         ):
             yield
     finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
         for name, logger in quiet.items():
             logger.setLevel(levels[name])
 
@@ -157,7 +154,7 @@ def _run(options: DemoOptions, say: Say) -> list[ReleaseRow]:
         published = _publish(model, folder)
         if published:
             say(f"{model.name:<8} published; the watcher found it: carry over, fine-tune, evaluate, gate ...")
-            watch_releases(track=TRACK, dispatch="inline")
+            watch_releases(track=TRACK, dispatch="inline", data_dir=options.data_dir)
         row = _row(options, spec, model, bed, folder.name)
         table.append(row)
         say(_line(row) + ("" if published else "   (reused)"))
@@ -180,7 +177,7 @@ def _testbed(options: DemoOptions, say: Say) -> Testbed:
 
 def _register_track(options: DemoOptions, bed: Testbed, say: Say) -> TrackSpec:
     """Write the demo track (the shipped template with this data dir's paths), register it, return it."""
-    spec = yaml.safe_load(TEMPLATE.read_text())
+    spec = yaml.safe_load(shipped_file("tracks", f"{TRACK}.yaml").read_text())
     spec["source"]["release_dir"] = str(options.root / "releases")
     spec["finetune"]["data"] = str(bed.train_data)
     spec["eval"]["task_dirs"] = [str(bed.task_dir)]
@@ -190,7 +187,7 @@ def _register_track(options: DemoOptions, bed: Testbed, say: Say) -> TrackSpec:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     track = load_track(path)
-    with session_scope(open_registry(GraftSettings()).engine) as session:
+    with session_scope(options.workspace.registry().engine) as session:
         _, new = rows.save_track(session, name=track.name, spec=track.model_dump(mode="json"))
     say(f"{'Registered' if new else 'Reusing'} track {TRACK} ({path})")
     return track
@@ -210,22 +207,23 @@ def _publish(model: Path, at: Path) -> bool:
 
 def _row(options: DemoOptions, spec: TrackSpec, model: Path, bed: Testbed, published_as: str) -> ReleaseRow:
     primary = spec.gate.metrics[0]
-    with session_scope(open_registry(GraftSettings()).engine) as session:
+    with session_scope(options.workspace.registry().engine) as session:
         track = rows.get_track(session, name=TRACK)
-        candidate = rows.candidate_for(session, track=track, ref=published_as)
+        candidate = runs.candidate_for(session, track=track, ref=published_as)
         assert candidate is not None, f"the watcher made a candidate for release {published_as}"
-        scores = {r.subject: r.value for r in rows.release_scores(session, candidate=candidate, metric=primary.metric)}
-        promotion = rows.decision_for(session, candidate=candidate)
+        found = runs.release_scores(session, candidate=candidate, metric=primary.metric)
+        scores = {r.subject: r.value for r in found}
+        promotion = runs.decision_for(session, candidate=candidate)
         assert promotion is not None
         decision = promotion.decision
         reason = next((r for r in promotion.reasons if r.startswith("fail")), promotion.reasons[-1])
     curve = _plain_curve(options, spec, model, bed)
-    transferred = scores.get("transferred")
+    transferred = scores.get(EvalSubject.TRANSFERRED)
     return ReleaseRow(
         release=model.name,
-        base=scores["base"],
+        base=scores[EvalSubject.BASE],
         transferred=transferred,
-        candidate=scores["candidate"],
+        candidate=scores[EvalSubject.CANDIDATE],
         plain=curve[-1][1],
         plain_steps_to_transfer=None if transferred is None else next((s for s, v in curve if v >= transferred), None),
         decision=decision,

@@ -8,54 +8,20 @@ points at a missing or partial blob.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine
-
-from flows.settings import GraftSettings
-from storage import registry as rows
-from storage.blobs import BlobStore
-from storage.db import ensure_schema, make_engine, session_scope
-from storage.errors import BlobCorruptError, BlobMissingError
-from tasks.checkpoints import atomic_output_dir
-from tasks.codec import CODEC, decode_file, encode_file
-from tasks.difffolder import open_diff_folder
-
-Say = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class Registry:
-    """An open registry: the database engine and the blob store."""
-
-    engine: Engine
-    store: BlobStore
-
-
-def open_registry(settings: GraftSettings) -> Registry:
-    """Open the registry the settings name, migrating its database to the head revision first.
-
-    One registry (one engine and its connection pool) per database and blob URL per process.
-
-    Raises:
-        DatabaseError: the database cannot be reached.
-        SchemaTooNewError: the database was migrated by a newer Graftwork.
-    """
-    return _open(settings.registry_database_url, settings.registry_blob_url)
-
-
-@functools.cache
-def _open(database_url: str, blob_url: str) -> Registry:
-    engine = make_engine(database_url)
-    ensure_schema(engine)
-    return Registry(engine=engine, store=BlobStore(blob_url))
+from ..errors import BlobCorruptError, BlobMissingError, CodecError
+from ..fs import Say, atomic_output_dir, megabytes
+from ..storage import Registry
+from ..storage import registry as rows
+from ..storage.db import session_scope
+from ..tasks.io.codec import CODEC, decode_file, encode_file
+from ..tasks.io.difffolder import open_diff_folder
 
 
 @dataclass(frozen=True)
@@ -79,7 +45,7 @@ def register_diff(
     base_release_id: int | None = None,
     say: Say | None = None,
 ) -> Registered:
-    """Compress and store every file of a diff folder, then record the diff on `track`.
+    """Compress and store every file of a diff folder, then record the diff on the registered `track`.
 
     `parent` is the diff it follows in the Δ chain; `candidate_id` and `base_release_id` the candidate
     it was taken from and the release that candidate was made for. Registering the same folder again
@@ -87,9 +53,12 @@ def register_diff(
 
     Raises:
         ModelFolderError: `diff_dir` is not a complete diff folder.
-        NotFoundError: `parent` names no diff.
+        NotFoundError: `track` is not registered (add it with `graft track add FILE` first), or `parent`
+            names no diff.
     """
     start = time.perf_counter()
+    with session_scope(registry.engine) as session:
+        rows.get_track(session, name=track)  # before any blob is written
     folder = open_diff_folder(diff_dir)
     files = sorted(p for p in folder.path.rglob("*") if p.is_file())
     stored: list[rows.StoredFile] = []
@@ -103,7 +72,7 @@ def register_diff(
                 blob = registry.store.put(src)
             stored.append(rows.StoredFile(relative, stats.raw_sha256, stats.raw_bytes, blob.name, blob.size, CODEC))
             if say:
-                say(f"  stored {relative}: {_mb(stats.raw_bytes)} → {_mb(blob.size)}")
+                say(f"  stored {relative}: {megabytes(stats.raw_bytes)} → {megabytes(blob.size)}")
     manifest = folder.manifest
     with session_scope(registry.engine) as session:
         new_diff = rows.NewDiff(
@@ -119,7 +88,7 @@ def register_diff(
             candidate_id=candidate_id,
             base_release_id=base_release_id,
         )
-        row, new = rows.add_diff(session, track=rows.ensure_track(session, name=track), diff=new_diff)
+        row, new = rows.add_diff(session, track=rows.get_track(session, name=track), diff=new_diff)
         result = Registered(rows.public_id(row), new, row.raw_bytes, row.stored_bytes, time.perf_counter() - start)
     return result
 
@@ -145,7 +114,10 @@ def export_diff(registry: Registry, *, ref: str, out: Path, overwrite: bool = Fa
             target = tmp / path
             target.parent.mkdir(parents=True, exist_ok=True)
             with encoded.open("rb") as src, target.open("wb") as dst:
-                decode_file(src=src, dst=dst)
+                try:
+                    decode_file(src=src, dst=dst)
+                except CodecError as e:
+                    raise CodecError(f"blob {sha} of {diff_id}:{path}: {e}", what=f"{diff_id}:{path}") from e
         open_diff_folder(tmp)
     return Path(out).resolve()
 
@@ -205,7 +177,3 @@ def gc(registry: Registry, *, grace: timedelta) -> GcReport:
             temporaries += 1
             freed += temp.size
     return GcReport(blobs=blobs, temporaries=temporaries, bytes=freed)
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"

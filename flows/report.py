@@ -3,16 +3,20 @@ champion, base and base + Δ) and a markdown summary of the gate's decision and 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.progress import artifact_key
-from tasks.evaluate import EvalRecord
-from tasks.gate import Decision
+from ..tasks.evaluate import EvalRecord
+from ..tasks.gate import Decision
+from ..terms import EvalSubject
+from .progress import artifact_key
 
-COLUMNS = ("candidate", "champion", "base", "transferred")
+COLUMNS = (EvalSubject.CANDIDATE, EvalSubject.CHAMPION, EvalSubject.BASE, EvalSubject.TRANSFERRED)
+Scores = Mapping[EvalSubject, Sequence[EvalRecord]]
 
 
-def eval_table(scores: dict[str, list[EvalRecord]]) -> list[dict[str, str]]:
+def eval_table(scores: Scores) -> list[dict[str, str]]:
     """One row per metric, one column per model that was scored."""
     values = {subject: {(r.task, r.metric, r.filter): r for r in records} for subject, records in scores.items()}
     metrics = sorted({key for found in values.values() for key in found})
@@ -36,7 +40,7 @@ def report_run(
     title: str,
     carried: str | None,
     new_diff: str,
-    scores: dict[str, list[EvalRecord]],
+    scores: Scores,
     decision: Decision,
     losses: list[list[float]],
 ) -> None:

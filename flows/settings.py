@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ..storage import Registry, open_registry
 
 
 class GraftSettings(BaseSettings):
@@ -40,3 +43,33 @@ class GraftSettings(BaseSettings):
     def registry_blob_url(self) -> str:
         """The blob store URL in effect."""
         return self.blob_url or str(self.data_dir / "blobs")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What a flow's steps need of the settings: the data dir and where the registry lives. A flow reads
+    the settings once (`Workspace.from_settings`) and hands this down to each step."""
+
+    data_dir: Path
+    database_url: str
+    blob_url: str
+
+    @classmethod
+    def from_settings(cls, settings: GraftSettings | None = None) -> Workspace:
+        """The workspace the settings (by default: the environment's) name."""
+        settings = settings or GraftSettings()
+        return cls(settings.data_dir, settings.registry_database_url, settings.registry_blob_url)
+
+    @classmethod
+    def at(cls, data_dir: Path | None) -> Workspace:
+        """The environment's workspace, with its data dir replaced by `data_dir` when one is given (the
+        database and blob store follow it unless GRAFT_DATABASE_URL / GRAFT_BLOB_URL name others)."""
+        return cls.from_settings(None if data_dir is None else GraftSettings(data_dir=data_dir))
+
+    def registry(self) -> Registry:
+        """The open registry (migrated on first use; one per process).
+
+        Raises:
+            DatabaseError, SchemaTooNewError: as `open_registry`.
+        """
+        return open_registry(database_url=self.database_url, blob_url=self.blob_url)

@@ -26,23 +26,27 @@ Relative paths are taken from the YAML file's folder; `~` is the user's home.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tasks.errors import GraftError
-from tasks.evaluate import Suite
-from tasks.finetune import Recipe
-from tasks.gate import GateRules
-from tasks.launch import Launch
+from ..errors import TrackError
+from ..storage import Registry
+from ..storage import registry as rows
+from ..storage.db import session_scope
+from ..storage.models import Track
+from ..tasks.evaluate import Suite
+from ..tasks.gate import GateRules
+from ..tasks.training.finetune import Recipe
+from ..tasks.training.launch import Launch
+from ..terms import RecycleMode, SourceKind
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-
-
-class TrackError(GraftError, ValueError):
-    """A track file is missing, not YAML, or not a valid track."""
+_ENUM_REPR = re.compile(r"<\w+\.\w+: ('[^']*')>")  # pydantic names a Literal enum tag as <SourceKind.LOCAL: 'local'>
 
 
 class _Spec(BaseModel):
@@ -52,24 +56,47 @@ class _Spec(BaseModel):
 class LocalSource(_Spec):
     """Releases are the sub-folders of a local directory."""
 
-    kind: Literal["local"]
+    kind: Literal[SourceKind.LOCAL]
     release_dir: Path
+
+    def watches(self, *, repo_id: str, refs: Collection[str] | None = None) -> bool:
+        """A local source watches no Hub repo."""
+        return False
 
 
 class HubReposSource(_Spec):
     """Releases are new Hub repos of an author whose names match a pattern (`Llama-3.*-8B`)."""
 
-    kind: Literal["hub-repos"]
+    kind: Literal[SourceKind.HUB_REPOS]
     author: str
     name_pattern: str
+
+    def watches(self, *, repo_id: str, refs: Collection[str] | None = None) -> bool:
+        """Whether `repo_id` is a repo of the author whose name (after the slash) matches the glob."""
+        author, _, name = repo_id.partition("/")
+        return author == self.author and fnmatchcase(name, self.name_pattern)
 
 
 class HubRefsSource(_Spec):
     """Releases are the branches and tags of one Hub repo that match a pattern (`stage1-step*`)."""
 
-    kind: Literal["hub-refs"]
+    kind: Literal[SourceKind.HUB_REFS]
     repo: str
     ref_pattern: str
+
+    def watches(self, *, repo_id: str, refs: Collection[str] | None = None) -> bool:
+        """Whether `repo_id` is the repo, and (when `refs` are given) one of them, a branch or tag name with
+        or without `refs/heads/` or `refs/tags/`, matches the glob."""
+        if repo_id != self.repo:
+            return False
+        return refs is None or any(fnmatchcase(_short_ref(ref), self.ref_pattern) for ref in refs)
+
+
+def _short_ref(ref: str) -> str:
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref.removeprefix(prefix)
+    return ref
 
 
 Source = Annotated[LocalSource | HubReposSource | HubRefsSource, Field(discriminator="kind")]
@@ -87,7 +114,7 @@ class FinetuneSpec(_Spec):
 class RecycleSpec(_Spec):
     """How the previous fine-tuning is carried over to a new release (Algorithm 1's modes)."""
 
-    mode: Literal["iterative", "direct", "none"] = "iterative"
+    mode: RecycleMode = RecycleMode.ITERATIVE
     alpha: float = Field(default=1.0, description="Scale of the diff vector: base + alpha·Δ.")
 
 
@@ -128,13 +155,19 @@ def parse_track(data: Any, *, base_dir: Path, origin: str) -> TrackSpec:
         TrackError: naming each invalid field and the reason.
     """
     if not isinstance(data, dict):
-        raise TrackError(f"{origin}: a track is a mapping of fields, not {type(data).__name__}.")
+        raise TrackError(f"{origin}: a track is a mapping of fields, not {type(data).__name__}.", track=origin)
     try:
         spec = TrackSpec.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'track'}: {err['msg']}" for err in e.errors())
-        raise TrackError(f"{origin} is not a valid track: {problems}") from None
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'track'}: {_plain(err['msg'])}" for err in e.errors()
+        )
+        raise TrackError(f"{origin} is not a valid track: {problems}", track=origin) from None
     return _resolved(spec, base_dir.resolve())
+
+
+def _plain(message: str) -> str:
+    return _ENUM_REPR.sub(r"\1", message)
 
 
 def load_track(path: Path) -> TrackSpec:
@@ -146,9 +179,9 @@ def load_track(path: Path) -> TrackSpec:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as e:
-        raise TrackError(f"cannot read track file {path}: {e.strerror}.") from None
+        raise TrackError(f"cannot read track file {path}: {e.strerror}.", track=str(path)) from None
     except yaml.YAMLError as e:
-        raise TrackError(f"{path} is not YAML: {e}") from None
+        raise TrackError(f"{path} is not YAML: {e}", track=str(path)) from None
     return parse_track(data, base_dir=Path(path).parent, origin=str(path))
 
 
@@ -166,3 +199,23 @@ def _resolved(spec: TrackSpec, base: Path) -> TrackSpec:
             "eval": spec.eval.model_copy(update={"task_dirs": tuple(where(d) for d in spec.eval.task_dirs)}),
         }
     )
+
+
+def spec_of(track: Track) -> TrackSpec:
+    """The validated spec of a registered track.
+
+    Raises:
+        TrackError: its stored spec no longer validates (add the track file again).
+    """
+    return parse_track(track.spec, base_dir=Path("/"), origin=f"track {track.name} in the registry")
+
+
+def load_spec(registry: Registry, *, track: str) -> TrackSpec:
+    """The validated spec of the registered track `track`.
+
+    Raises:
+        NotFoundError: no such track.
+        TrackError: its stored spec no longer validates (add the track file again).
+    """
+    with session_scope(registry.engine) as session:
+        return spec_of(rows.get_track(session, name=track))

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
 
 from prefect.deployments import run_deployment
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from sqlalchemy.orm import Session
 
-from flows.registry import Registry
-from storage import registry as rows
-from storage.db import session_scope
-from storage.models import Track
-from tasks.errors import GraftError
+from ..errors import RunStartError, TrackError, WebhookPayloadError
+from ..storage import Registry
+from ..storage import registry as rows
+from ..storage.db import session_scope
+from ..storage.models import Track
+from .tracks import spec_of
 
 StartRun = Callable[[str, str], None]
 """Starts a track's run: called with the track name and an idempotency key."""
@@ -34,14 +35,7 @@ RELEASE_EVENTS = frozenset({("create", "repo"), ("update", "repo"), ("update", "
 """The (action, scope) pairs that can bring a new release: a new repo, or new commits, branches or tags."""
 
 WATCHER_FLOW = "watch-releases"
-
-
-class WebhookPayloadError(GraftError, ValueError):
-    """A delivery's body is not JSON, or not a Hub webhook payload."""
-
-
-class RunStartError(GraftError, RuntimeError):
-    """A track's run could not be started; nothing of the delivery was recorded."""
+log = logging.getLogger("graftwork.webhook")
 
 
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
@@ -103,7 +97,7 @@ class HubEvent(BaseModel):
         try:
             payload = json.loads(body)
         except (ValueError, RecursionError) as e:
-            raise WebhookPayloadError(f"the body is not JSON ({e}); the Hub sends a JSON object.") from e
+            raise WebhookPayloadError(f"the body is not JSON ({e}); the Hub sends a JSON object.", field="body") from e
         return cls.from_payload(payload)
 
     @classmethod
@@ -115,7 +109,9 @@ class HubEvent(BaseModel):
         """
         if not isinstance(payload, dict):
             kind = _JSON_KINDS.get(type(payload), type(payload).__name__)
-            raise WebhookPayloadError(f"the payload is a JSON {kind}, not an object; the Hub sends an object.")
+            raise WebhookPayloadError(
+                f"the payload is a JSON {kind}, not an object; the Hub sends an object.", field="payload"
+            )
         try:
             wire = _WirePayload.model_validate(payload)
         except ValidationError as e:
@@ -124,7 +120,8 @@ class HubEvent(BaseModel):
             )
             raise WebhookPayloadError(
                 f"not a Hub webhook payload: {problems}. Expected {{event: {{action, scope}}, "
-                "repo: {type, name, headSha}, updatedRefs: [{ref, newSha}]}."
+                "repo: {type, name, headSha}, updatedRefs: [{ref, newSha}]}.",
+                field=".".join(str(p) for p in e.errors()[0]["loc"]) or "payload",
             ) from None
         return cls(
             repo_type=wire.repo.type,
@@ -160,36 +157,23 @@ def tracks_watching(session: Session, *, repo_id: str, refs: Collection[str] | N
     A `hub-repos` source watches the repos of its `author` whose name (after the slash) matches its
     `name_pattern`; a `hub-refs` source watches its `repo`, and when `refs` is given only if one of them
     (a branch or tag name, with or without `refs/heads/` or `refs/tags/`) matches its `ref_pattern`.
-    Patterns are globs, matched case-sensitively. Local sources and specs without a source watch nothing.
+    Patterns are globs, matched case-sensitively. Local sources watch nothing; a track whose stored spec
+    no longer validates watches nothing either (and is logged).
     """
     return [track.name for track in _watching(session, repo_id=repo_id, refs=refs)]
 
 
 def _watching(session: Session, *, repo_id: str, refs: Collection[str] | None) -> list[Track]:
-    return [t for t in rows.list_tracks(session) if _watches(t.spec.get("source"), repo_id=repo_id, refs=refs)]
-
-
-def _watches(source: object, *, repo_id: str, refs: Collection[str] | None) -> bool:
-    if not isinstance(source, dict):
-        return False
-    kind = source.get("kind")
-    if kind == "hub-refs":
-        pattern = source.get("ref_pattern")
-        if source.get("repo") != repo_id or not isinstance(pattern, str):
-            return False
-        return refs is None or any(fnmatchcase(_short_ref(ref), pattern) for ref in refs)
-    if kind == "hub-repos":
-        author, _, name = repo_id.partition("/")
-        pattern = source.get("name_pattern")
-        return isinstance(pattern, str) and author == source.get("author") and fnmatchcase(name, pattern)
-    return False
-
-
-def _short_ref(ref: str) -> str:
-    for prefix in ("refs/heads/", "refs/tags/"):
-        if ref.startswith(prefix):
-            return ref.removeprefix(prefix)
-    return ref
+    watching = []
+    for track in rows.list_tracks(session):
+        try:
+            spec = spec_of(track)
+        except TrackError as e:
+            log.warning("%s", e)
+            continue
+        if spec.source.watches(repo_id=repo_id, refs=refs):
+            watching.append(track)
+    return watching
 
 
 @dataclass(frozen=True)
@@ -231,7 +215,8 @@ def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun)
                 except Exception as e:
                     raise RunStartError(
                         f"could not start the run of track {track.name} for {event.repo_id}: {e}. "
-                        "Nothing was recorded; fix the cause and redeliver the webhook from the Hub."
+                        "Nothing was recorded; fix the cause and redeliver the webhook from the Hub.",
+                        track=track.name,
                     ) from e
                 started.append(track.name)
     if started:

@@ -20,7 +20,8 @@ from typing import BinaryIO, Protocol
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from storage.errors import BlobCorruptError, BlobMissingError
+from ..errors import BlobCorruptError, BlobMissingError
+from ..fs import fsync_dir
 
 CHUNK = 8 * 2**20
 
@@ -81,17 +82,12 @@ class BlobStore:
                 self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.mv(tmp, final)
                 if self._local:
-                    _fsync_dir(Path(final).parent)
+                    fsync_dir(Path(final).parent)
         except BaseException:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
             raise
         return BlobInfo(sha, size, time.time())
-
-    def put_file(self, path: Path) -> BlobInfo:
-        """Store the file at `path` as a blob."""
-        with path.open("rb") as f:
-            return self.put(f)
 
     def read_into(self, sha256: str, dst: Sink, *, owner: str) -> int:
         """Copy blob `sha256` into `dst`, verifying its hash; return its size.
@@ -114,12 +110,16 @@ class BlobStore:
         except FileNotFoundError as e:
             raise BlobMissingError(
                 f"blob {sha256} of {owner} is missing from the blob store {self.url}; restore it from a backup "
-                "or re-register what it held."
+                "or re-register what it held.",
+                blob=sha256,
+                owner=owner,
             ) from e
         if digest.hexdigest() != sha256:
             raise BlobCorruptError(
                 f"blob {sha256} of {owner} is corrupt in the blob store {self.url}: its bytes hash to "
-                f"{digest.hexdigest()}. Restore it from a backup or re-register what it held."
+                f"{digest.hexdigest()}. Restore it from a backup or re-register what it held.",
+                blob=sha256,
+                owner=owner,
             )
         return size
 
@@ -163,11 +163,3 @@ def _mtime(info: dict[str, object]) -> float:
     if hasattr(value, "timestamp"):
         return float(value.timestamp())
     return float(value)  # type: ignore[arg-type]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

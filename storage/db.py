@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.errors import DatabaseError, ImmutableRowError, SchemaTooNewError
-from storage.models import Immutable
+from ..errors import DatabaseError, ImmutableRowError, SchemaTooNewError
+from .models import Immutable
 
-MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATIONS = Path(str(resources.files("graftwork.storage") / "migrations"))
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
@@ -38,7 +39,8 @@ def make_engine(url: str) -> Engine:
         parsed = make_url(url)
     except ArgumentError as e:
         raise DatabaseError(
-            f"{url!r} is not a database URL: {e}. Use sqlite:///PATH or postgresql+psycopg://..."
+            f"{url!r} is not a database URL: {e}. Use sqlite:///PATH or postgresql+psycopg://...",
+            url=url,
         ) from e
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
@@ -50,7 +52,9 @@ def make_engine(url: str) -> Engine:
     try:
         return create_engine(parsed, pool_pre_ping=True)
     except ImportError as e:
-        raise DatabaseError(f"no driver for {parsed.drivername} ({e}); install it or use another URL.") from e
+        raise DatabaseError(
+            f"no driver for {parsed.drivername} ({e}); install it or use another URL.", url=parsed.drivername
+        ) from e
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -93,7 +97,8 @@ def _refuse_updates(session: Session, _context: Any, _instances: Any) -> None:
         if isinstance(obj, Immutable) and (obj in session.deleted or session.is_modified(obj)):
             raise ImmutableRowError(
                 f"{type(obj).__name__} {getattr(obj, 'id', '?')} is an immutable artifact row; "
-                "record a new row (a promotion or rollback is a new row) instead of changing it."
+                "record a new row (a promotion or rollback is a new row) instead of changing it.",
+                row=f"{type(obj).__name__} {getattr(obj, 'id', '?')}",
             )
 
 
@@ -114,7 +119,7 @@ def current_revision(engine: Engine) -> str | None:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     except OperationalError as e:
-        raise DatabaseError(f"cannot reach the database at {_safe(engine)}: {e.orig}") from e
+        raise DatabaseError(f"cannot reach the database at {_safe(engine)}: {e.orig}", url=_safe(engine)) from e
 
 
 def head_revision() -> str:
@@ -160,7 +165,8 @@ def _refuse_unknown(engine: Engine) -> None:
         raise SchemaTooNewError(
             f"the database at {_safe(engine)} is at schema revision {current}, which this Graftwork "
             f"(newest revision {head_revision()}) does not know: it was written by a newer Graftwork. "
-            "Upgrade Graftwork (pip install -U graftwork) instead of using an older one on it."
+            "Upgrade Graftwork (pip install -U graftwork) instead of using an older one on it.",
+            revision=current,
         )
 
 

@@ -9,6 +9,7 @@ revisions in `storage/migrations`.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -16,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Dialect,
+    Enum,
     Float,
     ForeignKey,
     Integer,
@@ -27,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from ..terms import ActorKind, EvalSubject, GateDecision, RecycleMode
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -36,6 +40,20 @@ NAMING_CONVENTION = {
 }
 
 SHA256 = String(64)
+
+
+def vocabulary(kind: type[StrEnum], *, name: str) -> Enum:
+    """A column type for one of the domain's enums: stored as its value in a VARCHAR(32) with a CHECK
+    constraint naming the allowed values, so the database refuses any other word too."""
+    return Enum(
+        kind,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=32,
+        validate_strings=True,
+        values_callable=lambda members: [m.value for m in members],
+    )
 
 
 def _now() -> datetime:
@@ -142,8 +160,12 @@ class DiffFile(Immutable, Base):
     codec: Mapped[str] = mapped_column(String(64))
 
 
-class FinetuneRun(Base):
-    """A fine-tuning run: what it started from, its recipe, and its loss curve once it ends."""
+class FinetuneRun(Immutable, Base):
+    """A completed fine-tuning run of a release: its recipe, where and how fast it ran, how its loss went.
+
+    The loss curve (a JSON list of [step, loss]) is a blob in the blob store, `loss_curve_blob` its sha256.
+    A candidate points at the run that made it (`candidates.finetune_run_id`).
+    """
 
     __tablename__ = "finetune_runs"
 
@@ -151,10 +173,15 @@ class FinetuneRun(Base):
     track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
     recipe: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(32))
-    loss_curve: Mapped[list[Any] | None]
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    steps: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(64))
+    processes: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    tokens_per_second: Mapped[float] = mapped_column(Float)
+    final_loss: Mapped[float | None] = mapped_column(Float)
+    loss_curve_blob: Mapped[str | None] = mapped_column(SHA256)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Candidate(Immutable, Base):
@@ -165,7 +192,7 @@ class Candidate(Immutable, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
-    mode: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[RecycleMode] = mapped_column(vocabulary(RecycleMode, name="recycle_mode"))
     alpha: Mapped[float] = mapped_column(Float)
     source_diff_id: Mapped[int | None] = mapped_column(ForeignKey("diffs.id", use_alter=True))
     finetune_run_id: Mapped[int | None] = mapped_column(ForeignKey("finetune_runs.id"))
@@ -173,6 +200,8 @@ class Candidate(Immutable, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
     track: Mapped[Track] = relationship()
+    release: Mapped[Release] = relationship()
+    finetune_run: Mapped[FinetuneRun | None] = relationship()
 
 
 class EvalResult(Immutable, Base):
@@ -183,7 +212,7 @@ class EvalResult(Immutable, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"), index=True)
     release_id: Mapped[int | None] = mapped_column(ForeignKey("releases.id"), index=True)
-    subject: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[EvalSubject] = mapped_column(vocabulary(EvalSubject, name="eval_subject"))
     task: Mapped[str] = mapped_column(String(200))
     metric: Mapped[str] = mapped_column(String(200))
     filter: Mapped[str] = mapped_column(String(200))
@@ -203,10 +232,11 @@ class Promotion(Immutable, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
     channel: Mapped[str] = mapped_column(String(200))
-    decision: Mapped[str] = mapped_column(String(32))
+    decision: Mapped[GateDecision] = mapped_column(vocabulary(GateDecision, name="gate_decision"))
     from_candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"))
     to_candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"))
     reasons: Mapped[list[Any]]
+    actor_kind: Mapped[ActorKind] = mapped_column(vocabulary(ActorKind, name="actor_kind"))
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 

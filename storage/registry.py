@@ -1,44 +1,60 @@
-"""Data access for the registry. Every function takes a Session and only adds and flushes: the
-caller's `session_scope()` commits. Artifact rows are only ever inserted; registering something
-that is already there returns the existing row, also when two processes race to insert it.
+"""Data access for the registry's artifacts: tracks, releases, diffs and webhook deliveries, and the
+public ids (`diff-12`) that name them. What a recycle run records (candidates, fine-tune runs, eval
+results, promotions) is in :mod:`graftwork.storage.runs`.
+
+Every function takes a Session and only adds and flushes: the caller's `session_scope()` commits.
+Artifact rows are only ever inserted; registering something that is already there returns the
+existing row, also when two processes race to insert it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast, get_args
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from storage.errors import DatabaseError, NotFoundError
-from storage.models import Base, Candidate, Diff, DiffFile, EvalResult, Promotion, Release, Track, WebhookDelivery
+from ..errors import DatabaseError, NotFoundError
+from ..terms import ArtifactKind
+from .models import Base, Candidate, Diff, DiffFile, FinetuneRun, Promotion, Release, Track, WebhookDelivery
 
-Kind = Literal["release", "diff", "candidate", "promotion"]
-KINDS: tuple[Kind, ...] = get_args(Kind)
 Artifact = Release | Diff | Candidate | Promotion
-_MODELS: dict[Kind, type[Artifact]] = {"release": Release, "diff": Diff, "candidate": Candidate, "promotion": Promotion}
+_MODELS: dict[ArtifactKind, type[Artifact]] = {
+    ArtifactKind.RELEASE: Release,
+    ArtifactKind.DIFF: Diff,
+    ArtifactKind.CANDIDATE: Candidate,
+    ArtifactKind.PROMOTION: Promotion,
+}
 M = TypeVar("M", bound=Base)
+
+
+def kind_of(row: Artifact) -> ArtifactKind:
+    """The kind of an artifact row."""
+    return next(kind for kind, model in _MODELS.items() if isinstance(row, model))
 
 
 def public_id(row: Artifact) -> str:
     """The id a user types: `KIND-N`, e.g. `diff-12`."""
-    kind = next(k for k, model in _MODELS.items() if isinstance(row, model))
-    return f"{kind}-{row.id}"
+    return f"{kind_of(row)}-{row.id}"
 
 
-def _insert_or_get(
+def insert_or_get(
     session: Session, model: type[M], *, unique: tuple[str, ...], values: dict[str, Any]
 ) -> tuple[M, bool]:
-    """Insert a row unless one with the same `unique` values exists; return the row and whether it is new."""
+    """Insert a row unless one with the same `unique` values exists; return the row and whether it is new.
+
+    Raises:
+        DatabaseError: the database is neither SQLite nor PostgreSQL.
+    """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         stmt: Any = postgresql.insert(model)
     elif dialect == "sqlite":
         stmt = sqlite.insert(model)
     else:
-        raise DatabaseError(f"the registry supports SQLite and PostgreSQL, not {dialect}.")
+        raise DatabaseError(f"the registry supports SQLite and PostgreSQL, not {dialect}.", url=dialect)
     table = model.__table__
     stmt = stmt.values(**values).on_conflict_do_nothing(index_elements=list(unique))
     new_id = session.execute(stmt.returning(table.c.id)).scalar_one_or_none()
@@ -46,18 +62,12 @@ def _insert_or_get(
     return session.scalars(select(model).where(*where)).one(), new_id is not None
 
 
-def ensure_track(session: Session, *, name: str, spec: dict[str, Any] | None = None) -> Track:
-    """The track called `name`, created (with `spec`) when it does not exist."""
-    track, _ = _insert_or_get(session, Track, unique=("name",), values={"name": name, "spec": spec or {}})
-    return track
-
-
 def save_track(session: Session, *, name: str, spec: dict[str, Any]) -> tuple[Track, bool]:
     """Create the track `name`, or replace its spec (a track is configuration, not an artifact).
 
     Returns the track and whether it is new.
     """
-    track, new = _insert_or_get(session, Track, unique=("name",), values={"name": name, "spec": spec})
+    track, new = insert_or_get(session, Track, unique=("name",), values={"name": name, "spec": spec})
     if not new and track.spec != spec:
         track.spec = spec
         session.flush()
@@ -73,12 +83,15 @@ def get_track(session: Session, *, name: str) -> Track:
     """The track called `name`.
 
     Raises:
-        NotFoundError: no such track.
+        NotFoundError: no such track (the message lists the tracks there are).
     """
     track = session.scalars(select(Track).where(Track.name == name)).one_or_none()
     if track is None:
         known = ", ".join(session.scalars(select(Track.name).order_by(Track.name))) or "none yet"
-        raise NotFoundError(f"no track named {name!r} in the registry (tracks: {known}).")
+        raise NotFoundError(
+            f"no track named {name!r} in the registry (tracks: {known}); add it with `graft track add FILE`.",
+            ref=name,
+        )
     return track
 
 
@@ -87,7 +100,7 @@ def record_release(
 ) -> tuple[Release, bool]:
     """Record a release of `track` once; return it and whether it is new."""
     values = {"track_id": track.id, "repo_id": repo_id, "revision": revision, "ref": ref, "path": path}
-    return _insert_or_get(session, Release, unique=("track_id", "repo_id", "revision"), values=values)
+    return insert_or_get(session, Release, unique=("track_id", "repo_id", "revision"), values=values)
 
 
 def record_delivery(
@@ -99,7 +112,7 @@ def record_delivery(
     first's transaction and sees the row once it commits; on SQLite writers queue on the database lock.
     """
     values = {"key": key, "payload": payload, "track_id": None if track is None else track.id}
-    return _insert_or_get(session, WebhookDelivery, unique=("key",), values=values)
+    return insert_or_get(session, WebhookDelivery, unique=("key",), values=values)
 
 
 @dataclass(frozen=True)
@@ -148,7 +161,7 @@ def add_diff(session: Session, *, track: Track, diff: NewDiff) -> tuple[Diff, bo
         "stored_bytes": sum(f.stored_bytes for f in diff.files),
         "graftwork_version": diff.graftwork_version,
     }
-    row, new = _insert_or_get(session, Diff, unique=("track_id", "key"), values=values)
+    row, new = insert_or_get(session, Diff, unique=("track_id", "key"), values=values)
     if new:
         session.add_all(DiffFile(diff_id=row.id, **vars(f)) for f in diff.files)
         session.flush()
@@ -162,15 +175,24 @@ def get(session: Session, *, ref: str) -> Artifact:
         NotFoundError: no such id, or `ref` is not of the form KIND-N.
     """
     kind, _, number = ref.rpartition("-")
-    if kind not in _MODELS or not number.isdigit():
-        raise NotFoundError(f"{ref!r} is not a registry id; ids look like {', '.join(k + '-1' for k in KINDS)}.")
-    return _by_id(session, cast(Kind, kind), int(number))
+    if kind not in set(ArtifactKind) or not number.isdigit():
+        examples = ", ".join(f"{k}-1" for k in ArtifactKind)
+        raise NotFoundError(f"{ref!r} is not a registry id; ids look like {examples}.", ref=ref)
+    return by_id(session, ArtifactKind(kind), int(number))
 
 
-def _by_id(session: Session, kind: Kind, number: int) -> Artifact:
+def by_id(session: Session, kind: ArtifactKind, number: int) -> Artifact:
+    """The artifact of `kind` with id `number`.
+
+    Raises:
+        NotFoundError: there is none.
+    """
     row = cast(Artifact | None, session.get(_MODELS[kind], number))
     if row is None:
-        raise NotFoundError(f"no {kind} with id {number} in the registry; `graft registry list` shows what there is.")
+        raise NotFoundError(
+            f"no {kind} with id {number} in the registry; `graft registry list` shows what there is.",
+            ref=f"{kind}-{number}",
+        )
     return row
 
 
@@ -182,20 +204,30 @@ def get_diff(session: Session, *, ref: str) -> Diff:
     """
     row = get(session, ref=ref if "-" in ref else f"diff-{ref}")
     if not isinstance(row, Diff):
-        raise NotFoundError(f"{ref} is a {public_id(row).split('-')[0]}, not a diff.")
+        raise NotFoundError(f"{ref} is a {kind_of(row)}, not a diff.", ref=ref)
     return row
 
 
-def list_artifacts(session: Session, *, track: Track | None = None, kind: Kind | None = None) -> list[Artifact]:
+def get_release(session: Session, *, release_id: int) -> Release:
+    """A release by id.
+
+    Raises:
+        NotFoundError: no such release.
+    """
+    return cast(Release, by_id(session, ArtifactKind.RELEASE, release_id))
+
+
+def list_artifacts(session: Session, *, track: Track | None = None, kind: ArtifactKind | None = None) -> list[Artifact]:
     """Artifacts, oldest first, of one kind or all, on one track or all."""
+    order = list(ArtifactKind)
     rows: list[Artifact] = []
-    for k in [kind] if kind else KINDS:
+    for k in [kind] if kind else order:
         model = _MODELS[k]
         query = select(model)
         if track is not None:
             query = query.where(model.track_id == track.id)
         rows.extend(session.scalars(query))
-    return sorted(rows, key=lambda r: (r.created_at, KINDS.index(public_id(r).split("-")[0]), r.id))
+    return sorted(rows, key=lambda r: (r.created_at, order.index(kind_of(r)), r.id))
 
 
 def ancestors(session: Session, *, diff: Diff) -> list[Diff]:
@@ -210,208 +242,18 @@ def ancestors(session: Session, *, diff: Diff) -> list[Diff]:
     return chain
 
 
-def carried_diff(session: Session, *, track: Track, mode: str, before: Release) -> Diff | None:
-    """The Δ a release of `track` starts from, taken from releases recorded before it.
-
-    `iterative`: the newest diff made from one of the track's candidates (Δ_{i−1} = M*_{i−1} − M_{i−1});
-    `direct`: the newest source diff (one with no parent: the first fine-tune, or one imported);
-    `none`: nothing.
-    """
-    if mode == "none":
-        return None
-    query = select(Diff).where(Diff.track_id == track.id)
-    if mode == "iterative":
-        query = query.where(Diff.candidate_id.is_not(None), Diff.base_release_id < before.id)
-    else:
-        query = query.where(
-            Diff.parent_id.is_(None), (Diff.base_release_id < before.id) | Diff.base_release_id.is_(None)
-        )
-    return session.scalars(query.order_by(Diff.id.desc()).limit(1)).one_or_none()
-
-
-def get_release(session: Session, *, release_id: int) -> Release:
-    """A release by id.
-
-    Raises:
-        NotFoundError: no such release.
-    """
-    row = _by_id(session, "release", release_id)
-    assert isinstance(row, Release)
-    return row
-
-
-def get_candidate(session: Session, *, candidate_id: int) -> Candidate:
-    """A candidate by id.
-
-    Raises:
-        NotFoundError: no such candidate.
-    """
-    row = _by_id(session, "candidate", candidate_id)
-    assert isinstance(row, Candidate)
-    return row
-
-
-def candidate_at(session: Session, *, release: Release, model_uri: str) -> Candidate | None:
-    """The candidate already recorded for `release` with its model at `model_uri`, if any."""
-    query = select(Candidate).where(Candidate.release_id == release.id, Candidate.model_uri == model_uri)
-    return session.scalars(query.order_by(Candidate.id).limit(1)).one_or_none()
-
-
-def candidate_for(session: Session, *, track: Track, ref: str) -> Candidate | None:
-    """The newest candidate made for the track's release published as `ref` (a branch, tag or folder)."""
-    query = (
-        select(Candidate)
-        .join(Release, Candidate.release_id == Release.id)
-        .where(Candidate.track_id == track.id, Release.ref == ref)
-        .order_by(Candidate.id.desc())
-        .limit(1)
-    )
-    return session.scalars(query).one_or_none()
-
-
-def release_scores(session: Session, *, candidate: Candidate, metric: str) -> list[EvalResult]:
-    """One metric's results for every model scored in the candidate's run (candidate, base, transferred)."""
-    query = select(EvalResult).where(EvalResult.release_id == candidate.release_id, EvalResult.metric == metric)
-    return list(session.scalars(query.order_by(EvalResult.id)))
-
-
-def decision_for(session: Session, *, candidate: Candidate) -> Promotion | None:
-    """The gate's decision on `candidate`, if it was made."""
-    query = select(Promotion).where(Promotion.to_candidate_id == candidate.id, Promotion.actor == "gate")
-    return session.scalars(query.order_by(Promotion.id).limit(1)).one_or_none()
-
-
 def diffs_of(session: Session, *, track: Track) -> list[Diff]:
     """A track's diffs, in the order they were registered."""
     return list(session.scalars(select(Diff).where(Diff.track_id == track.id).order_by(Diff.id)))
 
 
-def eval_results(session: Session, *, candidate: Candidate) -> list[EvalResult]:
-    """The eval results recorded for a candidate."""
-    return list(session.scalars(select(EvalResult).where(EvalResult.candidate_id == candidate.id)))
-
-
-def add_candidate(
-    session: Session,
-    *,
-    track: Track,
-    release: Release,
-    mode: str,
-    alpha: float,
-    model_uri: str,
-    source_diff: Diff | None = None,
-    finetune_run_id: int | None = None,
-) -> Candidate:
-    """Record a candidate model made for `release` of `track`."""
-    row = Candidate(
-        track_id=track.id,
-        release_id=release.id,
-        mode=mode,
-        alpha=alpha,
-        model_uri=model_uri,
-        source_diff_id=None if source_diff is None else source_diff.id,
-        finetune_run_id=finetune_run_id,
-    )
-    session.add(row)
-    session.flush()
-    return row
-
-
-@dataclass(frozen=True)
-class Score:
-    """One metric of one task, as an evaluation reports it."""
-
-    task: str
-    metric: str
-    filter: str
-    value: float
-    stderr: float | None
-    n: int | None
-    harness_version: str
-    task_version: str | None
-
-
-def add_eval_results(
-    session: Session,
-    *,
-    scores: list[Score],
-    subject: str,
-    candidate: Candidate | None = None,
-    release: Release | None = None,
-) -> list[EvalResult]:
-    """Record the scores of one model: a candidate, or a release's bare base (`subject` says which)."""
-    rows = [
-        EvalResult(
-            candidate_id=None if candidate is None else candidate.id,
-            release_id=None if release is None else release.id,
-            subject=subject,
-            **vars(s),
-        )
-        for s in scores
-    ]
-    session.add_all(rows)
-    session.flush()
-    return rows
-
-
-def add_promotion(
-    session: Session,
-    *,
-    track: Track,
-    channel: str,
-    decision: str,
-    to_candidate: Candidate | None,
-    reasons: list[str],
-    actor: str,
-) -> Promotion:
-    """Record a gate decision (promote, reject, rollback) as a new row; the champion is the newest
-    promoted or rolled-back-to candidate of the channel."""
-    current = champion(session, track=track, channel=channel)
-    row = Promotion(
-        track_id=track.id,
-        channel=channel,
-        decision=decision,
-        from_candidate_id=None if current is None else current.id,
-        to_candidate_id=None if to_candidate is None else to_candidate.id,
-        reasons=reasons,
-        actor=actor,
-    )
-    session.add(row)
-    session.flush()
-    return row
-
-
-def _reign(session: Session, *, track: Track, channel: str) -> Promotion | None:
-    """The promotion (or rollback) that made the current champion of a channel."""
-    query = select(Promotion).where(
-        Promotion.track_id == track.id, Promotion.channel == channel, Promotion.decision != "reject"
-    )
-    return session.scalars(query.order_by(Promotion.id.desc()).limit(1)).one_or_none()
-
-
-def champion(session: Session, *, track: Track, channel: str) -> Candidate | None:
-    """The candidate currently promoted on a track's channel, if any."""
-    latest = _reign(session, track=track, channel=channel)
-    if latest is None or latest.to_candidate_id is None:
-        return None
-    return session.get(Candidate, latest.to_candidate_id)
-
-
-def previous_champion(session: Session, *, track: Track, channel: str) -> Candidate:
-    """The champion the current one replaced: where a rollback goes.
-
-    Raises:
-        NotFoundError: the channel has no champion, or its champion replaced nobody.
-    """
-    latest = _reign(session, track=track, channel=channel)
-    if latest is None or latest.from_candidate_id is None:
-        raise NotFoundError(f"track {track.name} has no earlier champion on channel {channel!r} to roll back to.")
-    return get_candidate(session, candidate_id=latest.from_candidate_id)
-
-
 def blob_owners(session: Session) -> dict[str, list[str]]:
-    """Every blob some row points to, with the rows that point to it (`diff-3:diff.json`)."""
+    """Every blob some row points to, with the rows that point to it (`diff-3:diff.json`,
+    `finetune-run-2:loss-curve`)."""
     owners: dict[str, list[str]] = {}
     for diff_id, path, sha in session.execute(select(DiffFile.diff_id, DiffFile.path, DiffFile.blob_sha256)):
         owners.setdefault(sha, []).append(f"diff-{diff_id}:{path}")
+    curves = select(FinetuneRun.id, FinetuneRun.loss_curve_blob).where(FinetuneRun.loss_curve_blob.is_not(None))
+    for run_id, curve in session.execute(curves):
+        owners.setdefault(str(curve), []).append(f"finetune-run-{run_id}:loss-curve")
     return owners

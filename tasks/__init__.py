@@ -1,0 +1,16 @@
+"""Units of work: plain typed functions, handed paths, refs and config objects, returning paths and
+records (no Prefect, no database, no settings). Each sub-package has one job:
+
+| package | job |
+| --- | --- |
+| `engine` | Δ arithmetic: diff, apply, transfer; exactness; vocabulary alignment |
+| `io` | model and diff folders on disk: safetensors streaming, shards, the codec (no arithmetic) |
+| `training` | fine-tuning recipes, in one process or under accelerate |
+| `testbed` | the CPU model family, its corpus, synthetic families (fixtures, not product) |
+| `hub` | the Hugging Face Hub: releases, pinned downloads, publishing |
+| `evaluate` | lm-eval suites in, eval records out |
+| `gate` | the pure promotion decision |
+
+Inside, imports point one way: `engine` uses `io`; `training`, `evaluate`, `gate`, `hub` and `testbed`
+use `io`'s public names at most, never `engine`'s internals.
+"""

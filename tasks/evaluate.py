@@ -16,14 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tasks.errors import GraftError, ModelFolderError
+from ..errors import ModelFolderError, SuiteError
 
 OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 Backend = Literal["hf", "vllm"]
-
-
-class SuiteError(GraftError, ValueError):
-    """A suite file is malformed or names tasks lm-eval cannot find."""
 
 
 class Suite(BaseModel):
@@ -66,7 +62,9 @@ def load_suite(*, path: Path) -> Suite:
         data = yaml.safe_load(path.read_text())
         suite = Suite.model_validate(data)
     except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise SuiteError(f"suite file {path} cannot be used: {exc}. Fix the file and try again.") from exc
+        raise SuiteError(
+            f"suite file {path} cannot be used: {exc}. Fix the file and try again.", suite=str(path)
+        ) from exc
     return suite.model_copy(update={"task_dirs": tuple(path.parent / d for d in suite.task_dirs)})
 
 
@@ -94,7 +92,7 @@ def evaluate(
         ModelFolderError: `model_dir` is not a model folder.
     """
     if not (Path(model_dir) / "config.json").is_file():
-        raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.")
+        raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.", path=model_dir)
     args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": dtype}
     if backend == "hf":
         args["device"] = device
@@ -132,7 +130,8 @@ def _run(model: Any, model_args: dict[str, Any] | None, *, suite: Suite, batch_s
         raise SuiteError(
             f"suite {suite.name!r}: lm-eval knows no task {', '.join(missing)} (searched {where}"
             f"{' and the built-in tasks' if suite.builtin else ''}); fix the name, add its folder to task_dirs, "
-            "or set builtin: true."
+            "or set builtin: true.",
+            suite=suite.name,
         )
     results = simple_evaluate(
         model=model,

@@ -18,9 +18,9 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 if TYPE_CHECKING:
-    from tasks.evaluate import Suite
-    from tasks.finetune import FinetuneResult
-    from tasks.testbed import Testbed
+    from graftwork.tasks.evaluate import Suite
+    from graftwork.tasks.testbed import Testbed
+    from graftwork.tasks.training.finetune import FinetuneResult
 
 VOCAB = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789 .,!?")
 
@@ -194,7 +194,7 @@ def testbed(request: pytest.FixtureRequest) -> Testbed:
 
     The cache lives under pytest's cache folder and is rebuilt whenever the test bed's code changes.
     """
-    from tasks.testbed import build_testbed
+    from graftwork.tasks.testbed import build_testbed
 
     root = request.config.cache.mkdir("graftwork-testbed")
     return build_testbed(out=root / "seed0", seed=0, control=False)
@@ -203,7 +203,7 @@ def testbed(request: pytest.FixtureRequest) -> Testbed:
 @pytest.fixture(scope="session")
 def testbed_suite(testbed: Testbed) -> Suite:
     """The test bed's exact-match task as a suite."""
-    from tasks.evaluate import Suite
+    from graftwork.tasks.evaluate import Suite
 
     return Suite(name="testbed", tasks=(testbed.generate_task,), task_dirs=(testbed.task_dir,))
 
@@ -211,7 +211,7 @@ def testbed_suite(testbed: Testbed) -> Suite:
 @pytest.fixture(scope="session")
 def finetuned_m4(testbed: Testbed, testbed_suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> FinetuneResult:
     """FT(M4): 100 steps of the default recipe, evaluated every 50 steps."""
-    from tasks.finetune import Recipe, finetune
+    from graftwork.tasks.training.finetune import Recipe, finetune
 
     return finetune(
         model_dir=testbed.releases[-1],

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from deployments.cli import app, parse_size
+from graftwork.deployments.cli import app, parse_size
 from tests.conftest import VOCAB, Family
 
 runner = CliRunner()

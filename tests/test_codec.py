@@ -13,9 +13,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tasks.codec import CODEC, END_MAGIC, CodecError, Segment, decode_file, encode_file, file_segments
-from tasks.deltas import diff
-from tasks.errors import GraftError
+from graftwork.errors import CodecError, GraftError
+from graftwork.tasks.engine import diff
+from graftwork.tasks.io.codec import CODEC, END_MAGIC, decode_file, encode_file
+from graftwork.tasks.io.planes import Segment, file_segments
 from tests.conftest import Family
 
 

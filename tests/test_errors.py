@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks import deltas
-from tasks.errors import (
+from graftwork.errors import (
     ArchitectureMismatchError,
     GraftError,
     NonFiniteError,
@@ -23,7 +22,8 @@ from tasks.errors import (
     TensorSetMismatchError,
     UnsupportedDtypeError,
 )
-from tasks.synthetic import FamilySpec, build_family
+from graftwork.tasks import engine
+from graftwork.tasks.testbed.synthetic import FamilySpec, build_family
 from tests.conftest import Family, bits_equal, load_state, reference, rewrite_tensor
 
 
@@ -36,7 +36,7 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def _transfer(fam: Family, tmp_path: Path, **models: Path) -> None:
     paths = {"finetuned": fam.finetuned, "base": fam.base, "target": fam.target, **models}
-    deltas.transfer(**paths, out=tmp_path / "out")
+    engine.transfer(**paths, out=tmp_path / "out")
 
 
 def _nothing_left(tmp_path: Path) -> bool:
@@ -80,7 +80,7 @@ def test_a_non_float_tensor_is_named(bf16_family: Family, tmp_path: Path) -> Non
         models[role] = _copy(getattr(bf16_family, role), tmp_path / role)
         rewrite_tensor(models[role], "model.position_ids", torch.arange(8))
     with pytest.raises(UnsupportedDtypeError, match=r"'model\.position_ids'.*I64"):
-        deltas.transfer(**models, out=tmp_path / "out")
+        engine.transfer(**models, out=tmp_path / "out")
     assert _nothing_left(tmp_path)
 
 
@@ -99,7 +99,7 @@ def test_nan_in_an_input_names_the_tensor_and_the_model(bf16_family: Family, tmp
 
 def test_an_overflowing_result_is_refused(bf16_family: Family, tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match=r"overflows torch\.bfloat16 in the result"):
-        deltas.transfer(
+        engine.transfer(
             finetuned=bf16_family.finetuned,
             base=bf16_family.base,
             target=bf16_family.target,
@@ -115,7 +115,7 @@ def test_an_existing_output_is_kept_unless_overwrite(bf16_family: Family, tmp_pa
     with pytest.raises(OutputExistsError, match="--overwrite"):
         _transfer(bf16_family, tmp_path)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    deltas.transfer(
+    engine.transfer(
         finetuned=bf16_family.finetuned,
         base=bf16_family.base,
         target=bf16_family.target,
@@ -129,9 +129,9 @@ def test_an_existing_output_is_kept_unless_overwrite(bf16_family: Family, tmp_pa
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(GraftError, match=r"has no config\.json"):
-        deltas.diff(finetuned=tmp_path / "empty", base=tmp_path / "empty", out=tmp_path / "out")
+        engine.diff(finetuned=tmp_path / "empty", base=tmp_path / "empty", out=tmp_path / "out")
     with pytest.raises(GraftError, match="is not a model folder"):
-        deltas.diff(finetuned=tmp_path / "nowhere", base=tmp_path / "empty", out=tmp_path / "out")
+        engine.diff(finetuned=tmp_path / "nowhere", base=tmp_path / "empty", out=tmp_path / "out")
     assert _nothing_left(tmp_path)
 
 
@@ -143,7 +143,7 @@ def test_pickle_weights_are_refused_unless_allowed(bf16_family: Family, tmp_path
     with pytest.raises(PickleWeightsError, match=r"pickle weights \(pytorch_model.*--allow-pickle"):
         _transfer(bf16_family, tmp_path, finetuned=ft)
     assert _nothing_left(tmp_path)
-    deltas.transfer(
+    engine.transfer(
         finetuned=ft, base=bf16_family.base, target=bf16_family.target, out=tmp_path / "out", allow_pickle=True
     )
     got = load_state(tmp_path / "out")
@@ -159,7 +159,8 @@ def test_a_killed_run_leaves_no_output_and_the_next_run_cleans_up(tmp_path: Path
     fam = build_family(tmp_path / "fam", spec=spec)
     out = tmp_path / "out"
     models = ["--finetuned", str(fam["finetuned"]), "--base", str(fam["base"]), "--target", str(fam["target"])]
-    cmd = [sys.executable, "-m", "deployments.cli", "transfer", *models, "-o", str(out), "--max-shard-size", "4MB"]
+    cmd = [sys.executable, "-m", "graftwork.deployments.cli", "transfer", *models, "-o", str(out)]
+    cmd += ["--max-shard-size", "4MB"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.partial-*/model-00002-*")) and time.monotonic() < deadline:
@@ -176,7 +177,7 @@ def test_a_killed_run_leaves_no_output_and_the_next_run_cleans_up(tmp_path: Path
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_the_finiteness_check_has_no_false_alarms_at_the_edge_of_the_range(dtype: torch.dtype) -> None:
-    from tasks.kernels import _all_finite
+    from graftwork.tasks.engine.kernels import _all_finite
 
     biggest = torch.finfo(dtype).max
     edge = torch.full((1 << 19,), biggest, dtype=dtype)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-from tasks.errors import GraftError, ModelFolderError
-from tasks.evaluate import EvalRecord, Suite, SuiteError, evaluate, load_suite, records
-from tasks.finetune import FinetuneResult
-from tasks.testbed import Testbed
+from graftwork.errors import GraftError, ModelFolderError, SuiteError
+from graftwork.tasks.evaluate import EvalRecord, Suite, evaluate, load_suite, records
+from graftwork.tasks.testbed import Testbed
+from graftwork.tasks.training.finetune import FinetuneResult
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks import deltas
+from graftwork.tasks import engine
 from tests.conftest import Family, bits_equal, load_state, read_json, reference, save_model
 
 
 def test_apply_of_diff_gives_back_the_finetuned_model_bit_for_bit(family: Family, tmp_path: Path) -> None:
-    deltas.diff(finetuned=family.finetuned, base=family.base, out=tmp_path / "d")
-    deltas.apply(diff=tmp_path / "d", target=family.base, out=tmp_path / "m")
+    engine.diff(finetuned=family.finetuned, base=family.base, out=tmp_path / "d")
+    engine.apply(diff=tmp_path / "d", target=family.base, out=tmp_path / "m")
     got = load_state(tmp_path / "m")
     want = family.states["finetuned"]
     assert got.keys() == want.keys()
@@ -21,7 +21,7 @@ def test_apply_of_diff_gives_back_the_finetuned_model_bit_for_bit(family: Family
 
 
 def test_diff_stores_each_tensor_in_the_narrowest_exact_dtype(family: Family, tmp_path: Path) -> None:
-    deltas.diff(finetuned=family.finetuned, base=family.base, out=tmp_path / "d")
+    engine.diff(finetuned=family.finetuned, base=family.base, out=tmp_path / "d")
     manifest = read_json(tmp_path / "d" / "diff.json")
     source = next(iter(family.states["base"].values())).dtype
     expected = "F64" if source == torch.float32 else "F32"
@@ -49,18 +49,18 @@ def test_a_tensor_whose_float32_difference_is_inexact_is_stored_in_float64(bf16_
     base[name], ft[name] = w_base, w_ft
     save_model(tmp_path / "b", base)
     save_model(tmp_path / "f", ft)
-    summary = deltas.diff(finetuned=tmp_path / "f", base=tmp_path / "b", out=tmp_path / "d")
+    summary = engine.diff(finetuned=tmp_path / "f", base=tmp_path / "b", out=tmp_path / "d")
     assert summary.widened == (name,)
     dtypes = {n: t["dtype"] for n, t in read_json(tmp_path / "d" / "diff.json")["tensors"].items()}
     assert dtypes[name] == "F64" and set(dtypes.values()) == {"F32", "F64"}
-    deltas.apply(diff=tmp_path / "d", target=tmp_path / "b", out=tmp_path / "m")
+    engine.apply(diff=tmp_path / "d", target=tmp_path / "b", out=tmp_path / "m")
     got = load_state(tmp_path / "m")
     assert all(bits_equal(got[k], ft[k]) for k in ft)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.37, -1.0])
 def test_transfer_equals_the_float64_reference(family: Family, tmp_path: Path, alpha: float) -> None:
-    deltas.transfer(finetuned=family.finetuned, base=family.base, target=family.target, out=tmp_path / "o", alpha=alpha)
+    engine.transfer(finetuned=family.finetuned, base=family.base, target=family.target, out=tmp_path / "o", alpha=alpha)
     got = load_state(tmp_path / "o")
     s = family.states
     for name, t in s["target"].items():
@@ -70,8 +70,8 @@ def test_transfer_equals_the_float64_reference(family: Family, tmp_path: Path, a
 
 @pytest.mark.parametrize("alpha", [1.0, 0.37])
 def test_apply_equals_the_float64_reference(family: Family, tmp_path: Path, alpha: float) -> None:
-    deltas.diff(finetuned=family.finetuned, base=family.base, out=tmp_path / "d")
-    deltas.apply(diff=tmp_path / "d", target=family.target, out=tmp_path / "o", alpha=alpha)
+    engine.diff(finetuned=family.finetuned, base=family.base, out=tmp_path / "d")
+    engine.apply(diff=tmp_path / "d", target=family.target, out=tmp_path / "o", alpha=alpha)
     got = load_state(tmp_path / "o")
     stored = load_state(tmp_path / "d")
     for name, t in family.states["target"].items():

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tasks.evaluate import Suite
-from tasks.finetune import (
+from graftwork.tasks.evaluate import Suite
+from graftwork.tasks.testbed import Testbed
+from graftwork.tasks.training.finetune import (
     IGNORE,
     FinetuneConfigError,
     FinetuneDataError,
@@ -18,7 +19,6 @@ from tasks.finetune import (
     read_pairs,
     tokenize_pair,
 )
-from tasks.testbed import Testbed
 from tests.conftest import bits_equal, load_state
 
 
@@ -118,7 +118,7 @@ def test_bad_data_and_arguments_are_clear_errors(testbed: Testbed, testbed_suite
 
 @pytest.mark.gpu
 def test_bf16_on_a_gpu_learns_and_keeps_the_bases_dtype(testbed: Testbed, testbed_suite: Suite, tmp_path: Path) -> None:
-    from tasks.evaluate import evaluate
+    from graftwork.tasks.evaluate import evaluate
 
     result = finetune(
         model_dir=testbed.releases[-1],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.gate import Decision, GateRules, MetricRef, decide
+from graftwork.tasks.gate import Decision, GateRules, MetricRef, decide
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,7 @@ import torch
 from huggingface_hub import HfApi, constants
 from typer.testing import CliRunner
 
-from tasks import hub
-from tasks.errors import (
+from graftwork.errors import (
     GraftError,
     HubNotFoundError,
     HubPermissionError,
@@ -35,7 +34,8 @@ from tasks.errors import (
     ModelRefError,
     OutputExistsError,
 )
-from tasks.hub import HubRef, ReleaseRef
+from graftwork.tasks import hub
+from graftwork.tasks.hub import HubRef, ReleaseRef
 from tests.conftest import VOCAB, perturb, random_state, save_model
 from tests.hub_fixtures import FakeHubWrites, OlahServer, commit_all, copy_model, git, init_repo
 
@@ -334,7 +334,7 @@ def test_publish_then_download_the_tag_through_olah(hf: Hub, tmp_path: Path) -> 
 
 
 def test_graft_transfer_takes_models_from_the_hub(hf: Hub, tmp_path: Path) -> None:
-    from deployments.cli import app
+    from graftwork.deployments.cli import app
 
     finetuned = save_model(tmp_path / "ft", perturb(hf.mirror.state, seed=5, std=2e-3), shard_size="1GB")
     out = tmp_path / "out"

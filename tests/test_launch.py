@@ -12,8 +12,9 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import launch_command_parser
 
-import tasks.finetune
-from tasks.launch import Launch, LaunchConfigError, LaunchError, launch_command, run_launch
+from graftwork.errors import LaunchConfigError, LaunchError
+from graftwork.tasks.training import finetune
+from graftwork.tasks.training.launch import Launch, launch_command, run_launch
 
 ROOT = Path(__file__).resolve().parent.parent
 FSDP = ROOT / "deployments/accelerate/fsdp.yaml"
@@ -24,7 +25,7 @@ PATHS = {
     "recipe_json": Path("/data/recipe.json"),
     "out_dir": Path("/data/out"),
 }
-SCRIPT = ["-m", "tasks.finetune", "--model-dir", "/data/models/base", "--data", "/data/train.jsonl"]
+SCRIPT = ["-m", "graftwork.tasks.training.finetune", "--model-dir", "/data/models/base", "--data", "/data/train.jsonl"]
 SCRIPT += ["--recipe", "/data/recipe.json", "--out", "/data/out"]
 
 
@@ -47,7 +48,7 @@ def test_accelerate_accepts_the_launch_and_the_config(distributed: Literal["fsdp
     command = launch_command(launch=Launch(processes=2, distributed=distributed, config=config), **PATHS)
     args = launch_command_parser().parse_args(command[3:])
     assert (args.config_file, args.num_processes, args.module) == (str(config), 2, True)
-    assert (args.training_script, args.training_script_args) == ("tasks.finetune", SCRIPT[2:])
+    assert (args.training_script, args.training_script_args) == ("graftwork.tasks.training.finetune", SCRIPT[2:])
     cluster = load_config_from_file(str(config))
     assert cluster.distributed_type.value == {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[distributed]
     assert (cluster.num_machines, cluster.mixed_precision) == (1, "bf16")
@@ -55,22 +56,23 @@ def test_accelerate_accepts_the_launch_and_the_config(distributed: Literal["fsdp
 
 
 def test_finetune_main_takes_the_script_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The arguments after `-m tasks.finetune` are the ones tasks.finetune.main parses, recipe JSON included."""
+    """The arguments after `-m graftwork.tasks.training.finetune` are the ones finetune.main parses, recipe JSON
+    included."""
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"steps": 3, "precision": "bf16"}))
     seen: dict[str, object] = {}
 
-    def fake_finetune(**kwargs: object) -> tasks.finetune.FinetuneResult:
+    def fake_finetune(**kwargs: object) -> finetune.FinetuneResult:
         seen.update(kwargs)
-        return tasks.finetune.FinetuneResult(out_dir=tmp_path, loss_curve=(), eval_curve=(), seconds=0.0)
+        return finetune.FinetuneResult(out_dir=tmp_path, loss_curve=(), eval_curve=(), seconds=0.0)
 
-    monkeypatch.setattr(tasks.finetune, "finetune", fake_finetune)
+    monkeypatch.setattr(finetune, "finetune", fake_finetune)
     command = launch_command(launch=Launch(processes=2, config=FSDP), **{**PATHS, "recipe_json": recipe})
-    tasks.finetune.main(command[command.index("tasks.finetune") + 1 :])
+    finetune.main(command[command.index("graftwork.tasks.training.finetune") + 1 :])
     assert seen == {
         "model_dir": PATHS["model_dir"],
         "data": PATHS["data"],
-        "recipe": tasks.finetune.Recipe(steps=3, precision="bf16"),
+        "recipe": finetune.Recipe(steps=3, precision="bf16"),
         "out_dir": PATHS["out_dir"],
         "overwrite": False,
     }

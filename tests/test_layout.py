@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from tasks import deltas
+from graftwork.tasks import engine
 from tests.conftest import Family, bits_equal, load_state, make_family, read_json, reference
 
 
@@ -19,7 +19,7 @@ def test_output_loads_with_transformers_and_carries_the_targets_files(bf16_famil
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "o"
-    deltas.transfer(finetuned=bf16_family.finetuned, base=bf16_family.base, target=bf16_family.target, out=out)
+    engine.transfer(finetuned=bf16_family.finetuned, base=bf16_family.base, target=bf16_family.target, out=out)
     model = AutoModelForCausalLM.from_pretrained(str(out))
     s = bf16_family.states
     for name, param in model.state_dict().items():
@@ -38,7 +38,7 @@ def test_output_loads_with_transformers_and_carries_the_targets_files(bf16_famil
 
 def test_provenance_is_recorded_in_the_safetensors_metadata(bf16_family: Family, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    deltas.transfer(
+    engine.transfer(
         finetuned=bf16_family.finetuned, base=bf16_family.base, target=bf16_family.target, out=out, alpha=0.5
     )
     shard = next(out.glob("model-*.safetensors"))
@@ -54,7 +54,7 @@ def test_provenance_is_recorded_in_the_safetensors_metadata(bf16_family: Family,
 
 def test_output_is_sharded_at_the_requested_size(bf16_family: Family, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    summary = deltas.transfer(
+    summary = engine.transfer(
         finetuned=bf16_family.finetuned,
         base=bf16_family.base,
         target=bf16_family.target,
@@ -90,7 +90,7 @@ def test_tied_embeddings_are_changed_once(tmp_path: Path) -> None:
             data["weight_map"]["lm_head.weight"] = shard.name
             index.write_text(json.dumps(data))
     out = tmp_path / "o"
-    deltas.transfer(finetuned=fam.finetuned, base=fam.base, target=fam.target, out=out)
+    engine.transfer(finetuned=fam.finetuned, base=fam.base, target=fam.target, out=out)
     got = load_state(out)
     s = fam.states
     name = "model.embed_tokens.weight"
@@ -118,7 +118,7 @@ def test_fsync_covers_every_output_file_only_when_asked(
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     out = tmp_path / "o"
-    deltas.transfer(
+    engine.transfer(
         finetuned=bf16_family.finetuned, base=bf16_family.base, target=bf16_family.target, out=out, durable=durable
     )
     files = {p.name for p in out.iterdir()}

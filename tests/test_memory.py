@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from tasks.synthetic import FamilySpec, build_family
+from graftwork.tasks.testbed.synthetic import FamilySpec, build_family
 
 _MEASURE = """
 import resource, sys
 from pathlib import Path
-from tasks import deltas
+from graftwork.tasks import engine
 root = Path(sys.argv[1])
-deltas.transfer(finetuned=root / "finetuned", base=root / "base", target=root / "target", out=Path(sys.argv[2]))
+engine.transfer(finetuned=root / "finetuned", base=root / "base", target=root / "target", out=Path(sys.argv[2]))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 

@@ -23,16 +23,18 @@ import typer
 import yaml
 from docker.models.containers import RUN_CREATE_KWARGS, RUN_HOST_CONFIG_KWARGS
 from docker.types import DeviceRequest
+from prefect.flows import Flow
 from prefect.server.schemas.actions import WorkPoolCreate
 from prefect.settings import Settings
 from prefect.settings.legacy import _get_valid_setting_names
+from prefect.utilities.importtools import import_object
 from prefect.utilities.templating import apply_values
 from prefect.workers.base import BaseJobConfiguration
 
-from deployments.cli import app
-from deployments.webhook import create_app
-from flows.registry import Registry
-from flows.settings import GraftSettings
+from graftwork.deployments.cli import app
+from graftwork.deployments.webhook import create_app
+from graftwork.flows.settings import GraftSettings
+from graftwork.storage import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
@@ -161,21 +163,25 @@ def test_dockerfile_copies_what_exists_and_runs_as_a_user(name: str) -> None:
     assert users and users[-1].split(":")[0] not in {"root", "0"}
 
 
-def test_images_are_where_prefect_yaml_looks_for_the_code() -> None:
-    """The pull step enters $GRAFT_APP_DIR; each image's final stage sets it, works there and copies every
-    folder that a deployment's entrypoint lies in."""
+def test_images_install_the_package_that_prefect_yaml_names() -> None:
+    """Every deployment names its flow by module of the installed package, so each image installs the
+    package in its build stage (every root module and sub-package copied) and its final stage holds the
+    venv alone; the pull step enters $GRAFT_APP_DIR, which each final stage sets and works in."""
     config = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     step = config["pull"][0]["prefect.deployments.steps.set_working_directory"]
     assert step["directory"] == "{{ $GRAFT_APP_DIR }}"
+    for deployment in config["deployments"]:
+        assert isinstance(import_object(deployment["entrypoint"]), Flow), deployment["entrypoint"]
+    package = {p.name for p in ROOT.glob("*.py")} | {"flows", "tasks", "storage", "deployments"}
     for name, dockerfile in DOCKERFILES.items():
+        rows = instructions(dockerfile)
+        build = rows[: len(rows) - len(final_stage(dockerfile))]
+        copied = {src for op, args in build if op == "COPY" for src in shlex.split(args)[:-1]}
+        assert package <= copied, f"{name} image does not install {sorted(package - copied)}"
         stage = final_stage(dockerfile)
         env = stage_env(stage)
-        workdirs = [args for op, args in stage if op == "WORKDIR"]
-        assert workdirs == [env["GRAFT_APP_DIR"]], name
-        copied = {shlex.split(args)[-1].rstrip("/") for op, args in stage if op == "COPY" and "--from" not in args}
-        for deployment in config["deployments"]:
-            folder = deployment["entrypoint"].split("/")[0]
-            assert folder in copied, f"{name} image lacks {folder}/ for {deployment['entrypoint']}"
+        assert [args for op, args in stage if op == "COPY"] == ["--from=build /opt/venv /opt/venv"], name
+        assert [args for op, args in stage if op == "WORKDIR"] == [env["GRAFT_APP_DIR"]], name
         assert env["GRAFT_DATA_DIR"] == "/data" and ("VOLUME", '["/data"]') in stage, name
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.testbed import Testbed
+from graftwork.tasks.testbed import Testbed
 
 REPO = Path(__file__).resolve().parents[1]
 

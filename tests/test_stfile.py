@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tasks.errors import ModelFolderError
-from tasks.stfile import TensorReader, read_header
+from graftwork.errors import ModelFolderError
+from graftwork.tasks.io.stfile import TensorReader, read_header
 
 
 @pytest.fixture

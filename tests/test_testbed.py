@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import testbed_corpus as corpus
-from tasks.testbed import PretrainSpec, Testbed, TestbedError, build_testbed
+from graftwork.errors import TestbedError
+from graftwork.tasks.testbed import PretrainSpec, Testbed, build_testbed, corpus
 from tests.conftest import bits_equal, load_state
 
 TINY = PretrainSpec(steps=20, new_release_steps=4, train_pairs=30, eval_pairs=10)
@@ -42,7 +42,7 @@ def test_pretraining_runs_with_pinned_kernels_and_a_failed_child_leaves_nothing(
 ) -> None:
     import subprocess
 
-    from tasks import testbed
+    from graftwork.tasks.testbed import build as testbed
 
     seen: list[dict[str, str]] = []
     real_run = subprocess.run
@@ -103,7 +103,7 @@ def test_fine_tuning_data_is_disjoint_from_eval_and_in_a_form_pretraining_never_
 def test_cli_reuses_a_built_test_bed_and_reports_a_bad_out(testbed: Testbed, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from deployments.cli import app
+    from graftwork.deployments.cli import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["testbed", "build", "--out", str(testbed.root), "--no-control"])

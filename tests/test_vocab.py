@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks import deltas
-from tasks.errors import ShapeMismatchError
+from graftwork.errors import ShapeMismatchError
+from graftwork.tasks import engine
 from tests.conftest import (
     VOCAB,
     bits_equal,
@@ -56,7 +56,7 @@ def test_rows_added_in_finetuning_are_carried_with_the_finetuned_tokenizer(state
     base = save_model(tmp_path / "b", states["base"])
     ft = save_model(tmp_path / "f", states["finetuned_added"], vocab=VOCAB + ADDED)
     target = save_model(tmp_path / "t", states["target"])
-    summary = deltas.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
+    summary = engine.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
     assert summary.rows == {"transferred": len(VOCAB), "kept": 0, "carried": len(ADDED)}
     got = load_state(tmp_path / "o")
     for name in VOCAB_TENSORS:
@@ -80,13 +80,13 @@ def test_rows_added_in_finetuning_are_carried_with_the_finetuned_tokenizer(state
 def test_diff_and_apply_round_trip_carried_rows(states, tmp_path: Path) -> None:
     base = save_model(tmp_path / "b", states["base"])
     ft = save_model(tmp_path / "f", states["finetuned_added"], vocab=VOCAB + ADDED)
-    summary = deltas.diff(finetuned=ft, base=base, out=tmp_path / "d")
+    summary = engine.diff(finetuned=ft, base=base, out=tmp_path / "d")
     assert summary.rows == {"carried": len(ADDED)}
     assert read_json(tmp_path / "d" / "diff.json")["vocab"] == {
         "base_rows": len(VOCAB),
         "finetuned_rows": len(VOCAB) + 3,
     }
-    applied = deltas.apply(diff=tmp_path / "d", target=base, out=tmp_path / "m")
+    applied = engine.apply(diff=tmp_path / "d", target=base, out=tmp_path / "m")
     assert applied.rows == {"transferred": len(VOCAB), "kept": 0, "carried": len(ADDED)}
     got = load_state(tmp_path / "m")
     assert all(bits_equal(got[k], v) for k, v in states["finetuned_added"].items())
@@ -103,7 +103,7 @@ def test_rows_are_matched_by_token_when_the_target_vocabulary_differs(states, tm
     base = save_model(tmp_path / "b", states["base"])
     ft = save_model(tmp_path / "f", states["finetuned"])
     target, target_vocab, tstate = _reordered_target(states, tmp_path)
-    summary = deltas.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
+    summary = engine.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
     assert summary.rows == {"transferred": len(target_vocab) - 2, "kept": 2, "carried": 0}
     got = load_state(tmp_path / "o")
     for name in VOCAB_TENSORS:
@@ -123,7 +123,7 @@ def test_added_tokens_are_appended_to_a_target_with_another_vocabulary(states, t
     base = save_model(tmp_path / "b", states["base"])
     ft = save_model(tmp_path / "f", states["finetuned_added"], vocab=VOCAB + ADDED)
     target, target_vocab, _ = _reordered_target(states, tmp_path)
-    summary = deltas.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
+    summary = engine.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
     assert summary.rows == {"transferred": len(target_vocab) - 2, "kept": 2, "carried": 3}
     got = load_state(tmp_path / "o")
     n = len(target_vocab)
@@ -140,5 +140,5 @@ def test_any_other_shape_mismatch_names_the_tensor_and_both_shapes(states, tmp_p
     target = save_model(tmp_path / "t", states["target"])
     rewrite_tensor(target, "model.layers.1.mlp.up_proj.weight", torch.zeros(48, 32, dtype=torch.bfloat16))
     with pytest.raises(ShapeMismatchError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\[48, 32\].*\[64, 32\]"):
-        deltas.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
+        engine.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
     assert not (tmp_path / "o").exists()

@@ -1,15 +1,18 @@
 """Alembic environment: runs the registry's revisions on the engine handed over by `storage.db`.
 
-Concurrent upgrades queue on a lock (a PostgreSQL advisory lock; on SQLite the `BEGIN IMMEDIATE`
-that `storage.db` issues), and the current revision is read after the lock is held, so only one
-process migrates and the others find nothing left to do.
+On SQLite, foreign keys are off while the revisions run (batch revisions rebuild tables) and are
+checked as a whole before the transaction commits. Concurrent upgrades queue on a lock (a PostgreSQL
+advisory lock; on SQLite the `BEGIN IMMEDIATE` that `storage.db` issues), and the current revision is
+read after the lock is held, so only one process migrates and the others find nothing left to do.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from storage.models import Base
+# Alembic runs this file by path, not as a module of the package: absolute imports.
+from graftwork.errors import DatabaseError
+from graftwork.storage.models import Base
 
 MIGRATION_LOCK = 0x67726166  # "graf"
 
@@ -17,16 +20,28 @@ MIGRATION_LOCK = 0x67726166  # "graf"
 def run_migrations() -> None:
     engine = context.config.attributes["engine"]
     with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=Base.metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-            compare_type=True,
-        )
-        with context.begin_transaction():
-            if connection.dialect.name == "postgresql":
-                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-            context.run_migrations()
+        sqlite = connection.dialect.name == "sqlite"
+        raw = connection.connection.driver_connection
+        if sqlite:  # batch revisions rebuild tables, and SQLite would check foreign keys when it drops the old one
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            context.configure(
+                connection=connection, target_metadata=Base.metadata, render_as_batch=sqlite, compare_type=True
+            )
+            with context.begin_transaction():
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                context.run_migrations()
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                    url = engine.url.render_as_string(hide_password=True)
+                    raise DatabaseError(
+                        f"migrating {url} left rows whose foreign keys point nowhere, so it was rolled back; "
+                        "restore the database from a backup or report it.",
+                        url=url,
+                    )
+        finally:
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys=ON")
 
 
 run_migrations()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.testbed import Testbed
+from graftwork.tasks.testbed import Testbed
 
 
 @pytest.fixture(scope="session")

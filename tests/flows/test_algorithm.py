@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import ParameterTypeError
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from flows import recycle
-from flows.registry import open_registry
-from flows.settings import GraftSettings
-from storage import registry as rows
-from storage.db import session_scope
-from storage.models import Candidate, Diff, EvalResult, Promotion
-from tasks.gate import decide
-from tasks.testbed import Testbed
+from graftwork.deployments.cli import app
+from graftwork.flows import recycle
+from graftwork.flows.settings import Workspace
+from graftwork.flows.tracks import load_spec
+from graftwork.flows.watch import watch_releases
+from graftwork.storage import registry as rows
+from graftwork.storage import runs
+from graftwork.storage.db import session_scope
+from graftwork.storage.models import Candidate, Diff, EvalResult, Promotion
+from graftwork.tasks.gate import decide
+from graftwork.tasks.testbed import Testbed
 from tests.flows.conftest import write_track
 
 pytestmark = pytest.mark.slow
@@ -33,10 +38,10 @@ def test_three_releases_go_through_the_whole_flow(data_dir: Path, testbed: Testb
     track = write_track(tmp_path, testbed, name="bed", releases=(2, 3, 4))
     assert "added track bed (local releases, iterative recycling)" in _graft("track", "add", str(track))
     assert "track bed: 3 new release(s) processed" in _graft("track", "watch", "bed")
-    assert recycle.watch_releases(track="bed", dispatch="inline") == []  # seen releases run once
+    assert watch_releases(track="bed", dispatch="inline") == []  # seen releases run once
 
-    gate = recycle.load_spec(track="bed").gate
-    with session_scope(open_registry(GraftSettings()).engine) as session:
+    gate = load_spec(Workspace.from_settings().registry(), track="bed").gate
+    with session_scope(Workspace.from_settings().registry().engine) as session:
         candidates = list(session.scalars(select(Candidate).order_by(Candidate.id)))
         diffs = list(session.scalars(select(Diff).order_by(Diff.id)))
         promotions = list(session.scalars(select(Promotion).order_by(Promotion.id)))
@@ -60,7 +65,7 @@ def test_three_releases_go_through_the_whole_flow(data_dir: Path, testbed: Testb
                 rules=gate,
                 candidate=evals["candidate"],
                 base=evals["base"],
-                champion=None if champion is None else rows.eval_results(session, candidate=champion),
+                champion=None if champion is None else runs.eval_results(session, candidate=champion),
             )
             assert promotion.reasons == list(expected.reasons)
             assert promotion.decision == ("promote" if expected.promote else "reject")
@@ -69,6 +74,33 @@ def test_three_releases_go_through_the_whole_flow(data_dir: Path, testbed: Testb
                 champion = candidate
     lineage = _graft("registry", "lineage", "bed")
     assert f"parent diff-{diffs[1].id}" in lineage
+    _each_candidate_has_its_finetune_run(data_dir, gate_steps=30)
+
+
+def _each_candidate_has_its_finetune_run(data_dir: Path, *, gate_steps: int) -> None:
+    registry = Workspace.from_settings().registry()
+    with session_scope(registry.engine) as session:
+        candidates = list(session.scalars(select(Candidate).order_by(Candidate.id)))
+        for candidate in candidates:
+            run = candidate.finetune_run
+            assert run is not None and (run.track_id, run.release_id) == (candidate.track_id, candidate.release_id)
+            assert (run.steps, run.recipe["steps"], run.device, run.processes) == (gate_steps, gate_steps, "cpu", 1)
+            assert run.tokens > 0 and run.tokens_per_second > 0 and run.started_at < run.finished_at
+            curve = io.BytesIO()
+            registry.store.read_into(run.loss_curve_blob, curve, owner="test")  # type: ignore[arg-type]
+            steps = [step for step, _ in json.loads(curve.getvalue())]
+            assert steps == list(range(1, gate_steps + 1)) and json.loads(curve.getvalue())[-1][1] == run.final_loss
+        last, run = rows.public_id(candidates[-1]), candidates[-1].finetune_run
+    shown = _graft("registry", "show", last)
+    assert f"fine-tune run {run.id}: {gate_steps} steps in " in shown  # type: ignore[union-attr]
+    assert f"on cpu × 1, {run.tokens} tokens" in shown  # type: ignore[union-attr]
+    assert "0 missing, 0 corrupt" in _graft("registry", "verify")
+    assert "removed 0 orphan blob(s)" in _graft("registry", "gc", "--grace-hours", "0")
+
+
+def test_an_unknown_recycle_mode_is_refused_before_the_run_starts(data_dir: Path) -> None:
+    with pytest.raises(ParameterTypeError, match=r"mode.*Input should be 'iterative', 'direct' or 'none'"):
+        recycle.recycle_then_finetune(track="bed", release_id=1, mode="iterativ")  # type: ignore[arg-type]
 
 
 def test_a_crashed_run_resumes_after_its_last_completed_step(
@@ -88,14 +120,14 @@ def test_a_crashed_run_resumes_after_its_last_completed_step(
     monkeypatch.setattr(recycle, "finetune", counted)
     monkeypatch.setattr(recycle, "decide", crash)
     with pytest.raises(RuntimeError, match="the machine went away"):
-        recycle.watch_releases(track="resume", dispatch="inline")
+        watch_releases(track="resume", dispatch="inline")
     monkeypatch.setattr(recycle, "decide", decide)
-    with session_scope(open_registry(GraftSettings()).engine) as session:
+    with session_scope(Workspace.from_settings().registry().engine) as session:
         [release] = rows.list_artifacts(session, kind="release")
         assert rows.list_artifacts(session, kind="promotion") == []
     decision = recycle.recycle_then_finetune(track="resume", release_id=release.id)
     assert len(trainings) == 1  # the fine-tune of the crashed run was not redone
-    with session_scope(open_registry(GraftSettings()).engine) as session:
+    with session_scope(Workspace.from_settings().registry().engine) as session:
         assert len(rows.list_artifacts(session, kind="candidate")) == 1
         assert len(rows.list_artifacts(session, kind="diff")) == 1
         [promotion] = rows.list_artifacts(session, kind="promotion")

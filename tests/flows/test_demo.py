@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from flows.registry import open_registry
-from flows.settings import GraftSettings
-from storage import registry as rows
-from storage.db import session_scope
-from storage.models import Candidate, Diff, Promotion
-from tasks.testbed import Testbed
+from graftwork.flows.settings import Workspace
+from graftwork.storage import registry as rows
+from graftwork.storage.db import session_scope
+from graftwork.storage.models import Candidate, Diff, Promotion
+from graftwork.tasks.testbed import Testbed
 
 pytestmark = pytest.mark.slow
 GRAFT = Path(sys.executable).parent / "graft"
@@ -45,7 +44,7 @@ def test_the_demo_runs_on_a_clean_data_dir_and_reuses_it(
     assert f"graft ui --data-dir {data_dir}" in first
 
     monkeypatch.setenv("GRAFT_DATA_DIR", str(data_dir))
-    with session_scope(open_registry(GraftSettings()).engine) as session:
+    with session_scope(Workspace.from_settings().registry().engine) as session:
         candidates = list(session.scalars(select(Candidate).order_by(Candidate.id)))
         diffs = list(session.scalars(select(Diff).order_by(Diff.id)))
         assert len(candidates) == 3 and [c.mode for c in candidates] == ["none", "iterative", "iterative"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 from datetime import timedelta
 from pathlib import Path
 
 import yaml
+from prefect.flows import Flow
+from prefect.utilities.importtools import import_object
 
-from deployments.serve import build_deployments
+from graftwork.deployments.serve import build_deployments
 
 ROOT = Path(__file__).parents[2]
 
@@ -28,13 +29,16 @@ def test_prefect_yaml_names_real_entrypoints_and_the_example_tracks() -> None:
     config = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
     names = set()
     for deployment in config["deployments"]:
-        module_path, _, function = deployment["entrypoint"].partition(":")
-        assert (ROOT / module_path).is_file(), deployment["entrypoint"]
-        module = importlib.import_module(module_path.removesuffix(".py").replace("/", "."))
-        assert callable(getattr(module, function)), deployment["entrypoint"]
+        assert deployment["entrypoint"].startswith("graftwork.flows."), deployment["entrypoint"]
+        assert isinstance(import_object(deployment["entrypoint"]), Flow), deployment["entrypoint"]
         assert deployment["work_pool"]["name"] in {"cpu", "gpu"}
         names.add(deployment["name"])
     watched = {n.removeprefix("watch-") for n in names if n.startswith("watch-")}
     assert watched == {p.stem for p in (ROOT / "deployments" / "tracks").glob("*.yaml")}
     recycle = next(d for d in config["deployments"] if d["name"] == "recycle-then-finetune")
     assert recycle["work_pool"]["name"] == "gpu" and recycle["concurrency_limit"] == 1
+
+
+def test_served_deployments_name_their_flows_by_module() -> None:
+    for deployment in build_deployments(tracks=["a"], watch_every=timedelta(minutes=5)):
+        assert isinstance(import_object(deployment.entrypoint), Flow), deployment.entrypoint

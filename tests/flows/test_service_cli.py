@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import deployments.serve
-from deployments.cli import app
-from tasks.testbed import Testbed
+from graftwork.deployments import serve
+from graftwork.deployments.cli import app
+from graftwork.tasks.testbed import Testbed
 from tests.flows.conftest import write_track
 
 runner = CliRunner()
@@ -43,7 +43,7 @@ def test_serve_serves_a_watcher_for_each_registered_track(
     data_dir: Path, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     served: list[str] = []
-    monkeypatch.setattr(deployments.serve, "serve", lambda *ds: served.extend(d.name for d in ds))
+    monkeypatch.setattr(serve, "serve", lambda *ds: served.extend(d.name for d in ds))
     _graft("track", "add", str(write_track(tmp_path, testbed, name="bed", releases=(2,))))
     assert "serving 1 track watcher(s) every 5 min: bed" in _graft("serve", "--watch-minutes", "5")
     assert "watch-bed" in served and "recycle-then-finetune" in served
@@ -51,7 +51,7 @@ def test_serve_serves_a_watcher_for_each_registered_track(
 
 def test_worker_creates_its_pool_once(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started: list[str] = []
-    monkeypatch.setattr(deployments.serve, "start_worker", lambda *, pool: started.append(pool))
+    monkeypatch.setattr(serve, "start_worker", lambda *, pool: started.append(pool))
     assert "created work pool gpu (concurrency 1)" in _graft("worker", "--pool", "gpu")
     assert "created" not in _graft("worker", "--pool", "gpu")
     assert started == ["gpu", "gpu"]

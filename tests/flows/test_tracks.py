@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.tracks import HubRefsSource, LocalSource, TrackError, load_track
+from graftwork.errors import TrackError
+from graftwork.flows.tracks import HubRefsSource, LocalSource, load_track
 
 TRACKS = Path(__file__).parents[2] / "deployments" / "tracks"
 
@@ -85,8 +86,9 @@ def test_a_missing_or_non_yaml_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_multi_gpu_track_fine_tunes_through_accelerate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows import recycle
-    from tasks.hub import ReleaseRef
+    from graftwork.flows import recycle
+    from graftwork.flows.shipped import accelerate_config
+    from graftwork.tasks.hub import ReleaseRef
 
     spec = load_track(_write(tmp_path, {**GOOD, "finetune": {"data": "d.jsonl", "launch": {"processes": 2}}}))
     launched: list[dict[str, object]] = []
@@ -95,7 +97,7 @@ def test_a_multi_gpu_track_fine_tunes_through_accelerate(tmp_path: Path, monkeyp
     plan.work.mkdir()
     out = recycle.fine_tune.fn(plan, tmp_path / "base", spec)
     [call] = launched
-    assert call["launch"].config == recycle.ACCELERATE_CONFIGS["fsdp"] and call["launch"].config.is_file()
+    assert call["launch"].config == accelerate_config("fsdp") and call["launch"].config.is_file()
     assert call["launch"].processes == 2
     assert (call["model_dir"], call["out_dir"], call["data"]) == (tmp_path / "base", out, tmp_path / "d.jsonl")
     assert json.loads(call["recipe_json"].read_text()) == spec.finetune.recipe.model_dump(mode="json")

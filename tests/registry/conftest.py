@@ -12,15 +12,20 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_postgresql import factories
 from pytest_postgresql.janitor import DatabaseJanitor
+from sqlalchemy.orm import Session
 
-from flows.registry import Registry
-from storage.blobs import BlobStore
-from storage.db import ensure_schema, make_engine
-from tasks import deltas
+from graftwork.storage import Registry, runs
+from graftwork.storage import registry as rows
+from graftwork.storage.blobs import BlobStore
+from graftwork.storage.db import ensure_schema, make_engine, session_scope
+from graftwork.storage.models import Candidate, Release, Track
+from graftwork.tasks import engine
+from graftwork.terms import RecycleMode
 from tests.conftest import Family
 
 PG_HOST = os.environ.get("PGHOST", "127.0.0.1")
@@ -76,16 +81,44 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def registry(database_url: str, tmp_path: Path) -> Iterator[Registry]:
-    """A migrated, empty registry with a local blob store."""
+    """A migrated registry with a local blob store, holding tracks `t` and `u` (with empty specs: the
+    registry stores specs as they are given; flows validate them)."""
     engine = make_engine(database_url)
     ensure_schema(engine)
+    with session_scope(engine) as session:
+        track_named(session, "t")
+        track_named(session, "u")
     yield Registry(engine=engine, store=BlobStore(str(tmp_path / "blobs")))
     engine.dispose()
+
+
+def track_named(session: Session, name: str) -> Track:
+    """The track `name`, created with an empty spec when it is not there."""
+    existing = {t.name: t for t in rows.list_tracks(session)}
+    return existing[name] if name in existing else rows.save_track(session, name=name, spec={})[0]
+
+
+def track_spec(name: str, source: dict[str, Any]) -> dict[str, Any]:
+    """The smallest valid track spec around a release source, as a track's spec is stored."""
+    return {
+        "name": name,
+        "source": source,
+        "finetune": {"data": "/data/train.jsonl"},
+        "eval": {"tasks": ["testbed_add"]},
+        "gate": {"metrics": [{"task": "testbed_add", "metric": "exact_match"}]},
+    }
+
+
+def candidate(session: Session, release: Release, *, mode: RecycleMode, uri: str) -> Candidate:
+    """A candidate of `release`, with no fine-tune run or source diff."""
+    return runs.record_candidate(
+        session, release=release, mode=mode, alpha=1.0, model_uri=uri, source_diff=None, finetune=None
+    )
 
 
 @pytest.fixture(scope="session")
 def diff_dir(bf16_family: Family, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diff folder made by the engine from the bf16 family."""
     out = tmp_path_factory.mktemp("registry-diff") / "diff"
-    deltas.diff(finetuned=bf16_family.finetuned, base=bf16_family.base, out=out)
+    engine.diff(finetuned=bf16_family.finetuned, base=bf16_family.base, out=out)
     return out

@@ -11,29 +11,30 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from flows.registry import Registry
-from storage.db import session_scope
-from storage.models import Diff, DiffFile, Release
+from graftwork.storage import Registry
+from graftwork.storage.db import session_scope
+from graftwork.storage.models import Diff, DiffFile, Release
 
 ROOT = Path(__file__).parents[2]
 
 RELEASE = """
-    from storage import registry as rows
-    from storage.db import ensure_schema, session_scope
+    from graftwork.storage import registry as rows
+    from graftwork.storage.db import ensure_schema, session_scope
     ensure_schema(engine)
     wait_for_go()
     with session_scope(engine) as session:
-        track = rows.ensure_track(session, name="t")
+        track = rows.get_track(session, name="t")
         release, new = rows.record_release(session, track=track, repo_id="org/model", revision="c" * 40)
         result = {"id": release.id, "new": new}
 """
 
 DIFF = """
-    from flows import registry as ops
-    from storage.blobs import BlobStore
-    from storage.db import ensure_schema
+    from graftwork.flows import registry as ops
+    from graftwork.storage import Registry
+    from graftwork.storage.blobs import BlobStore
+    from graftwork.storage.db import ensure_schema
     ensure_schema(engine)
-    reg = ops.Registry(engine=engine, store=BlobStore(BLOB_URL))
+    reg = Registry(engine=engine, store=BlobStore(BLOB_URL))
     wait_for_go()
     done = ops.register_diff(reg, diff_dir=Path(DIFF_DIR), track="t")
     result = {"id": done.id, "new": done.new}
@@ -42,7 +43,7 @@ DIFF = """
 PRELUDE = """
     import json, sys, time
     from pathlib import Path
-    from storage.db import make_engine
+    from graftwork.storage.db import make_engine
     engine = make_engine(DATABASE_URL)
 
     def wait_for_go():

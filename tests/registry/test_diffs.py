@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from flows import registry as ops
-from flows.registry import Registry
-from storage import registry as rows
-from storage.db import session_scope
-from storage.errors import BlobCorruptError, BlobMissingError
-from storage.models import Diff, DiffFile
-from tasks import deltas
+from graftwork.errors import BlobCorruptError, BlobMissingError
+from graftwork.flows import registry as ops
+from graftwork.storage import Registry
+from graftwork.storage import registry as rows
+from graftwork.storage.db import session_scope
+from graftwork.storage.models import Diff, DiffFile
+from graftwork.tasks import engine
 from tests.conftest import Family, bits_equal, load_state
 
 
@@ -54,7 +54,7 @@ def test_a_diff_applies_the_same_after_the_round_trip(
 ) -> None:
     done = ops.register_diff(registry, diff_dir=diff_dir, track="t")
     exported = ops.export_diff(registry, ref=done.id, out=tmp_path / "exported")
-    deltas.apply(diff=exported, target=bf16_family.base, out=tmp_path / "m")
+    engine.apply(diff=exported, target=bf16_family.base, out=tmp_path / "m")
     want = bf16_family.states["finetuned"]
     got = load_state(tmp_path / "m")
     assert all(bits_equal(got[name], want[name]) for name in want)
@@ -121,17 +121,18 @@ def test_kill_9_between_blob_and_row_leaves_no_dangling_row(registry: Registry, 
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from storage import registry as rows
-        from storage.blobs import BlobStore
-        from storage.db import make_engine
-        from flows import registry as ops
+        from graftwork.storage import registry as rows
+        from graftwork.storage.blobs import BlobStore
+        from graftwork.storage.db import make_engine
+        from graftwork.flows import registry as ops
+        from graftwork.storage import Registry
 
         def stall(*args, **kwargs):
             Path({str(marker)!r}).touch()
             time.sleep(120)
 
         rows.add_diff = stall
-        reg = ops.Registry(engine=make_engine({registry.engine.url.render_as_string(hide_password=False)!r}),
+        reg = Registry(engine=make_engine({registry.engine.url.render_as_string(hide_password=False)!r}),
                            store=BlobStore({registry.store.url!r}))
         ops.register_diff(reg, diff_dir=Path({str(diff_dir)!r}), track="t")
     """)

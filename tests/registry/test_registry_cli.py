@@ -6,10 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
-from deployments.cli import app
-from storage.db import head_revision
+from graftwork.deployments.cli import app
+from graftwork.storage.db import head_revision
+from tests.registry.conftest import track_spec
 
 runner = CliRunner()
 
@@ -27,10 +29,19 @@ def graft(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  
     return run
 
 
+def add_track(graft, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    source = {"kind": "hub-repos", "author": "org", "name_pattern": "m-*"}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(track_spec(name, source)))
+    assert f"added track {name}" in graft("track", "add", str(path))
+
+
 def test_the_registry_commands_end_to_end(graft, diff_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert f"revision empty → {head_revision()}" in graft("db", "upgrade")
     assert f"revision {head_revision()} → {head_revision()}" in graft("db", "upgrade")
     assert graft("registry", "list").strip() == "nothing registered yet"
+    add_track(graft, tmp_path, "demo")
+    add_track(graft, tmp_path, "other")
     first = graft("registry", "import", str(diff_dir), "--track", "demo")
     assert "registered diff-1 on track demo" in first and "stored diff-00001-of-00001.safetensors" in first
     assert "already registered as diff-1" in graft("registry", "import", str(diff_dir), "--track", "demo")
@@ -50,6 +61,7 @@ def test_the_registry_commands_end_to_end(graft, diff_dir: Path, tmp_path: Path)
 
 
 def test_verify_exits_1_and_names_the_row_of_a_corrupt_blob(graft, diff_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    add_track(graft, tmp_path, "demo")
     graft("registry", "import", str(diff_dir), "--track", "demo")
     blob = max((tmp_path / "blobs" / "sha256").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else -1)
     data = bytearray(blob.read_bytes())
@@ -64,3 +76,13 @@ def test_user_errors_are_one_line(graft) -> None:  # type: ignore[no-untyped-def
     assert "error: no diff with id 9" in graft("registry", "export", "9", "-o", "x", code=1)
     assert "error: no track named 'nope'" in graft("registry", "lineage", "nope", code=1)
     assert "error: 'bogus' is not a registry id" in graft("registry", "show", "bogus", code=1)
+
+
+def test_importing_into_an_unknown_track_is_refused_and_stores_nothing(graft, diff_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    add_track(graft, tmp_path, "demo")
+    error = graft("registry", "import", str(diff_dir), "--track", "new", code=1)
+    assert "error: no track named 'new' in the registry (tracks: demo); add it with `graft track add FILE`." in error
+    assert "Traceback" not in error
+    assert not list((tmp_path / "blobs" / "sha256").rglob("*"))
+    assert graft("track", "list").splitlines() == ["demo                     hub-repos  iterative  production"]
+    assert graft("registry", "list").strip() == "nothing registered yet"

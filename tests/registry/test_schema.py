@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy.exc
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from flows.registry import Registry
-from storage import registry as rows
-from storage.db import current_revision, downgrade, ensure_schema, head_revision, make_engine, session_scope, upgrade
-from storage.errors import DatabaseError, ImmutableRowError, NotFoundError, SchemaTooNewError
-from storage.models import Base, Release
+from graftwork.errors import DatabaseError, ImmutableRowError, NotFoundError, SchemaTooNewError
+from graftwork.storage import Registry, runs
+from graftwork.storage import registry as rows
+from graftwork.storage.db import (
+    current_revision,
+    downgrade,
+    ensure_schema,
+    head_revision,
+    make_engine,
+    session_scope,
+    upgrade,
+)
+from graftwork.storage.models import Base, Release
+from graftwork.terms import ActorKind, ArtifactKind, EvalSubject, GateDecision, RecycleMode
+from tests.registry.conftest import candidate, track_named
+
+PROMOTE, REJECT, GATE = GateDecision.PROMOTE, GateDecision.REJECT, ActorKind.GATE
 
 TABLES = {
     "tracks", "releases", "diffs", "diff_files", "finetune_runs", "candidates", "eval_results", "promotions",
@@ -49,6 +62,66 @@ def test_constraints_follow_the_naming_convention(registry: Registry) -> None:
     }
 
 
+def test_the_database_refuses_words_it_does_not_know(registry: Registry) -> None:
+    inspector = inspect(registry.engine)
+    checks = {
+        c["name"]
+        for table in ("candidates", "eval_results", "promotions")
+        for c in inspector.get_check_constraints(table)
+    }
+    assert checks == {
+        "ck_candidates_recycle_mode", "ck_eval_results_eval_subject", "ck_promotions_gate_decision",
+        "ck_promotions_actor_kind",
+    }  # fmt: skip
+    with session_scope(registry.engine) as session:
+        release, _ = rows.record_release(session, track=track_named(session, "t"), repo_id="o/m", revision=SHA)
+    insert = text(
+        "INSERT INTO candidates (track_id, release_id, mode, alpha, model_uri, created_at) "
+        "VALUES (:track, :release, :mode, 1.0, '/m', CURRENT_TIMESTAMP)"
+    )
+    refused = r"ck_candidates_recycle_mode|CHECK constraint failed"
+    with pytest.raises(sqlalchemy.exc.IntegrityError, match=refused), registry.engine.begin() as connection:
+        connection.execute(insert, {"track": release.track_id, "release": release.id, "mode": "iterativ"})
+    unknown = r"'iterativ' is not among the defined enum values"
+    with pytest.raises(sqlalchemy.exc.StatementError, match=unknown), session_scope(registry.engine) as session:
+        candidate(session, session.get(Release, release.id), mode="iterativ", uri="/m")  # type: ignore[arg-type]
+
+
+def test_revision_0002_records_a_typo_mode_as_what_it_ran(database_url: str) -> None:
+    """Before 0002 an unknown mode ran direct recycling and was recorded as typed; 0002 records `direct`,
+    and says who made each promotion, on a database full of rows that point at each other."""
+    engine = make_engine(database_url)
+    upgrade(engine, revision="0001")
+    with engine.begin() as connection:
+        for statement in (
+            "INSERT INTO tracks (id, name, spec, created_at) VALUES (1, 't', '{}', CURRENT_TIMESTAMP)",
+            "INSERT INTO releases (id, track_id, repo_id, revision, created_at) "
+            f"VALUES (1, 1, 'o/m', '{SHA}', CURRENT_TIMESTAMP)",
+            "INSERT INTO candidates (id, track_id, release_id, mode, alpha, model_uri, created_at) "
+            "VALUES (1, 1, 1, 'iterativ', 1.0, '/a', CURRENT_TIMESTAMP), "
+            "(2, 1, 1, 'none', 0.0, '/b', CURRENT_TIMESTAMP)",
+            "INSERT INTO diffs (id, track_id, key, candidate_id, finetuned, base, tensor_count, norms, codec, "
+            "raw_bytes, stored_bytes, graftwork_version, created_at) "
+            "VALUES (1, 1, 'k', 2, '{}', '{}', 0, '{}', 'c', 0, 0, '0.1.0', CURRENT_TIMESTAMP)",
+            "INSERT INTO promotions (id, track_id, channel, decision, to_candidate_id, reasons, actor, created_at) "
+            "VALUES (1, 1, 'p', 'promote', 2, '[]', 'gate', CURRENT_TIMESTAMP), "
+            "(2, 1, 'p', 'rollback', 1, '[]', 'alice', CURRENT_TIMESTAMP)",
+        ):
+            connection.execute(text(statement))
+    upgrade(engine)
+    with engine.connect() as connection:
+        modes = connection.execute(text("SELECT mode FROM candidates ORDER BY id")).scalars().all()
+        actors = connection.execute(text("SELECT actor_kind, actor FROM promotions ORDER BY id")).all()
+        diff_owner = connection.execute(text("SELECT candidate_id FROM diffs")).scalar_one()
+    assert (modes, [tuple(a) for a in actors], diff_owner) == (
+        ["direct", "none"],
+        [("gate", "gate"), ("user", "alice")],
+        2,
+    )
+    downgrade(engine, revision="0001")
+    engine.dispose()
+
+
 def test_a_database_from_a_newer_graftwork_is_refused(registry: Registry) -> None:
     with registry.engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
@@ -77,20 +150,18 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path) -> None:
 
 def test_recording_a_release_twice_gives_one_row(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
-        track = rows.ensure_track(session, name="t")
+        track = track_named(session, "t")
         first, new1 = rows.record_release(session, track=track, repo_id="org/m", revision=SHA)
         second, new2 = rows.record_release(session, track=track, repo_id="org/m", revision=SHA, ref="main")
         assert (new1, new2) == (True, False)
         assert first.id == second.id and second.ref is None
     with session_scope(registry.engine) as session:
-        assert len(rows.list_artifacts(session, kind="release")) == 1
+        assert len(rows.list_artifacts(session, kind=ArtifactKind.RELEASE)) == 1
 
 
 def test_artifact_rows_cannot_be_changed_or_deleted(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
-        release, _ = rows.record_release(
-            session, track=rows.ensure_track(session, name="t"), repo_id="o/m", revision=SHA
-        )
+        release, _ = rows.record_release(session, track=track_named(session, "t"), repo_id="o/m", revision=SHA)
     with (
         pytest.raises(ImmutableRowError, match=r"Release \d+ is an immutable artifact row"),
         session_scope(registry.engine) as session,
@@ -104,56 +175,75 @@ def test_artifact_rows_cannot_be_changed_or_deleted(registry: Registry) -> None:
 
 def test_a_failing_scope_rolls_everything_back(registry: Registry) -> None:
     with pytest.raises(RuntimeError), session_scope(registry.engine) as session:
-        rows.record_release(session, track=rows.ensure_track(session, name="t"), repo_id="o/m", revision=SHA)
+        rows.record_release(session, track=track_named(session, "x"), repo_id="o/m", revision=SHA)
         raise RuntimeError("boom")
     with session_scope(registry.engine) as session:
         assert rows.list_artifacts(session) == []
-        with pytest.raises(NotFoundError, match="no track named 't'"):
-            rows.get_track(session, name="t")
+        with pytest.raises(NotFoundError, match="no track named 'x'"):
+            rows.get_track(session, name="x")
 
 
 def test_promotion_and_rollback_are_new_rows(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
-        track = rows.ensure_track(session, name="t")
+        track = track_named(session, "t")
         release, _ = rows.record_release(session, track=track, repo_id="o/m", revision=SHA)
-        a, b = (
-            rows.add_candidate(session, track=track, release=release, mode="iterative", alpha=1.0, model_uri=f"/m/{n}")
-            for n in "ab"
-        )
-        rows.add_promotion(
-            session, track=track, channel="prod", decision="promote", to_candidate=a, reasons=[], actor="gate"
-        )
-        rows.add_promotion(
-            session, track=track, channel="prod", decision="reject", to_candidate=b, reasons=["worse"], actor="gate"
-        )
-        assert rows.champion(session, track=track, channel="prod") == a
-        rows.add_promotion(
-            session, track=track, channel="prod", decision="promote", to_candidate=b, reasons=[], actor="gate"
-        )
-        assert rows.champion(session, track=track, channel="prod") == b
-        back = rows.add_promotion(
+        a, b = (candidate(session, release, mode=RecycleMode.ITERATIVE, uri=f"/m/{n}") for n in "ab")
+        runs.add_promotion(
             session,
             track=track,
             channel="prod",
-            decision="rollback",
+            decision=PROMOTE,
+            to_candidate=a,
+            reasons=[],
+            actor_kind=GATE,
+            actor="gate",
+        )
+        runs.add_promotion(
+            session,
+            track=track,
+            channel="prod",
+            decision=REJECT,
+            to_candidate=b,
+            reasons=["worse"],
+            actor_kind=GATE,
+            actor="gate",
+        )
+        assert runs.champion(session, track=track, channel="prod") == a
+        runs.add_promotion(
+            session,
+            track=track,
+            channel="prod",
+            decision=PROMOTE,
+            to_candidate=b,
+            reasons=[],
+            actor_kind=GATE,
+            actor="gate",
+        )
+        assert runs.champion(session, track=track, channel="prod") == b
+        back = runs.add_promotion(
+            session,
+            track=track,
+            channel="prod",
+            decision=GateDecision.ROLLBACK,
             to_candidate=a,
             reasons=["regression"],
+            actor_kind=ActorKind.USER,
             actor="me",
         )
         assert (back.from_candidate_id, back.to_candidate_id) == (b.id, a.id)
-        assert rows.champion(session, track=track, channel="prod") == a
-        assert len(rows.list_artifacts(session, kind="promotion")) == 4
+        assert runs.champion(session, track=track, channel="prod") == a
+        assert len(rows.list_artifacts(session, kind=ArtifactKind.PROMOTION)) == 4
 
 
 def test_eval_results_keep_na_stderr_as_null(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
-        track = rows.ensure_track(session, name="t")
+        track = track_named(session, "t")
         release, _ = rows.record_release(session, track=track, repo_id="o/m", revision=SHA)
-        cand = rows.add_candidate(session, track=track, release=release, mode="none", alpha=0.0, model_uri="/m")
-        score = rows.Score("addition", "exact_match", "none", 0.93, None, 200, "0.4.13", "1.0")
-        rows.add_eval_results(session, scores=[score], subject="candidate", candidate=cand)
+        cand = candidate(session, release, mode=RecycleMode.NONE, uri="/m")
+        score = runs.Score("addition", "exact_match", "none", 0.93, None, 200, "0.4.13", "1.0")
+        runs.add_eval_results(session, scores=[score], subject=EvalSubject.CANDIDATE, candidate=cand)
     with session_scope(registry.engine) as session:
-        [stored] = rows.eval_results(session, candidate=cand)
+        [stored] = runs.eval_results(session, candidate=cand)
         assert (stored.value, stored.stderr, stored.n) == (0.93, None, 200)
 
 

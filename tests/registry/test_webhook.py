@@ -26,15 +26,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 from typer.testing import CliRunner
 
-from deployments import webhook_cli
-from deployments.webhook import WebhookSecretError, create_app
-from flows import webhooks
-from flows.registry import Registry
-from flows.webhooks import HubEvent, delivery_key, tracks_watching
-from storage import registry as rows
-from storage.blobs import BlobStore
-from storage.db import session_scope
-from storage.models import WebhookDelivery
+from graftwork.deployments import webhook_cli
+from graftwork.deployments.webhook import create_app
+from graftwork.errors import WebhookSecretError
+from graftwork.flows import webhooks
+from graftwork.flows.webhooks import HubEvent, delivery_key, tracks_watching
+from graftwork.storage import Registry
+from graftwork.storage import registry as rows
+from graftwork.storage.blobs import BlobStore
+from graftwork.storage.db import session_scope
+from graftwork.storage.models import WebhookDelivery
+from tests.registry.conftest import track_spec
 
 SECRET = "s3cret-for-tests-0123456789abcdef"
 OLMO = "allenai/OLMo-2-1124-7B"
@@ -112,7 +114,7 @@ class Hooks:
 def hooks(registry: Registry) -> Iterator[Hooks]:
     with session_scope(registry.engine) as session:
         for name, source in TRACKS.items():
-            rows.save_track(session, name=name, spec={"name": name, "source": source})
+            rows.save_track(session, name=name, spec=track_spec(name, source))
     starts = Starts()
     app = create_app(registry=registry, secret=SECRET, start_run=starts, max_body_bytes=20_000)
     with TestClient(app) as client:
@@ -311,8 +313,8 @@ def test_a_burst_of_200_deliveries_each_sent_twice_starts_200_runs(hooks: Hooks)
 def test_tracks_watching_reads_each_source_kind(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
         for name, source in TRACKS.items():
-            rows.save_track(session, name=name, spec={"name": name, "source": source})
-        rows.save_track(session, name="no-source", spec={})
+            rows.save_track(session, name=name, spec=track_spec(name, source))
+        rows.save_track(session, name="not-a-track", spec={"name": "not-a-track"})
         assert tracks_watching(session, repo_id=OLMO) == ["olmo-stage1"]
         assert tracks_watching(session, repo_id=OLMO, refs=["refs/heads/main"]) == []
         assert tracks_watching(session, repo_id=OLMO, refs=["stage1-step1"]) == ["olmo-stage1"]

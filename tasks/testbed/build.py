@@ -24,9 +24,9 @@ from typing import Any
 import torch
 import yaml
 
-from tasks import testbed_corpus as corpus
-from tasks.checkpoints import atomic_output_dir, write_json
-from tasks.errors import GraftError
+from ...errors import TestbedError
+from ...fs import atomic_output_dir, write_json
+from . import corpus
 
 SPECIAL = ("<pad>", "<s>", "</s>", "<unk>")
 VOCAB = (*SPECIAL, *corpus.ALPHABET)
@@ -37,12 +37,6 @@ MANIFEST = "testbed.json"
 # portable (not AVX) kernels and MKL's reproducible mode. Left to pick AVX-512 or AVX2 kernels by CPU,
 # an AMD machine gave, for seed 0, bases that never learned to add (fine-tuned: 3-6 % against 80 %).
 PINNED_NUMERICS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
-
-
-class TestbedError(GraftError, ValueError):
-    """A test bed folder cannot be built or read."""
-
-    __test__ = False  # not a pytest test class
 
 
 @dataclass(frozen=True)
@@ -110,14 +104,16 @@ def build_testbed(
     """
     spec = spec or PretrainSpec()
     if versions < 1 or spec.steps % versions:
-        raise TestbedError(f"versions={versions} must be positive and divide the {spec.steps} pretraining steps.")
+        raise TestbedError(
+            f"versions={versions} must be positive and divide the {spec.steps} pretraining steps.", path=out
+        )
     out = Path(out).resolve()
     key = _cache_key(seed=seed, versions=versions, control=control, spec=spec)
     manifest = out / MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
         return _testbed(out, seed=seed, versions=versions, control=control)
     if out.exists() and not manifest.is_file():
-        raise TestbedError(f"{out} exists and is not a test bed folder; choose an empty or new --out.")
+        raise TestbedError(f"{out} exists and is not a test bed folder; choose an empty or new --out.", path=out)
     with atomic_output_dir(out, overwrite=True) as tmp:
         _write_data(tmp, seed=seed, spec=spec)
         _pretrain_pinned(tmp, seed=seed, versions=versions, control=control, spec=spec, threads=threads)
@@ -135,10 +131,12 @@ def _pretrain_pinned(root: Path, *, seed: int, versions: int, control: bool, spe
     """
     job = {"root": str(root), "seed": seed, "versions": versions, "control": control, "threads": threads}
     job["spec"] = asdict(spec)
-    command = [sys.executable, "-m", "tasks.testbed", json.dumps(job)]
+    command = [sys.executable, "-m", "graftwork.tasks.testbed.build", json.dumps(job)]
     done = subprocess.run(command, env={**os.environ, **PINNED_NUMERICS}, check=False)
     if done.returncode:
-        raise TestbedError(f"pretraining the test bed in {root} failed (exit {done.returncode}); its output says why.")
+        raise TestbedError(
+            f"pretraining the test bed in {root} failed (exit {done.returncode}); its output says why.", path=root
+        )
 
 
 def _pretrain_job(job: dict[str, Any]) -> None:
@@ -168,7 +166,7 @@ def _testbed(root: Path, *, seed: int, versions: int, control: bool) -> Testbed:
 def _cache_key(*, seed: int, versions: int, control: bool, spec: PretrainSpec) -> str:
     """Changes when the arguments or the code that builds the test bed change."""
     h = hashlib.sha256(repr((seed, versions, control, spec, torch.__version__)).encode())
-    for module in ("testbed.py", "testbed_corpus.py"):
+    for module in ("build.py", "corpus.py"):
         h.update((Path(__file__).parent / module).read_bytes())
     return h.hexdigest()
 

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tasks.errors import ModelFolderError, OutputExistsError, PickleWeightsError
-from tasks.stfile import DTYPE_CODES, ShardWriter, TensorInfo, TensorReader, read_header
+from ...errors import ModelFolderError, PickleWeightsError
+from .stfile import DTYPE_CODES, ShardWriter, TensorInfo, read_header
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -58,7 +54,6 @@ class ModelFolder:
     weight_files: tuple[Path, ...]
     tied_alias: str | None = None
     revision: str | None = None
-    converted_from_pickle: bool = False
     _hash: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -119,9 +114,10 @@ def open_model_folder(path: Path, *, allow_pickle: bool = False, scratch: Path |
     """
     path = Path(path).resolve()
     if not path.is_dir():
-        raise ModelFolderError(f"{path} is not a model folder (expected a directory with config.json and weights).")
+        raise ModelFolderError(
+            f"{path} is not a model folder (expected a directory with config.json and weights).", path=path
+        )
     config = _read_json(path / "config.json", what="model config")
-    converted = False
     if (path / SAFETENSORS_INDEX).is_file():
         files = _indexed_files(path, path / SAFETENSORS_INDEX)
     elif (path / SAFETENSORS_SINGLE).is_file():
@@ -130,24 +126,26 @@ def open_model_folder(path: Path, *, allow_pickle: bool = False, scratch: Path |
         pickles = _pickle_files(path)
         if not pickles:
             raise ModelFolderError(
-                f"{path} has no weights: expected {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} with its shards."
+                f"{path} has no weights: expected {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX} with its shards.",
+                path=path,
             )
         if not allow_pickle:
             names = ", ".join(p.name for p in pickles)
             raise PickleWeightsError(
                 f"{path} holds pickle weights ({names}). Loading pickle can run arbitrary code, so it is "
-                "refused by default. Convert the model to safetensors, or pass --allow-pickle if you trust it."
+                "refused by default. Convert the model to safetensors, or pass --allow-pickle if you trust it.",
+                path=path,
             )
         if scratch is None:
             raise ValueError("allow_pickle needs a scratch folder for the converted weights")
         files = [_convert_pickle(pickles, scratch / f"converted-{uuid.uuid4().hex}.safetensors")]
-        converted = True
     tensors: dict[str, TensorInfo] = {}
     for f in files:
         for info in read_header(f)[0]:
             if info.name in tensors:
                 raise ModelFolderError(
-                    f"{path}: tensor {info.name!r} is stored twice ({tensors[info.name].path.name}, {f.name})."
+                    f"{path}: tensor {info.name!r} is stored twice ({tensors[info.name].path.name}, {f.name}).",
+                    path=path,
                 )
             tensors[info.name] = info
     tied_alias = None
@@ -162,7 +160,6 @@ def open_model_folder(path: Path, *, allow_pickle: bool = False, scratch: Path |
         weight_files=tuple(files),
         tied_alias=tied_alias,
         revision=_revision_of(path),
-        converted_from_pickle=converted,
     )
 
 
@@ -175,13 +172,15 @@ def _ties(config: dict[str, Any], tensors: dict[str, TensorInfo]) -> bool:
 
 def _read_json(path: Path, *, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise ModelFolderError(f"{path.parent} has no {path.name} ({what}); is it a Hugging Face model folder?")
+        raise ModelFolderError(
+            f"{path.parent} has no {path.name} ({what}); is it a Hugging Face model folder?", path=path
+        )
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{path} is not valid JSON: {exc}") from None
+        raise ModelFolderError(f"{path} is not valid JSON: {exc}", path=path) from None
     if not isinstance(data, dict):
-        raise ModelFolderError(f"{path} must hold a JSON object.")
+        raise ModelFolderError(f"{path} must hold a JSON object.", path=path)
     return data
 
 
@@ -189,12 +188,12 @@ def _indexed_files(folder: Path, index_path: Path) -> list[Path]:
     index = _read_json(index_path, what="shard index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
-        raise ModelFolderError(f"{index_path} has no weight_map.")
+        raise ModelFolderError(f"{index_path} has no weight_map.", path=index_path)
     files = []
     for name in dict.fromkeys(weight_map.values()):
         f = folder / name
         if not f.is_file():
-            raise ModelFolderError(f"{index_path} lists shard {name}, which is missing from {folder}.")
+            raise ModelFolderError(f"{index_path} lists shard {name}, which is missing from {folder}.", path=index_path)
         files.append(f)
     return files
 
@@ -211,7 +210,7 @@ def _convert_pickle(files: list[Path], out: Path) -> Path:
     for f in files:
         loaded = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(loaded, dict):
-            raise ModelFolderError(f"{f} does not hold a state dict (found {type(loaded).__name__}).")
+            raise ModelFolderError(f"{f} does not hold a state dict (found {type(loaded).__name__}).", path=f)
         state.update(loaded)
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(out, planned=[(k, tuple(v.shape)) for k, v in state.items()], metadata={"format": "pt"})
@@ -234,103 +233,3 @@ def _revision_of(path: Path) -> str | None:
 def _file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-@contextmanager
-def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `out`; rename it to `out` only if the block completes.
-
-    A failure (or a kill) leaves nothing at `out`. Partial folders left by killed runs are removed
-    the next time anything is written to the same `out`. With `durable`, every file and folder in
-    it, and its parent after the rename, are fsynced, so the output also survives a power loss once
-    this returns.
-
-    Raises:
-        OutputExistsError: `out` exists and `overwrite` is false.
-    """
-    out = Path(out).resolve()
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists already; choose another output path or pass --overwrite.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        if durable:
-            _fsync_tree(tmp)
-        if out.exists():
-            trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(out)
-        if durable:
-            _fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _remove_stale_partials(out: Path) -> None:
-    for p in out.parent.glob(f".{out.name}.partial-*"):
-        pid = p.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def copy_files(files: list[Path], dest: Path) -> None:
-    """Copy files into `dest`, keeping their names."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        shutil.copyfile(f, dest / f.name)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` as indented JSON."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def differing_tensors(a: ModelFolder, b: ModelFolder) -> list[str]:
-    """Names of tensors that are not bit-for-bit equal between two folders (or are in only one)."""
-    reader = TensorReader()
-    try:
-        names = sorted(set(a.tensors) | set(b.tensors))
-        return [n for n in names if not _same(reader, a.tensors.get(n), b.tensors.get(n))]
-    finally:
-        reader.close()
-
-
-def _same(reader: TensorReader, x: TensorInfo | None, y: TensorInfo | None) -> bool:
-    if x is None or y is None or (x.dtype, x.shape) != (y.dtype, y.shape):
-        return False
-    return bool(
-        torch.equal(reader.read_rows(x, 0, x.rows).view(torch.uint8), reader.read_rows(y, 0, y.rows).view(torch.uint8))
-    )

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from tasks.checkpoints import atomic_output_dir, write_json
-from tasks.shards import PlannedTensor, ShardedWriter
-from tasks.stfile import DTYPE_CODES, numel
+from ...fs import atomic_output_dir, write_json
+from ..io.shards import PlannedTensor, ShardedWriter
+from ..io.stfile import DTYPE_CODES, numel
 
 ROLES = ("base", "finetuned", "target")
 

@@ -1,11 +1,12 @@
-"""Multi-GPU fine-tuning: run `tasks.finetune` under `accelerate launch` when a recipe asks for several processes.
+"""Multi-GPU fine-tuning: run the fine-tuning module under `accelerate launch` when a recipe asks for
+several processes.
 
-One process runs `python -m tasks.finetune` as it is; more run it under accelerate with an FSDP or a DeepSpeed
-ZeRO-3 config (`deployments/accelerate/fsdp.yaml`, `deployments/accelerate/deepspeed_zero3.yaml`), whose
-`num_processes` is overridden by the launch's own::
+One process runs `python -m graftwork.tasks.training.finetune` as it is; more run it under accelerate with an
+FSDP or a DeepSpeed ZeRO-3 config (`deployments/accelerate/fsdp.yaml`, `deployments/accelerate/deepspeed_zero3.yaml`),
+whose `num_processes` is overridden by the launch's own::
 
     python -m accelerate.commands.launch --config_file deployments/accelerate/fsdp.yaml --num_processes 2 \\
-        -m tasks.finetune --model-dir BASE --data train.jsonl --recipe recipe.json --out OUT
+        -m graftwork.tasks.training.finetune --model-dir BASE --data train.jsonl --recipe recipe.json --out OUT
 """
 
 from __future__ import annotations
@@ -19,18 +20,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.errors import GraftError
+from ...errors import LaunchConfigError, LaunchError
 
 # The `distributed_type` an accelerate config must declare for each kind of launch.
 DISTRIBUTED_TYPES = {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}
-
-
-class LaunchConfigError(GraftError, ValueError):
-    """An accelerate config file is missing, malformed, or declares another kind of distribution."""
-
-
-class LaunchError(GraftError, ChildProcessError):
-    """A fine-tuning launch exited with a non-zero status."""
 
 
 class Launch(BaseModel):
@@ -55,36 +48,49 @@ def check_config(*, launch: Launch) -> Path:
     if launch.config is None:
         raise LaunchConfigError(
             f"a {launch.processes}-process launch needs an accelerate config file; "
-            "pass one of deployments/accelerate/*.yaml as Launch.config."
+            "pass one of deployments/accelerate/*.yaml as Launch.config.",
+            path=None,
         )
     try:
         config = yaml.safe_load(launch.config.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise LaunchConfigError(f"accelerate config {launch.config} cannot be read: {exc}.") from exc
+        raise LaunchConfigError(
+            f"accelerate config {launch.config} cannot be read: {exc}.", path=launch.config
+        ) from exc
     wanted = DISTRIBUTED_TYPES[launch.distributed]
     found = config.get("distributed_type") if isinstance(config, dict) else None
     if found != wanted:
         raise LaunchConfigError(
             f"accelerate config {launch.config} has distributed_type {found!r}, but a {launch.distributed} "
-            f"launch needs {wanted!r}; pass the matching file from deployments/accelerate/."
+            f"launch needs {wanted!r}; pass the matching file from deployments/accelerate/.",
+            path=launch.config,
         )
     return launch.config
 
 
 def launch_command(
-    *, launch: Launch, model_dir: Path, data: Path, recipe_json: Path, out_dir: Path, overwrite: bool = False
+    *,
+    launch: Launch,
+    model_dir: Path,
+    data: Path,
+    recipe_json: Path,
+    out_dir: Path,
+    overwrite: bool = False,
+    report: Path | None = None,
 ) -> list[str]:
     """The command line that fine-tunes `model_dir` on `data` with the recipe file `recipe_json` into `out_dir`.
 
-    `recipe_json` holds the recipe's fields (JSON, which `tasks.finetune` reads as YAML).
+    `recipe_json` holds the recipe's fields (JSON, which `graftwork.tasks.training.finetune` reads as YAML).
 
     Raises:
         LaunchConfigError: `launch.processes` > 1 and its config file does not fit (see `check_config`).
     """
-    script = ["-m", "tasks.finetune", "--model-dir", str(model_dir), "--data", str(data)]
+    script = ["-m", "graftwork.tasks.training.finetune", "--model-dir", str(model_dir), "--data", str(data)]
     script += ["--recipe", str(recipe_json), "--out", str(out_dir)]
     if overwrite:
         script.append("--overwrite")
+    if report is not None:
+        script += ["--report", str(report)]
     if launch.processes == 1:
         return [sys.executable, *script]
     config = check_config(launch=launch)
@@ -100,6 +106,7 @@ def run_launch(
     recipe_json: Path,
     out_dir: Path,
     overwrite: bool = False,
+    report: Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> None:
     """Fine-tune as `launch_command` says, in the foreground, with its output passed through.
@@ -112,11 +119,19 @@ def run_launch(
         LaunchError: the launch exited with a non-zero status.
     """
     command = launch_command(
-        launch=launch, model_dir=model_dir, data=data, recipe_json=recipe_json, out_dir=out_dir, overwrite=overwrite
+        launch=launch,
+        model_dir=model_dir,
+        data=data,
+        recipe_json=recipe_json,
+        out_dir=out_dir,
+        overwrite=overwrite,
+        report=report,
     )
     status = subprocess.run(command, env=None if env is None else dict(env), check=False).returncode
     if status != 0:
         raise LaunchError(
             f"fine-tuning {model_dir} with {launch.processes} process(es) ({launch.distributed}) exited with "
-            f"status {status}; its output above says why. Command: {' '.join(command)}"
+            f"status {status}; its output above says why. Command: {' '.join(command)}",
+            command=command,
+            status=status,
         )

@@ -4,7 +4,7 @@ Runs with the transformers `Trainer` (and so with accelerate): deterministic on 
 bf16 and multi-GPU on GPU workers through `accelerate launch` with a config from
 `deployments/accelerate/`::
 
-    accelerate launch --config_file deployments/accelerate/fsdp.yaml -m tasks.finetune \\
+    accelerate launch --config_file deployments/accelerate/fsdp.yaml -m graftwork.tasks.training.finetune \\
         --model-dir BASE --data train.jsonl --recipe recipe.yaml --out OUT
 
 The output is a normal model folder in the base's dtype, with the base's tokenizer and generation
@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,20 +30,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PrinterCallback, TrainerCallback
 
-from tasks.checkpoints import GENERATION_CONFIG, atomic_output_dir
-from tasks.errors import GraftError, ModelFolderError
-from tasks.evaluate import EvalRecord, Suite, evaluate_model
+from ...errors import FinetuneConfigError, FinetuneDataError, ModelFolderError
+from ...fs import atomic_output_dir, write_text_atomic
+from ..evaluate import EvalRecord, Suite, evaluate_model
+from ..io.checkpoints import GENERATION_CONFIG
 
 IGNORE = -100
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class FinetuneDataError(GraftError, ValueError):
-    """The fine-tuning data file is missing, empty or malformed."""
-
-
-class FinetuneConfigError(GraftError, ValueError):
-    """The arguments of a fine-tuning run contradict each other."""
 
 
 class Recipe(BaseModel):
@@ -66,12 +60,36 @@ class Recipe(BaseModel):
 
 @dataclass(frozen=True)
 class FinetuneResult:
-    """Where the model went, and how training went."""
+    """Where the model went, and how training went: the loss (and, when asked, eval records) by step,
+    the input tokens seen (padding excluded, all processes), where it ran and when."""
 
     out_dir: Path
     loss_curve: tuple[tuple[int, float], ...]
     eval_curve: tuple[tuple[int, tuple[EvalRecord, ...]], ...]
     seconds: float
+    tokens: int = 0
+    device: str = "cpu"
+    processes: int = 1
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Training throughput over the whole run."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def report(self) -> dict[str, Any]:
+        """The run as JSON-able data (everything but the eval curve): what the report file holds."""
+        return {
+            "out_dir": str(self.out_dir),
+            "loss_curve": [list(point) for point in self.loss_curve],
+            "seconds": self.seconds,
+            "tokens": self.tokens,
+            "device": self.device,
+            "processes": self.processes,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+        }
 
 
 def read_pairs(*, data: Path) -> list[dict[str, str]]:
@@ -83,7 +101,7 @@ def read_pairs(*, data: Path) -> list[dict[str, str]]:
     try:
         lines = Path(data).read_text().splitlines()
     except OSError as exc:
-        raise FinetuneDataError(f"fine-tuning data {data} cannot be read: {exc}.") from exc
+        raise FinetuneDataError(f"fine-tuning data {data} cannot be read: {exc}.", path=data) from exc
     rows = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -91,14 +109,16 @@ def read_pairs(*, data: Path) -> list[dict[str, str]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise FinetuneDataError(f"{data}:{number} is not JSON ({exc}); write one JSON object per line.") from exc
+            raise FinetuneDataError(
+                f"{data}:{number} is not JSON ({exc}); write one JSON object per line.", path=data
+            ) from exc
         if not (
             isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)
         ):
-            raise FinetuneDataError(f'{data}:{number} needs string fields "prompt" and "completion".')
+            raise FinetuneDataError(f'{data}:{number} needs string fields "prompt" and "completion".', path=data)
         rows.append({"prompt": row["prompt"], "completion": row["completion"]})
     if not rows:
-        raise FinetuneDataError(f"fine-tuning data {data} holds no examples.")
+        raise FinetuneDataError(f"fine-tuning data {data} holds no examples.", path=data)
     return rows
 
 
@@ -154,12 +174,14 @@ def finetune(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), datetime.now(UTC)
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.")
+        raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.", path=model_dir)
     if eval_every is not None and (eval_suite is None or eval_every < 1):
-        raise FinetuneConfigError("eval_every needs a positive value and an eval_suite to evaluate on.")
+        raise FinetuneConfigError(
+            "eval_every needs a positive value and an eval_suite to evaluate on.", field="eval_every"
+        )
     if threads is not None:
         torch.set_num_threads(threads)
     pairs = read_pairs(data=data)
@@ -191,6 +213,7 @@ def finetune(
             disable_tqdm=True,
             dataloader_num_workers=0,
             dataloader_pin_memory=torch.cuda.is_available(),
+            include_num_input_tokens_seen="non_padding",
         )
         trainer = Trainer(
             model=model,
@@ -224,6 +247,11 @@ def finetune(
         loss_curve=tuple(curves.losses),
         eval_curve=tuple(curves.evals),
         seconds=time.perf_counter() - start,
+        tokens=int(trainer.state.num_input_tokens_seen),
+        device=str(args.device),
+        processes=args.world_size,
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
     )
 
 
@@ -286,17 +314,24 @@ class _Curves(TrainerCallback):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m tasks.finetune` (or `accelerate launch -m tasks.finetune`) on a recipe YAML file."""
-    parser = argparse.ArgumentParser(prog="tasks.finetune", description=main.__doc__)
+    """`python -m graftwork.tasks.training.finetune` (or under `accelerate launch -m ...`) on a recipe YAML file."""
+    parser = argparse.ArgumentParser(prog="graftwork.tasks.training.finetune", description=main.__doc__)
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--recipe", type=Path, required=True, help="YAML with the fields of Recipe.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--report", type=Path, help="Write the run's report (FinetuneResult.report) here as JSON.")
     ns = parser.parse_args(argv)
     recipe = Recipe.model_validate(yaml.safe_load(ns.recipe.read_text()) or {})
     result = finetune(model_dir=ns.model_dir, data=ns.data, recipe=recipe, out_dir=ns.out, overwrite=ns.overwrite)
+    if ns.report is not None and _is_main_process():
+        write_text_atomic(ns.report, json.dumps(result.report()))
     print(json.dumps({"out_dir": str(result.out_dir), "final_loss": result.loss_curve[-1:], "seconds": result.seconds}))
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 if __name__ == "__main__":

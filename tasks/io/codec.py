@@ -1,13 +1,13 @@
 """Lossless compression of diff files: byte-plane grouping + zstd, streamed in independent frames.
 
-A diff of two bf16 models is stored as float32 (see `tasks.deltas`), so the low mantissa bytes of
+A diff of two bf16 models is stored as float32 (see `graftwork.tasks.engine`), so the low mantissa bytes of
 every value are almost always zero, the sign/exponent byte takes a few values, and only one byte is
 close to random. Compressing the bytes of each tensor grouped by position in the value (all byte 0s,
 then all byte 1s, ...) lets zstd's Huffman coder see each of those distributions on its own. The
 planes are compressed with a tiny match table and the longest minimum match: floats have almost no
 long repeats, and spurious short matches cost more than Huffman-coded literals (measured in
 `benchmarks/bench_codec.py`). Safetensors headers, 1-byte tensors and any file that is not
-safetensors are plain zstd.
+safetensors are plain zstd (how a file is cut into segments is :mod:`graftwork.tasks.io.planes`).
 
 Stream format, version 1 (all integers little-endian):
 
@@ -29,7 +29,6 @@ so its caller must write to a temporary path and keep the result only when decod
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 import threading
@@ -41,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
 
-import numpy as np
 import zstandard
 
-from tasks.errors import GraftError
+from ...errors import CodecError
+from .planes import PLANE_ITEM_SIZES, Segment, file_segments, from_planes, to_planes
 
 T = TypeVar("T")
 
@@ -58,15 +57,9 @@ _HEADER = struct.Struct("<4sB3xQII")
 _SEGMENT = struct.Struct("<QB")
 _FRAME = struct.Struct("<II")
 _TRAILER = struct.Struct("<4sQ32s")
-_PLANE_ITEM_SIZES = (2, 4, 8)
-_MAX_ST_HEADER = 100 * 2**20
 _MAX_FRAME_SIZE = 2**30
 _PLANE_HASH_LOG = 6
 _PLANE_MIN_MATCH = 7
-
-
-class CodecError(GraftError, ValueError):
-    """An encoded diff stream is truncated, corrupt, of an unknown version, or decodes to other bytes."""
 
 
 @dataclass(frozen=True)
@@ -87,14 +80,6 @@ class DecodeStats:
     stored_bytes: int
     raw_sha256: str
     seconds: float
-
-
-@dataclass(frozen=True)
-class Segment:
-    """A run of `length` raw bytes whose values are `item_size` bytes wide (1: no byte planes)."""
-
-    length: int
-    item_size: int
 
 
 def encode_file(
@@ -135,7 +120,7 @@ def encode_file(
             plain, planes = compressors.get()
             if item_size == 1:
                 return plain.compress(raw)
-            return planes.compress(_to_planes(raw, item_size))
+            return planes.compress(to_planes(raw, item_size))
 
         def submit(pool: ThreadPoolExecutor, index: int, item_size: int, length: int) -> Future[tuple[int, bytes]]:
             raw = bytearray(length)
@@ -180,17 +165,22 @@ def decode_file(*, src: BinaryIO, dst: BinaryIO, threads: int = 0) -> DecodeStat
         try:
             raw = decompressors.get().decompress(data, max_output_size=length)
         except zstandard.ZstdError as exc:
-            raise CodecError(f"frame {index} of {total} is corrupt ({exc}); {_RESTORE}") from None
+            raise CodecError(
+                f"frame {index} of {total} is corrupt ({exc}); {_RESTORE}", what=f"frame {index}"
+            ) from None
         if len(raw) != length:
-            raise CodecError(f"frame {index} of {total} decodes to {len(raw)} bytes, not {length}; {_RESTORE}")
-        return raw if item_size == 1 else _from_planes(raw, item_size)
+            raise CodecError(
+                f"frame {index} of {total} decodes to {len(raw)} bytes, not {length}; {_RESTORE}", what=f"frame {index}"
+            )
+        return raw if item_size == 1 else from_planes(raw, item_size)
 
     def submit(pool: ThreadPoolExecutor, index: int, item_size: int, length: int) -> Future[bytes | memoryview]:
         raw_len, stored_len = _FRAME.unpack(reader.read(_FRAME.size, f"the header of frame {index} of {total}"))
         if raw_len != length:
             raise CodecError(
                 f"frame {index} of {total} says it holds {raw_len} bytes but the stream's layout says "
-                f"{length}; {_RESTORE}"
+                f"{length}; {_RESTORE}",
+                what=f"frame {index}",
             )
         data = reader.read(stored_len, f"frame {index} of {total}")
         return pool.submit(decompress, index, item_size, length, data)
@@ -202,89 +192,22 @@ def decode_file(*, src: BinaryIO, dst: BinaryIO, threads: int = 0) -> DecodeStat
     magic, frame_count, digest = _TRAILER.unpack(reader.read(_TRAILER.size, "the trailer"))
     if magic != END_MAGIC or frame_count != total:
         raise CodecError(
-            f"the trailer is damaged (magic {magic!r}, {frame_count} frames recorded, {total} read); {_RESTORE}"
+            f"the trailer is damaged (magic {magic!r}, {frame_count} frames recorded, {total} read); {_RESTORE}",
+            what="the trailer",
         )
     if src.read(1):
-        raise CodecError(f"the stream goes on after its trailer, so it is not one {CODEC} stream; {_RESTORE}")
+        raise CodecError(
+            f"the stream goes on after its trailer, so it is not one {CODEC} stream; {_RESTORE}", what="the trailer"
+        )
     if written != raw_size or sha.digest() != digest:
         raise CodecError(
             f"raw sha256 mismatch: decoded {written} bytes with sha256 {sha.hexdigest()}, the stream "
-            f"records {raw_size} bytes with sha256 {digest.hex()}; {_RESTORE}"
+            f"records {raw_size} bytes with sha256 {digest.hex()}; {_RESTORE}",
+            what="the raw bytes",
         )
     return DecodeStats(
         raw_bytes=written, stored_bytes=reader.count, raw_sha256=digest.hex(), seconds=time.perf_counter() - start
     )
-
-
-def file_segments(path: Path) -> list[Segment]:
-    """How :func:`encode_file` lays out `path`: byte-plane segments for the tensors of a safetensors file.
-
-    Any file that does not parse as safetensors (or whose tensors do not tile its data) is one plain
-    segment. Adjacent tensors of one item size share a segment.
-
-    Raises:
-        OSError: `path` cannot be read.
-    """
-    size = path.stat().st_size
-    plain = [Segment(size, 1)] if size else []
-    with path.open("rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            return plain
-        (hlen,) = struct.unpack("<Q", prefix)
-        if hlen > min(_MAX_ST_HEADER, size - 8):
-            return plain
-        try:
-            header = json.loads(f.read(hlen))
-        except ValueError:
-            return plain
-    tensors = _tensor_extents(header, data_size=size - 8 - hlen)
-    if tensors is None:
-        return plain
-    segments = [Segment(8 + hlen, 1)]
-    position = 0
-    for begin, end, item_size in tensors:
-        if begin > position:
-            _extend(segments, begin - position, 1)
-        _extend(segments, end - begin, item_size)
-        position = end
-    if size - 8 - hlen > position:
-        _extend(segments, size - 8 - hlen - position, 1)
-    return segments
-
-
-def _tensor_extents(header: object, *, data_size: int) -> list[tuple[int, int, int]] | None:
-    """Sorted (begin, end, item size) of each tensor, or None when the header is not sound safetensors."""
-    if not isinstance(header, dict):
-        return None
-    extents = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(o) for o in entry["data_offsets"])
-            count = 1
-            for d in entry["shape"]:
-                count *= int(d)
-        except (KeyError, TypeError, ValueError):
-            return None
-        nbytes = end - begin
-        item_size = nbytes // count if count and nbytes % count == 0 else 1
-        extents.append((begin, end, item_size if item_size in _PLANE_ITEM_SIZES else 1))
-    extents.sort()
-    position = 0
-    for begin, end, _ in extents:
-        if begin < position or end < begin or end > data_size:
-            return None
-        position = end
-    return extents
-
-
-def _extend(segments: list[Segment], length: int, item_size: int) -> None:
-    if length and segments and segments[-1].item_size == item_size:
-        segments[-1] = Segment(segments[-1].length + length, item_size)
-    elif length:
-        segments.append(Segment(length, item_size))
 
 
 _RESTORE = "the stored blob is damaged; restore it from another copy or register the diff again."
@@ -301,7 +224,7 @@ class _Reader:
         data = self._src.read(n)
         self.count += len(data)
         if len(data) != n:
-            raise CodecError(f"the stream is truncated: it ends inside {what}; {_RESTORE}")
+            raise CodecError(f"the stream is truncated: it ends inside {what}; {_RESTORE}", what=what)
         return data
 
 
@@ -310,25 +233,30 @@ def _read_header(reader: _Reader) -> tuple[int, int, list[Segment]]:
     if magic != MAGIC:
         raise CodecError(
             f"not a {CODEC} stream: it starts with {magic!r}, not {MAGIC!r}. Decode it with the codec "
-            "recorded for it in the registry."
+            "recorded for it in the registry.",
+            what="the magic bytes",
         )
     version = reader.read(1, "the header")[0]
     if version != FORMAT_VERSION:
         raise CodecError(
             f"the stream has format version {version}, and this Graftwork reads only version "
-            f"{FORMAT_VERSION}; upgrade Graftwork to read it."
+            f"{FORMAT_VERSION}; upgrade Graftwork to read it.",
+            what="the header",
         )
     _, _, raw_size, frame_size, count = _HEADER.unpack(
         magic + bytes([version]) + reader.read(_HEADER.size - 5, "the header")
     )
     if frame_size <= 0 or frame_size % 8 or frame_size > _MAX_FRAME_SIZE:
-        raise CodecError(f"the header is damaged (frame size {frame_size}); {_RESTORE}")
+        raise CodecError(f"the header is damaged (frame size {frame_size}); {_RESTORE}", what="the header")
     table = reader.read(count * _SEGMENT.size, "the segment table")
     segments = [Segment(*_SEGMENT.unpack_from(table, i * _SEGMENT.size)) for i in range(count)]
     if sum(s.length for s in segments) != raw_size or any(
-        s.item_size not in (1, *_PLANE_ITEM_SIZES) or s.length % s.item_size for s in segments
+        s.item_size not in (1, *PLANE_ITEM_SIZES) or s.length % s.item_size for s in segments
     ):
-        raise CodecError(f"the header is damaged (its segments do not add up to {raw_size} bytes); {_RESTORE}")
+        raise CodecError(
+            f"the header is damaged (its segments do not add up to {raw_size} bytes); {_RESTORE}",
+            what="the segment table",
+        )
     return raw_size, frame_size, segments
 
 
@@ -365,24 +293,6 @@ def _compressors(level: int) -> tuple[zstandard.ZstdCompressor, zstandard.ZstdCo
     """A plain compressor and one tuned for byte planes (Huffman-coded literals, few matches)."""
     params = zstandard.ZstdCompressionParameters.from_level(level, hash_log=_PLANE_HASH_LOG, min_match=_PLANE_MIN_MATCH)
     return zstandard.ZstdCompressor(level=level), zstandard.ZstdCompressor(compression_params=params)
-
-
-def _to_planes(raw: bytearray, item_size: int) -> memoryview:
-    """The bytes of `raw` grouped by their position in a value (one row per byte position)."""
-    values = np.frombuffer(raw, dtype=np.uint8).reshape(-1, item_size)
-    planes = np.empty((item_size, len(values)), dtype=np.uint8)
-    for i in range(item_size):  # row by row is about 3× faster than numpy's transposing copy
-        planes[i] = values[:, i]
-    return planes.reshape(-1).data
-
-
-def _from_planes(raw: bytes, item_size: int) -> memoryview:
-    """The inverse of :func:`_to_planes`."""
-    planes = np.frombuffer(raw, dtype=np.uint8).reshape(item_size, -1)
-    values = np.empty((planes.shape[1], item_size), dtype=np.uint8)
-    for i in range(item_size):
-        values[:, i] = planes[i]
-    return values.reshape(-1).data
 
 
 class _PerThread(Generic[T]):

@@ -12,12 +12,14 @@ Rows are matched by token string, never by position alone and never truncated:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 
-from tasks.errors import VocabularyError
+from ...errors import ShapeMismatchError, VocabularyError
+from ..io.checkpoints import ModelFolder
+from ..io.stfile import TensorInfo
+from ..io.tokenizers import Tokenizer
 
 VOCAB_TENSOR_SUFFIXES = (
     "embed_tokens.weight",
@@ -35,30 +37,6 @@ TokenizerSource = Literal["target", "finetuned", "target+added"]
 def is_vocab_tensor(name: str, shape: tuple[int, ...]) -> bool:
     """Whether a tensor is indexed by token id in its first dimension."""
     return len(shape) == 2 and name.endswith(VOCAB_TENSOR_SUFFIXES)
-
-
-@dataclass(frozen=True)
-class Tokenizer:
-    """A tokenizer folder and the digest of its files (None where a model has no tokenizer)."""
-
-    folder: Path | None
-    digest: str | None
-
-    def vocab(self, *, role: str) -> dict[str, int]:
-        """token → id, added tokens included.
-
-        Raises:
-            VocabularyError: there is no tokenizer to read.
-        """
-        if self.folder is None:
-            raise VocabularyError(
-                f"the {role} model has no tokenizer files, and its vocabulary rows must be aligned by "
-                "token; add its tokenizer to the folder."
-            )
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(self.folder), trust_remote_code=False)
-        return dict(tok.get_vocab())
 
 
 @dataclass(frozen=True)
@@ -127,7 +105,8 @@ def plan_rows(
         raise VocabularyError(
             f"the target has {target_rows} vocabulary rows but {len(target_vocab)} tokens; tokens added in "
             "fine-tuning cannot be appended after padding rows. Resize the target's embeddings to its "
-            "tokenizer first."
+            "tokenizer first.",
+            role="target",
         )
     return RowPlan(
         target_rows=target_rows,
@@ -147,7 +126,8 @@ def check_extension(*, base_rows: int, finetuned_rows: int, base: Tokenizer, fin
     if finetuned_rows < base_rows:
         raise VocabularyError(
             f"the fine-tuned model has {finetuned_rows} vocabulary rows, fewer than its base's {base_rows}; "
-            "a fine-tuned model may add tokens but not remove them."
+            "a fine-tuned model may add tokens but not remove them.",
+            role="fine-tuned",
         )
     if base.digest == finetuned.digest or base.folder is None or finetuned.folder is None:
         return
@@ -157,9 +137,51 @@ def check_extension(*, base_rows: int, finetuned_rows: int, base: Tokenizer, fin
         if i < base_rows and ft_tokens.get(i) != tok:
             raise VocabularyError(
                 f"token id {i} is {tok!r} in the base but {ft_tokens.get(i)!r} in the fine-tuned model; "
-                "the fine-tuned vocabulary must extend the base's (new tokens appended at the end)."
+                "the fine-tuned vocabulary must extend the base's (new tokens appended at the end).",
+                role="fine-tuned",
             )
 
 
 def _longs(values: list[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long)
+
+
+def row_plan(
+    target: ModelFolder,
+    *,
+    base_rows: int | None,
+    finetuned_rows: int | None,
+    base_tok: Tokenizer,
+    finetuned_tok: Tokenizer,
+) -> RowPlan | None:
+    """The vocabulary plan, or None when the models have no vocabulary tensors."""
+    target_rows = vocab_rows(target.tensors)
+    if target_rows is None or base_rows is None or finetuned_rows is None:
+        return None
+    check_extension(base_rows=base_rows, finetuned_rows=finetuned_rows, base=base_tok, finetuned=finetuned_tok)
+    return plan_rows(
+        base_rows=base_rows,
+        finetuned_rows=finetuned_rows,
+        target_rows=target_rows,
+        base=base_tok,
+        finetuned=finetuned_tok,
+        target=tokenizer_of(target),
+    )
+
+
+def tokenizer_of(model: ModelFolder) -> Tokenizer:
+    return Tokenizer(folder=model.path if model.tokenizer_files() else None, digest=model.tokenizer_digest())
+
+
+def vocab_rows(tensors: dict[str, TensorInfo]) -> int | None:
+    """Rows of the vocabulary tensors (they must agree), or None when there are none.
+
+    Raises:
+        ShapeMismatchError: two vocabulary tensors of one model have different row counts.
+    """
+    rows = {n: i.shape[0] for n, i in tensors.items() if is_vocab_tensor(n, i.shape)}
+    if len(set(rows.values())) > 1:
+        raise ShapeMismatchError(
+            f"vocabulary tensors disagree on their number of rows: {rows}", tensor=next(iter(rows))
+        )
+    return next(iter(rows.values()), None)

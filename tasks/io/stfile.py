@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tasks.errors import ModelFolderError, UnsupportedDtypeError
+from ...errors import ModelFolderError, UnsupportedDtypeError
 
 FLOAT_DTYPES: dict[str, torch.dtype] = {
     "BF16": torch.bfloat16,
@@ -84,7 +84,8 @@ class TensorInfo:
             raise UnsupportedDtypeError(
                 f"tensor {self.name!r} in {self.path} has dtype {self.dtype}; the engine only does "
                 f"arithmetic on {', '.join(FLOAT_DTYPES)} tensors. Convert the model to one of them "
-                "first."
+                "first.",
+                tensor=self.name,
             ) from None
 
 
@@ -101,16 +102,16 @@ def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
     with path.open("rb") as f:
         raw_len = f.read(8)
         if len(raw_len) < 8:
-            raise ModelFolderError(f"{path} is not a safetensors file: it is {size} bytes long.")
+            raise ModelFolderError(f"{path} is not a safetensors file: it is {size} bytes long.", path=path)
         (hlen,) = struct.unpack("<Q", raw_len)
         if hlen > min(_MAX_HEADER, size - 8):
-            raise ModelFolderError(f"{path} has a corrupt safetensors header length ({hlen}).")
+            raise ModelFolderError(f"{path} has a corrupt safetensors header length ({hlen}).", path=path)
         try:
             header = json.loads(f.read(hlen))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFolderError(f"{path} has a safetensors header that is not JSON: {exc}") from None
+            raise ModelFolderError(f"{path} has a safetensors header that is not JSON: {exc}", path=path) from None
     if not isinstance(header, dict):
-        raise ModelFolderError(f"{path} has a safetensors header that is not a JSON object.")
+        raise ModelFolderError(f"{path} has a safetensors header that is not a JSON object.", path=path)
     metadata = header.pop("__metadata__", None) or {}
     base = 8 + hlen
     infos = []
@@ -126,13 +127,14 @@ def _tensor_info(path: Path, name: str, entry: Any, base: int, size: int) -> Ten
         shape = tuple(int(d) for d in entry["shape"])
         begin, end = (int(o) for o in entry["data_offsets"])
     except (KeyError, TypeError, ValueError):
-        raise ModelFolderError(f"{path}: header entry of tensor {name!r} is malformed: {entry!r}") from None
+        raise ModelFolderError(f"{path}: header entry of tensor {name!r} is malformed: {entry!r}", path=path) from None
     if dtype not in _ITEMSIZE:
-        raise UnsupportedDtypeError(f"tensor {name!r} in {path} has unknown dtype {dtype!r}.")
+        raise UnsupportedDtypeError(f"tensor {name!r} in {path} has unknown dtype {dtype!r}.", tensor=name)
     if end - begin != numel(shape) * _ITEMSIZE[dtype] or begin < 0 or base + end > size:
         raise ModelFolderError(
             f"{path}: tensor {name!r} ({dtype} {list(shape)}) has data offsets [{begin}, {end}] that "
-            f"do not fit its shape or the file ({size} bytes); the file is truncated or corrupt."
+            f"do not fit its shape or the file ({size} bytes); the file is truncated or corrupt.",
+            path=path,
         )
     return TensorInfo(name=name, dtype=dtype, shape=shape, path=path, start=base + begin, nbytes=end - begin)
 
@@ -167,7 +169,7 @@ class TensorReader:
         try:
             pages = mmap.mmap(fd, skip + nbytes, access=mmap.ACCESS_COPY, offset=offset - skip)
         except ValueError:
-            raise ModelFolderError(f"{info.path} ended while reading tensor {info.name!r}.") from None
+            raise ModelFolderError(f"{info.path} ended while reading tensor {info.name!r}.", path=info.path) from None
         return torch.frombuffer(pages, dtype=dtype, count=nbytes // dtype.itemsize, offset=skip).reshape(shape)
 
     def _fd(self, path: Path) -> int:

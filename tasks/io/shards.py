@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from tasks.checkpoints import write_json
-from tasks.stfile import ShardWriter
+from ...fs import write_json
+from .stfile import ShardWriter
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 

@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tasks.checkpoints import TOKENIZER_FILES, write_json
-from tasks.errors import ModelFolderError
-from tasks.stfile import TensorInfo, read_header
-from tasks.vocab import Tokenizer
+from ...errors import ModelFolderError
+from ...fs import write_json
+from .checkpoints import TOKENIZER_FILES
+from .stfile import TensorInfo, read_header
+from .tokenizers import Tokenizer
 
 DIFF_PREFIX = "diff"
 MANIFEST = "diff.json"
@@ -56,31 +57,35 @@ def open_diff_folder(path: Path) -> DiffFolder:
     path = Path(path).resolve()
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise ModelFolderError(f"{path} is not a diff folder: it has no {MANIFEST}. Make one with `graft diff`.")
+        raise ModelFolderError(
+            f"{path} is not a diff folder: it has no {MANIFEST}. Make one with `graft diff`.", path=path
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"{manifest_path} is not valid JSON: {exc}") from None
+        raise ModelFolderError(f"{manifest_path} is not valid JSON: {exc}", path=manifest_path) from None
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelFolderError(
             f"{manifest_path} is not a version-{FORMAT_VERSION} Graftwork diff manifest "
-            f"(format={manifest.get('format')!r}, format_version={manifest.get('format_version')!r})."
+            f"(format={manifest.get('format')!r}, format_version={manifest.get('format_version')!r}).",
+            path=manifest_path,
         )
     index_path = path / f"{DIFF_PREFIX}.safetensors.index.json"
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelFolderError(f"{path}: cannot read the shard index {index_path.name}: {exc}") from None
+        raise ModelFolderError(f"{path}: cannot read the shard index {index_path.name}: {exc}", path=path) from None
     tensors: dict[str, TensorInfo] = {}
     for shard in dict.fromkeys(weight_map.values()):
         if not (path / shard).is_file():
-            raise ModelFolderError(f"{path}: shard {shard} listed in {index_path.name} is missing.")
+            raise ModelFolderError(f"{path}: shard {shard} listed in {index_path.name} is missing.", path=path)
         tensors.update((i.name, i) for i in read_header(path / shard)[0])
     expected = set(manifest.get("tensors", {}))
     if set(tensors) != expected:
         raise ModelFolderError(
             f"{path}: the shards hold {len(tensors)} tensors but {MANIFEST} lists {len(expected)}; "
-            "the folder is incomplete."
+            "the folder is incomplete.",
+            path=path,
         )
     return DiffFolder(path=path, manifest=manifest, tensors=tensors)
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tasks.errors import InexactDeltaError, NonFiniteError
-from tasks.shards import ShardedWriter
-from tasks.stfile import DTYPE_CODES, TensorInfo, TensorReader
+from ...errors import InexactDeltaError, NonFiniteError
+from ..io.shards import ShardedWriter
+from ..io.stfile import DTYPE_CODES, TensorInfo, TensorReader
 
 CHUNK_ELEMENTS = 1 << 19
 READ_AHEAD = 4
@@ -153,11 +153,13 @@ class Job:
                 if not bool(torch.isfinite(t).all()):
                     raise NonFiniteError(
                         f"tensor {self.name!r} of the {role} model ({info.path}) holds NaN or Inf; "
-                        "the model is corrupt or diverged."
+                        "the model is corrupt or diverged.",
+                        tensor=self.name,
                     )
             raise NonFiniteError(
                 f"tensor {self.name!r} overflows {self.out_dtype} in the result (NaN or Inf); "
-                "lower alpha or check that the models belong together."
+                "lower alpha or check that the models belong together.",
+                tensor=self.name,
             )
         return out
 

@@ -1,0 +1,252 @@
+"""Every error Graftwork raises on purpose, in one tree.
+
+The root is :class:`GraftError`; each subclass also inherits the built-in exception that matches it,
+so a caller can catch either (`except GraftError`, `except FileExistsError`). Each carries the object
+it is about as an attribute (a path, a tensor name, a track, an id: the names in its annotations),
+given as keyword arguments when it is raised, and its message says what is wrong and how to fix it::
+
+    raise ModelFolderError(f"{path} has no config.json; pass a Hugging Face model folder.", path=path)
+
+This module is the bottom layer: tasks, storage, flows and deployments all import it, and it imports
+nothing of Graftwork's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+class GraftError(Exception):
+    """The root of every error Graftwork raises on purpose.
+
+    Attributes are declared by each subclass's annotations and default to None; passing a keyword
+    the class does not declare is a programming error (TypeError).
+    """
+
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = [name for name in inspect.get_annotations(cls) if name != "fields"]
+        cls.fields = tuple(dict.fromkeys((*cls.fields, *own)))
+
+    def __init__(self, message: str, /, **about: Any) -> None:
+        super().__init__(message)
+        unknown = sorted(set(about) - set(self.fields))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} carries {', '.join(self.fields) or 'nothing'}, not {unknown}")
+        for name in self.fields:
+            setattr(self, name, about.get(name))
+
+    def __str__(self) -> str:  # KeyError and OSError would otherwise decorate the message
+        return str(self.args[0]) if self.args else ""
+
+
+# -- files and folders -------------------------------------------------------------------------
+
+
+class OutputExistsError(GraftError, FileExistsError):
+    """The output path exists already and overwriting was not asked for."""
+
+    path: Path | str | None
+
+
+class ModelFolderError(GraftError, ValueError):
+    """A model or diff folder is missing, incomplete or malformed."""
+
+    path: Path | str | None
+
+
+class PickleWeightsError(GraftError, PermissionError):
+    """A folder holds only pickle weights (`*.bin`, `*.pt`) and the caller did not opt in."""
+
+    path: Path | str | None
+
+
+class CodecError(GraftError, ValueError):
+    """A compressed blob is malformed, truncated, or decodes to other bytes than were stored."""
+
+    what: str | None
+
+
+# -- the engine --------------------------------------------------------------------------------
+
+
+class ArchitectureMismatchError(GraftError, ValueError):
+    """The models do not share one architecture, so their weights cannot be combined."""
+
+    path: Path | str | None
+
+
+class TensorSetMismatchError(GraftError, KeyError):
+    """A tensor is present in one model and missing from another."""
+
+    tensor: str | None
+
+
+class ShapeMismatchError(GraftError, ValueError):
+    """A tensor has different shapes in two models and no alignment rule applies."""
+
+    tensor: str | None
+    shapes: dict[str, tuple[int, ...]] | None
+
+
+class UnsupportedDtypeError(GraftError, TypeError):
+    """A tensor is not a floating-point tensor the engine can do arithmetic on."""
+
+    tensor: str | None
+    dtype: str | None
+
+
+class NonFiniteError(GraftError, ArithmeticError):
+    """A tensor holds NaN or Inf, in an input or in the result."""
+
+    tensor: str | None
+
+
+class InexactDeltaError(GraftError, ArithmeticError):
+    """No stored dtype lets base + Δ give back the fine-tuned tensor bit for bit."""
+
+    tensor: str | None
+
+
+class VocabularyError(GraftError, ValueError):
+    """Vocabulary rows cannot be aligned between two models."""
+
+    role: str | None
+
+
+# -- the Hub ------------------------------------------------------------------------------------
+
+
+class ModelRefError(GraftError, ValueError):
+    """A model reference (`org/name@rev`, a revision) is malformed, or not pinned where a pinned one is needed."""
+
+    ref: str | None
+
+
+class HubNotFoundError(GraftError, LookupError):
+    """A Hub repository, branch, tag or commit does not exist (or is private and no valid token was given)."""
+
+    ref: str | None
+
+
+class HubUnavailableError(GraftError, ConnectionError):
+    """The Hub cannot be reached (or offline mode is on) and the files are not in the local cache."""
+
+    ref: str | None
+
+
+class HubPermissionError(GraftError, PermissionError):
+    """The Hub refused a request: the token is missing, invalid or lacks the write permission."""
+
+    ref: str | None
+
+
+# -- fine-tuning, evaluation, the test bed ------------------------------------------------------
+
+
+class FinetuneDataError(GraftError, ValueError):
+    """The fine-tuning data file is missing, empty or malformed."""
+
+    path: Path | str | None
+
+
+class FinetuneConfigError(GraftError, ValueError):
+    """The arguments of a fine-tuning run contradict each other."""
+
+    field: str | None
+
+
+class LaunchConfigError(GraftError, ValueError):
+    """An accelerate config file is missing, malformed, or declares another kind of distribution."""
+
+    path: Path | str | None
+
+
+class LaunchError(GraftError, ChildProcessError):
+    """A fine-tuning launch exited with a non-zero status."""
+
+    command: list[str] | None
+    status: int | None
+
+
+class SuiteError(GraftError, ValueError):
+    """A suite file is malformed or names tasks lm-eval cannot find."""
+
+    suite: str | None
+
+
+class TestbedError(GraftError, ValueError):
+    """A test bed folder cannot be built or read."""
+
+    __test__ = False  # not a pytest test class
+    path: Path | str | None
+
+
+# -- tracks and webhooks ------------------------------------------------------------------------
+
+
+class TrackError(GraftError, ValueError):
+    """A track file is missing, not YAML, or not a valid track."""
+
+    track: str | None
+
+
+class WebhookPayloadError(GraftError, ValueError):
+    """A delivery's body is not JSON, or not a Hub webhook payload."""
+
+    field: str | None
+
+
+class WebhookSecretError(GraftError, ValueError):
+    """The receiver was given no secret, so it could not tell the Hub's deliveries from anyone's."""
+
+
+class RunStartError(GraftError, RuntimeError):
+    """A track's run could not be started; nothing of the delivery was recorded."""
+
+    track: str | None
+
+
+# -- the registry -------------------------------------------------------------------------------
+
+
+class DatabaseError(GraftError, RuntimeError):
+    """The database cannot be reached or its URL is wrong."""
+
+    url: str | None
+
+
+class SchemaTooNewError(GraftError, RuntimeError):
+    """The database was migrated by a newer Graftwork than this one."""
+
+    revision: str | None
+
+
+class ImmutableRowError(GraftError, RuntimeError):
+    """Something tried to change or delete an artifact row."""
+
+    row: str | None
+
+
+class NotFoundError(GraftError, LookupError):
+    """No row has the id or name asked for."""
+
+    ref: str | None
+
+
+class BlobMissingError(GraftError, FileNotFoundError):
+    """A blob a row points to is not in the blob store."""
+
+    blob: str | None
+    owner: str | None
+
+
+class BlobCorruptError(GraftError, ValueError):
+    """A blob's bytes do not hash to its name."""
+
+    blob: str | None
+    owner: str | None

@@ -1,0 +1,122 @@
+"""File-system helpers every layer may use: atomic output folders and files, fsync, JSON, sizes.
+
+An output is written under a temporary sibling name and renamed into place only when it is
+complete, so a failure or a kill never leaves a partial output at the final path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputExistsError
+
+Say = Callable[[str], None]
+"""Prints one line of a command's output (the CLI's `say`, or a test's list.append)."""
+
+
+@contextmanager
+def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `out`; rename it to `out` only if the block completes.
+
+    A failure (or a kill) leaves nothing at `out`. Partial folders left by killed runs are removed
+    the next time anything is written to the same `out`. With `durable`, every file and folder in
+    it, and its parent after the rename, are fsynced, so the output also survives a power loss once
+    this returns.
+
+    Raises:
+        OutputExistsError: `out` exists and `overwrite` is false.
+    """
+    out = Path(out).resolve()
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists already; choose another output path or pass --overwrite.", path=out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if durable:
+            fsync_tree(tmp)
+        if out.exists():
+            trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash)
+        else:
+            tmp.rename(out)
+        if durable:
+            fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary sibling and a rename: readers see all of it or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _remove_stale_partials(out: Path) -> None:
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        pid = p.name.rsplit("-", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root`."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a folder, so that the names created or renamed in it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def copy_files(files: list[Path], dest: Path) -> None:
+    """Copy files into `dest`, keeping their names."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, dest / f.name)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as indented JSON."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def megabytes(n: int) -> str:
+    """A byte count as `12.34 MB`."""
+    return f"{n / 1e6:.2f} MB"

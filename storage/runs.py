@@ -1,0 +1,279 @@
+"""What a recycle run records, as named registry operations: the Δ it carries over, its candidate and
+fine-tune run, its eval results, and the gate's decision; and the champion of a track's channel.
+
+Every function takes a Session and only adds and flushes; the caller's `session_scope()` commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, assert_never, cast
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import NotFoundError
+from ..terms import ActorKind, ArtifactKind, EvalSubject, GateDecision, RecycleMode
+from .models import Candidate, Diff, EvalResult, FinetuneRun, Promotion, Release, Track
+from .registry import by_id
+
+
+def carried_diff(session: Session, *, track: Track, mode: RecycleMode, before: Release) -> Diff | None:
+    """The Δ a release of `track` starts from, taken from releases recorded before it.
+
+    `iterative`: the newest diff made from one of the track's candidates (Δ_{i−1} = M*_{i−1} − M_{i−1});
+    `direct`: the newest source diff (one with no parent: the first fine-tune's, or one imported);
+    `none`: nothing.
+    """
+    query = select(Diff).where(Diff.track_id == track.id)
+    match mode:
+        case RecycleMode.NONE:
+            return None
+        case RecycleMode.ITERATIVE:
+            query = query.where(Diff.candidate_id.is_not(None), Diff.base_release_id < before.id)
+        case RecycleMode.DIRECT:
+            query = query.where(
+                Diff.parent_id.is_(None), (Diff.base_release_id < before.id) | Diff.base_release_id.is_(None)
+            )
+        case _:
+            assert_never(mode)
+    return session.scalars(query.order_by(Diff.id.desc()).limit(1)).one_or_none()
+
+
+def get_candidate(session: Session, *, candidate_id: int) -> Candidate:
+    """A candidate by id.
+
+    Raises:
+        NotFoundError: no such candidate.
+    """
+    return cast(Candidate, by_id(session, ArtifactKind.CANDIDATE, candidate_id))
+
+
+@dataclass(frozen=True)
+class FinetuneRecord:
+    """A completed fine-tune run, as it is recorded."""
+
+    recipe: dict[str, Any]
+    steps: int
+    device: str
+    processes: int
+    tokens: int
+    tokens_per_second: float
+    final_loss: float | None
+    loss_curve_blob: str | None
+    started_at: datetime
+    finished_at: datetime
+
+
+def record_candidate(
+    session: Session,
+    *,
+    release: Release,
+    mode: RecycleMode,
+    alpha: float,
+    model_uri: str,
+    source_diff: Diff | None,
+    finetune: FinetuneRecord | None,
+) -> Candidate:
+    """Record the candidate made for `release` at `model_uri`, with the fine-tune run that made it; once:
+    recording it again (a resumed run) returns the first row."""
+    existing = session.scalars(
+        select(Candidate)
+        .where(Candidate.release_id == release.id, Candidate.model_uri == model_uri)
+        .order_by(Candidate.id)
+        .limit(1)
+    ).one_or_none()
+    if existing is not None:
+        return existing
+    run = None if finetune is None else FinetuneRun(track_id=release.track_id, release_id=release.id, **vars(finetune))
+    if run is not None:
+        session.add(run)
+        session.flush()
+    row = Candidate(
+        track_id=release.track_id,
+        release_id=release.id,
+        mode=mode,
+        alpha=alpha,
+        model_uri=model_uri,
+        source_diff_id=None if source_diff is None else source_diff.id,
+        finetune_run_id=None if run is None else run.id,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def candidate_for(session: Session, *, track: Track, ref: str) -> Candidate | None:
+    """The newest candidate made for the track's release published as `ref` (a branch, tag or folder)."""
+    query = (
+        select(Candidate)
+        .join(Release, Candidate.release_id == Release.id)
+        .where(Candidate.track_id == track.id, Release.ref == ref)
+        .order_by(Candidate.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).one_or_none()
+
+
+def release_scores(session: Session, *, candidate: Candidate, metric: str) -> list[EvalResult]:
+    """One metric's results for every model scored in the candidate's run (candidate, base, transferred)."""
+    query = select(EvalResult).where(EvalResult.release_id == candidate.release_id, EvalResult.metric == metric)
+    return list(session.scalars(query.order_by(EvalResult.id)))
+
+
+def eval_results(session: Session, *, candidate: Candidate) -> list[EvalResult]:
+    """The eval results recorded for a candidate."""
+    return list(session.scalars(select(EvalResult).where(EvalResult.candidate_id == candidate.id)))
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric of one task, as an evaluation reports it."""
+
+    task: str
+    metric: str
+    filter: str
+    value: float
+    stderr: float | None
+    n: int | None
+    harness_version: str
+    task_version: str | None
+
+
+def add_eval_results(
+    session: Session,
+    *,
+    scores: Sequence[Score],
+    subject: EvalSubject,
+    candidate: Candidate | None = None,
+    release: Release | None = None,
+) -> list[EvalResult]:
+    """Record the scores of one model: a candidate, or a release's bare base (`subject` says which)."""
+    rows = [
+        EvalResult(
+            candidate_id=None if candidate is None else candidate.id,
+            release_id=None if release is None else release.id,
+            subject=subject,
+            **vars(s),
+        )
+        for s in scores
+    ]
+    session.add_all(rows)
+    session.flush()
+    return rows
+
+
+def add_promotion(
+    session: Session,
+    *,
+    track: Track,
+    channel: str,
+    decision: GateDecision,
+    to_candidate: Candidate | None,
+    reasons: list[str],
+    actor_kind: ActorKind,
+    actor: str,
+) -> Promotion:
+    """Record a decision (promote, reject, rollback) as a new row; the champion is the newest promoted or
+    rolled-back-to candidate of the channel."""
+    current = champion(session, track=track, channel=channel)
+    row = Promotion(
+        track_id=track.id,
+        channel=channel,
+        decision=decision,
+        from_candidate_id=None if current is None else current.id,
+        to_candidate_id=None if to_candidate is None else to_candidate.id,
+        reasons=reasons,
+        actor_kind=actor_kind,
+        actor=actor,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def decision_for(session: Session, *, candidate: Candidate) -> Promotion | None:
+    """The gate's decision on `candidate`, if it was made."""
+    query = select(Promotion).where(Promotion.to_candidate_id == candidate.id, Promotion.actor_kind == ActorKind.GATE)
+    return session.scalars(query.order_by(Promotion.id).limit(1)).one_or_none()
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """What the gate needs from the registry: its decision when it was made already (a resumed run), and
+    the champion the decision is (or was) measured against, with that champion's eval results."""
+
+    decided: Promotion | None
+    champion: Candidate | None
+    champion_scores: list[EvalResult]
+
+
+def gate_inputs(session: Session, *, candidate: Candidate, channel: str) -> GateInputs:
+    """The gate's inputs for `candidate` on `channel`."""
+    decided = decision_for(session, candidate=candidate)
+    if decided is None:
+        holder = champion(session, track=candidate.track, channel=channel)
+    elif decided.from_candidate_id is None:
+        holder = None
+    else:
+        holder = get_candidate(session, candidate_id=decided.from_candidate_id)
+    scores = [] if holder is None else eval_results(session, candidate=holder)
+    return GateInputs(decided=decided, champion=holder, champion_scores=scores)
+
+
+def record_gate_decision(
+    session: Session,
+    *,
+    candidate: Candidate,
+    channel: str,
+    scores: Mapping[EvalSubject, Sequence[Score]],
+    promote: bool,
+    reasons: Sequence[str],
+) -> Promotion:
+    """Record the eval results a gate decision was made on, and the decision itself (actor: the gate)."""
+    release = candidate.release
+    for subject, records in scores.items():
+        owner = candidate if subject is EvalSubject.CANDIDATE else None
+        add_eval_results(session, scores=records, subject=subject, candidate=owner, release=release)
+    return add_promotion(
+        session,
+        track=candidate.track,
+        channel=channel,
+        decision=GateDecision.PROMOTE if promote else GateDecision.REJECT,
+        to_candidate=candidate,
+        reasons=list(reasons),
+        actor_kind=ActorKind.GATE,
+        actor=ActorKind.GATE.value,
+    )
+
+
+def _reign(session: Session, *, track: Track, channel: str) -> Promotion | None:
+    """The promotion (or rollback) that made the current champion of a channel."""
+    query = select(Promotion).where(
+        Promotion.track_id == track.id, Promotion.channel == channel, Promotion.decision != GateDecision.REJECT
+    )
+    return session.scalars(query.order_by(Promotion.id.desc()).limit(1)).one_or_none()
+
+
+def champion(session: Session, *, track: Track, channel: str) -> Candidate | None:
+    """The candidate currently promoted on a track's channel, if any."""
+    latest = _reign(session, track=track, channel=channel)
+    if latest is None or latest.to_candidate_id is None:
+        return None
+    return session.get(Candidate, latest.to_candidate_id)
+
+
+def previous_champion(session: Session, *, track: Track, channel: str) -> Candidate:
+    """The champion the current one replaced: where a rollback goes.
+
+    Raises:
+        NotFoundError: the channel has no champion, or its champion replaced nobody.
+    """
+    latest = _reign(session, track=track, channel=channel)
+    if latest is None or latest.from_candidate_id is None:
+        raise NotFoundError(
+            f"track {track.name} has no earlier champion on channel {channel!r} to roll back to.", ref=track.name
+        )
+    return get_candidate(session, candidate_id=latest.from_candidate_id)

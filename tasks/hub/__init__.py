@@ -1,0 +1,23 @@
+"""The Hugging Face Hub: releases pinned to a commit, discovering a track's releases, downloads and
+publishing. The Hub is configured the Hub's own way (`HF_ENDPOINT`, `HF_TOKEN`, `HF_HOME`); a token
+is never logged nor put into an error message."""
+
+from .discover import content_revision, discover_local, discover_refs, discover_repos
+from .files import download, fetch_model, publish
+from .refs import LOCAL_PREFIX, MODEL_PATTERNS, HubRef, ReleaseRef, parse_model_ref, resolve
+
+__all__ = [
+    "LOCAL_PREFIX",
+    "MODEL_PATTERNS",
+    "HubRef",
+    "ReleaseRef",
+    "content_revision",
+    "discover_local",
+    "discover_refs",
+    "discover_repos",
+    "download",
+    "fetch_model",
+    "parse_model_ref",
+    "publish",
+    "resolve",
+]
