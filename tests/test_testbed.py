@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,21 +42,28 @@ def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not(tmp_pat
 def test_pretraining_runs_with_pinned_kernels_and_a_failed_child_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The two lineages pretrain in children with pinned kernels; when the control's child fails, the
+    main lineage's is stopped at once and nothing is left behind."""
     import subprocess
 
     from graftwork.tasks.testbed import build as testbed
 
-    seen: list[dict[str, str]] = []
-    real_run = subprocess.run
+    children: list[tuple[str, dict[str, str], subprocess.Popen[bytes]]] = []
+    real_popen = subprocess.Popen
 
-    def run(command: list[str], *, env: dict[str, str], check: bool) -> subprocess.CompletedProcess[bytes]:
-        seen.append(env)
-        return real_run([sys.executable, "-c", "raise SystemExit(3)"], env=env, check=check)
+    def popen(command: list[str], *, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        lineage = json.loads(command[-1])["lineage"]
+        script = "raise SystemExit(3)" if lineage == "control" else "import time; time.sleep(60)"
+        child = real_popen([sys.executable, "-c", script], env=env)
+        children.append((lineage, env, child))
+        return child
 
-    monkeypatch.setattr(testbed.subprocess, "run", run)
-    with pytest.raises(TestbedError, match=r"pretraining the test bed in .* failed \(exit 3\)"):
+    monkeypatch.setattr(testbed.subprocess, "Popen", popen)
+    with pytest.raises(TestbedError, match=r"pretraining the test bed in .* failed: control \(exit 3\)"):
         build_testbed(out=tmp_path / "tb", seed=0, spec=TINY)
-    assert seen and all(seen[0][k] == v for k, v in testbed.PINNED_NUMERICS.items())
+    assert [lineage for lineage, _, _ in children] == ["main", "control"]
+    assert all(env[k] == v for _, env, _ in children for k, v in testbed.PINNED_NUMERICS.items())
+    assert [child.returncode for _, _, child in children] == [-signal.SIGKILL, 3]  # main stopped, not awaited
     assert list(tmp_path.iterdir()) == []
 
 
@@ -113,3 +122,44 @@ def test_cli_reuses_a_built_test_bed_and_reports_a_bad_out(testbed: Testbed, tmp
     result = runner.invoke(app, ["testbed", "build", "--out", str(tmp_path / "taken")])
     assert result.exit_code == 1
     assert "not a test bed folder" in result.output
+
+
+def test_seed_0_is_the_shipped_bed_copied_and_checked_file_by_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from graftwork.tasks.testbed import build, shipped
+
+    root = shipped.shipped_root() / "seed0"
+    files = json.loads((root / shipped.FILES).read_text())["files"]
+    assert {f.split("/")[0] for f in files} == {"releases", "control", "data"}
+    assert sum((root / f).stat().st_size for f in files) < 10e6
+    started: list[object] = []
+    monkeypatch.setattr(build.subprocess, "Popen", lambda *a, **k: started.append(a))  # no pretraining may start
+    bed = build_testbed(out=tmp_path / "bed", seed=0)
+    assert started == [] and shipped.differences(bed.root) == []
+    assert bed.control is not None and (bed.task_dir / f"{bed.generate_task}.yaml").is_file()
+    without = build_testbed(out=tmp_path / "lean", seed=0, control=False)
+    assert without.control is None and not (tmp_path / "lean" / "control").exists()
+    assert shipped.differences(without.root) == [] and started == []
+
+    tampered = tmp_path / "shipped"
+    shutil.copytree(shipped.shipped_root(), tampered)
+    weights = tampered / "seed0" / "releases" / "M2" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    monkeypatch.setattr(shipped, "shipped_root", lambda: tampered)
+    with pytest.raises(TestbedError, match=r"shipped test bed's releases/M2/model\.safetensors .* hashes to"):
+        build_testbed(out=tmp_path / "bad", seed=0)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.*"))
+
+
+@pytest.mark.slow
+@pytest.mark.rebuild
+def test_a_from_scratch_build_of_seed_0_is_the_shipped_bed(tmp_path: Path) -> None:
+    """`graft testbed build --seed 0` pretrains the main lineage and the control side by side, from
+    scratch, and gives the shipped bed bit for bit (what `make replicate` checks again)."""
+    from graftwork.tasks.testbed.shipped import differences
+
+    bed = build_testbed(out=tmp_path / "bed", seed=0, from_scratch=True)
+    assert differences(bed.root) == []

@@ -1,0 +1,84 @@
+"""The test bed as shipped: seed 0 built once and packaged (package data under `shipped/seed0/`), with a
+manifest of every file's sha256, so that the demo, the tests and `replicate --quick` start at once.
+
+A shipped bed is used by copying it into the folder asked for, each file checked against its
+manifest as it is copied. `python -m graftwork.tasks.testbed.ship DIR` ships the bed that
+`graft testbed build --out DIR` built (from scratch, with its control) in place of the shipped one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+from ...errors import TestbedError
+
+FILES = "files.json"
+SHIPPED_PARTS = ("releases", "control", "data")
+
+
+def shipped_root() -> Path:
+    """Where the shipped beds are, in the installed package."""
+    return Path(str(resources.files(__package__ or "graftwork.tasks.testbed") / "shipped"))
+
+
+def find_shipped(*, key: str) -> Path | None:
+    """The shipped bed made as `key` says (see `build.cache_key`), or None."""
+    for manifest in sorted(shipped_root().glob(f"*/{FILES}")):
+        if json.loads(manifest.read_text()).get("key") == key:
+            return manifest.parent
+    return None
+
+
+def copy_shipped(root: Path, dest: Path, *, control: bool) -> None:
+    """Copy the shipped bed at `root` into `dest`, checking each file's sha256 against the manifest (the
+    control is left out unless asked for).
+
+    Raises:
+        TestbedError: a file is missing or its bytes are not the ones shipped.
+    """
+    files: dict[str, str] = json.loads((root / FILES).read_text())["files"]
+    for relative, sha256 in sorted(files.items()):
+        if relative.startswith("control/") and not control:
+            continue
+        source, target = root / relative, dest / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        try:
+            with source.open("rb") as src, target.open("wb") as dst:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    dst.write(chunk)
+        except FileNotFoundError:
+            raise TestbedError(
+                f"the shipped test bed lacks {relative} ({root}); reinstall Graftwork, or build the bed with "
+                "`graft testbed build --out DIR`.",
+                path=source,
+            ) from None
+        if digest.hexdigest() != sha256:
+            raise TestbedError(
+                f"the shipped test bed's {relative} ({source}) hashes to {digest.hexdigest()}, not {sha256}; "
+                "reinstall Graftwork, or build the bed with `graft testbed build --out DIR`.",
+                path=source,
+            )
+
+
+def differences(built: Path, *, root: Path | None = None) -> list[str]:
+    """How a test bed built from scratch at `built` differs from the shipped one (by default the seed-0
+    bed): the shipped files it lacks or holds other bytes of, among the parts it has (a bed built
+    without its control is compared without it). Empty when it is the shipped bed, bit for bit."""
+    root = root or shipped_root() / "seed0"
+    files: dict[str, str] = json.loads((root / FILES).read_text())["files"]
+    parts = {part for part in SHIPPED_PARTS if (built / part).is_dir()}
+    found = []
+    for relative, sha256 in sorted(files.items()):
+        if relative.split("/", 1)[0] not in parts:
+            continue
+        path = built / relative
+        if not path.is_file():
+            found.append(f"{relative}: missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+            found.append(f"{relative}: other bytes")
+    return found
