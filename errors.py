@@ -205,6 +205,12 @@ class WebhookSecretError(GraftError, ValueError):
     """The receiver was given no secret, so it could not tell the Hub's deliveries from anyone's."""
 
 
+class LocalPrefectError(GraftError, RuntimeError):
+    """The Prefect server a command starts for itself did not come up."""
+
+    path: Path | str | None
+
+
 class RunStartError(GraftError, RuntimeError):
     """A track's run could not be started; nothing of the delivery was recorded."""
 

@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from ..flows.settings import GraftSettings
-from .console import err, say, user_errors
+from .console import err, live_progress, say, user_errors
 from .registry_cli import db_app, registry_app
 from .testbed_cli import app as testbed_app
 from .track_cli import track_app
@@ -248,6 +248,7 @@ def demo(
     Everything stays under the data dir; a second run reuses what exists.
     """
     from ..flows.demo import DemoOptions, run_demo
+    from ..flows.progress import listening
 
     options = DemoOptions(
         data_dir=(data_dir or GraftSettings().data_dir).resolve(),
@@ -256,7 +257,7 @@ def demo(
         fast=fast,
         testbed=testbed,
     )
-    with user_errors():
+    with user_errors(), live_progress() as listener, listening(listener):
         run_demo(options=options, say=say)
 
 

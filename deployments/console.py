@@ -1,4 +1,4 @@
-"""What every `graft` command shares: the two consoles and the way errors reach the user."""
+"""What every `graft` command shares: the two consoles, live progress bars, and the way errors reach the user."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..errors import GraftError
 from ..flows.settings import Workspace
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
+    from ..flows.progress import Listener
     from ..storage import Registry
 
 err = Console(stderr=True)
@@ -31,6 +33,24 @@ def open_registry() -> Registry:
         DatabaseError, SchemaTooNewError: the database cannot be reached, or is newer than this Graftwork.
     """
     return Workspace.from_settings().registry()
+
+
+@contextmanager
+def live_progress() -> Iterator[Listener]:
+    """A listener that draws each long step of the command as a live bar (step, done/total, elapsed) under
+    its output, and removes the bar when the step ends; `say` prints above the bars meanwhile."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=out, transient=True, refresh_per_second=4) as bars:
+        shown: dict[str, TaskID] = {}
+
+        def listener(what: str, done: int, total: int) -> None:
+            if what not in shown:
+                shown[what] = bars.add_task(what, total=total or None)
+            bars.update(shown[what], completed=done, total=total or None)
+            if total and done >= total:
+                bars.remove_task(shown.pop(what))
+
+        yield listener
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .console import open_registry, say, user_errors
+from .console import live_progress, open_registry, say, user_errors
 
 track_app = typer.Typer(help="Tracks: continuous-development lines declared in YAML.", no_args_is_help=True)
 
@@ -69,9 +69,26 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None
 
 @track_app.command("watch")
 def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
-    """Look for new releases once and run Algorithm 1 on each, here, in release order."""
+    """Look for new releases once and run Algorithm 1 on each, here, in release order.
+
+    The runs go to the Prefect server PREFECT_API_URL names, else to one started for the command on the
+    data dir's own Prefect database (the one `graft ui` serves).
+    """
+    from ..flows.local_server import local_prefect
+    from ..flows.progress import listening
+    from ..flows.settings import GraftSettings
+    from ..flows.tracks import load_spec
     from ..flows.watch import watch_releases
 
+    settings = GraftSettings()
+    home, timeout = settings.data_dir / "prefect", settings.prefect_startup_timeout
     with user_errors():
+        load_spec(open_registry(), track=name)  # an unknown track is refused before any server starts
+    with (
+        user_errors(),
+        local_prefect(home=home, startup_timeout=timeout, say=say),
+        live_progress() as listener,
+        listening(listener),
+    ):
         new = watch_releases(track=name, dispatch="inline")
     say(f"track {name}: {len(new)} new release(s) processed")

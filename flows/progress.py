@@ -1,4 +1,9 @@
-"""Progress of long steps (downloads, transfers, fine-tuning) as Prefect progress artifacts."""
+"""Progress of long steps (downloads, transfers, fine-tuning, evaluation): Prefect progress artifacts
+for the UI, and the listeners a command registers in this process to draw live bars in the terminal.
+
+A listener is told `(what, done, total)` as a step advances; `what` names the step (`03-M3: fine-tune`)
+and `done == total` ends it.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +16,55 @@ from uuid import UUID
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 UPDATE_EVERY_S = 2.0
+Report = Callable[[int, int], None]
+Listener = Callable[[str, int, int], None]
+_listeners: list[Listener] = []
 
 
 @contextmanager
-def progress_artifact(*, key: str, description: str) -> Iterator[Callable[[int, int], None]]:
-    """A `report(done, total)` callback that keeps a progress artifact up to date (at most every
-    couple of seconds, and at 100 % when the block completes)."""
+def listening(listener: Listener) -> Iterator[None]:
+    """Tell `listener` of every step's progress in this process while the block runs."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+@contextmanager
+def told(what: str) -> Iterator[Report]:
+    """A `report(done, total)` callback for a step outside a flow run: the listeners only."""
+    total = 0
+
+    def report(done: int, of: int) -> None:
+        nonlocal total
+        total = of
+        for listener in list(_listeners):
+            listener(what, done, of)
+
+    yield report
+    for listener in list(_listeners):
+        listener(what, max(total, 1), max(total, 1))
+
+
+@contextmanager
+def progress_artifact(*, key: str, description: str) -> Iterator[Report]:
+    """A `report(done, total)` callback that keeps a progress artifact up to date (at most every couple of
+    seconds, and at 100 % when the block completes) and tells the listeners of every call."""
     artifact = cast(UUID, create_progress_artifact(progress=0.0, key=artifact_key(key), description=description))
     last = 0.0
 
-    def report(done: int, total: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if total and now - last >= UPDATE_EVERY_S:
-            update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
-            last = now
+    with told(description) as tell:
 
-    yield report
+        def report(done: int, total: int) -> None:
+            nonlocal last
+            tell(done, total)
+            now = time.monotonic()
+            if total and now - last >= UPDATE_EVERY_S:
+                update_progress_artifact(artifact_id=artifact, progress=100.0 * done / total)
+                last = now
+
+        yield report
     update_progress_artifact(artifact_id=artifact, progress=100.0)
 
 

@@ -49,6 +49,11 @@ class Plan:
     mode: RecycleMode
     work: Path
 
+    @property
+    def label(self) -> str:
+        """How the release is named to people: its branch, tag or folder, else its short sha."""
+        return self.release.ref or self.release.revision[:12]
+
 
 @task
 def plan(where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: RecycleMode | None) -> Plan:
@@ -91,7 +96,7 @@ def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Pa
     diff_dir = export_diff(
         where.registry(), ref=the_plan.carried_diff, out=the_plan.work / "carried-diff", overwrite=True
     )
-    with progress_artifact(key=_key(the_plan, "transfer"), description="base + α·Δ") as report:
+    with progress_artifact(key=_key(the_plan, "transfer"), description=f"{the_plan.label}: base + α·Δ") as report:
         engine.apply(diff=diff_dir, target=base, out=out, alpha=alpha, progress=report)
     return out
 
@@ -105,7 +110,7 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec) -> Path:
         return out
     launch = spec.finetune.launch
     if launch.processes == 1:
-        with progress_artifact(key=_key(the_plan, "finetune"), description="fine-tuning steps") as progress:
+        with progress_artifact(key=_key(the_plan, "finetune"), description=f"{the_plan.label}: fine-tune") as progress:
             result = finetune(
                 model_dir=start,
                 data=spec.finetune.data,
@@ -185,7 +190,9 @@ def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec)
     saved = the_plan.work / "evals" / f"{subject}.json"
     if saved.is_file():
         return [EvalRecord.model_validate(r) for r in json.loads(saved.read_text())]
-    records = evaluate(model_dir=model, suite=spec.eval)
+    what = f"{the_plan.label}: evaluate {subject}"
+    with progress_artifact(key=_key(the_plan, f"eval-{subject}"), description=what) as report:
+        records = evaluate(model_dir=model, suite=spec.eval, progress=report)
     write_text_atomic(saved, json.dumps([r.model_dump(mode="json") for r in records]))
     return records
 

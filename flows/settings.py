@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ..storage import Registry, open_registry
+if TYPE_CHECKING:  # the registry's modules (SQLAlchemy, Alembic) load when a registry is opened
+    from ..storage import Registry
 
 
 class GraftSettings(BaseSettings):
@@ -28,6 +30,11 @@ class GraftSettings(BaseSettings):
     blob_url: str | None = Field(
         default=None,
         description="The blob store: a folder or any fsspec URL such as s3://bucket/prefix (default: DATA_DIR/blobs).",
+    )
+    prefect_startup_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a command waits for the local Prefect server it starts (no PREFECT_API_URL set).",
     )
     webhook_secret: SecretStr | None = Field(
         default=None,
@@ -72,4 +79,6 @@ class Workspace:
         Raises:
             DatabaseError, SchemaTooNewError: as `open_registry`.
         """
+        from ..storage import open_registry
+
         return open_registry(database_url=self.database_url, blob_url=self.blob_url)

@@ -7,8 +7,10 @@ in a fraction of a second and never touches the network.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +78,7 @@ def evaluate(
     device: str = "cpu",
     dtype: str = "auto",
     backend: Backend = "hf",
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[EvalRecord]:
     """Evaluate the model folder `model_dir` on `suite`.
 
@@ -86,6 +89,7 @@ def evaluate(
         device: torch device for the HF backend (`cpu`, `cuda`, `cuda:1`).
         dtype: weights' dtype when loaded (`auto`, `bfloat16`, `float32`).
         backend: `hf` (transformers) or `vllm` (GPU workers with vLLM installed).
+        progress: called with (requests done, requests so far) as the HF backend works through them.
 
     Raises:
         SuiteError: a task of the suite is not found.
@@ -96,7 +100,50 @@ def evaluate(
     args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": dtype}
     if backend == "hf":
         args["device"] = device
+    if backend == "hf" and progress is not None:
+        lm = _counting_hflm()(**args, batch_size=batch_size, progress=progress)
+        return _run(lm, None, suite=suite, batch_size=batch_size)
     return _run(backend, args, suite=suite, batch_size=batch_size)
+
+
+@functools.cache
+def _counting_hflm() -> type:
+    """lm-eval's HF model, counting the requests it answers through the methods lm-eval documents for
+    subclasses (`_model_call`, `_model_generate`), for a progress bar."""
+    from lm_eval.models.huggingface import HFLM
+
+    class CountingHFLM(HFLM):
+        def __init__(self, *, progress: Callable[[int, int], None], **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._progress, self._done, self._total = progress, 0, 0
+
+        def _begin(self, requests: int) -> None:
+            self._total += requests
+            self._progress(self._done, self._total)
+
+        def _advance(self, rows: int) -> None:
+            self._done = min(self._done + rows, self._total)
+            self._progress(self._done, self._total)
+
+        def _loglikelihood_tokens(self, requests: list[Any], *args: Any, **kwargs: Any) -> Any:
+            self._begin(len(requests))
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+
+        def generate_until(self, requests: list[Any], *args: Any, **kwargs: Any) -> Any:
+            self._begin(len(requests))
+            return super().generate_until(requests, *args, **kwargs)
+
+        def _model_call(self, inps: Any, *args: Any, **kwargs: Any) -> Any:
+            out = super()._model_call(inps, *args, **kwargs)
+            self._advance(int(inps.shape[0]))
+            return out
+
+        def _model_generate(self, context: Any, *args: Any, **kwargs: Any) -> Any:
+            out = super()._model_generate(context, *args, **kwargs)
+            self._advance(int(context.shape[0]))
+            return out
+
+    return CountingHFLM
 
 
 def evaluate_model(*, model: Any, tokenizer: Any, suite: Suite, batch_size: int = 64) -> list[EvalRecord]:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
 from graftwork.flows import recycle
+from graftwork.flows.progress import listening
 from graftwork.flows.settings import Workspace
 from graftwork.flows.tracks import load_spec
 from graftwork.flows.watch import watch_releases
@@ -119,8 +120,14 @@ def test_a_crashed_run_resumes_after_its_last_completed_step(
 
     monkeypatch.setattr(recycle, "finetune", counted)
     monkeypatch.setattr(recycle, "decide", crash)
-    with pytest.raises(RuntimeError, match="the machine went away"):
+    heard: list[tuple[str, int, int]] = []
+    with pytest.raises(RuntimeError, match="the machine went away"), listening(lambda *told: heard.append(told)):
         watch_releases(track="resume", dispatch="inline")
+    # The steps told a terminal of their progress: every fine-tuning step, and each evaluation to its end.
+    assert [done for what, done, _ in heard if what == "01-M3: fine-tune"] == [*range(1, 31), 30]
+    for subject in ("candidate", "base"):
+        evaluation = [(done, total) for what, done, total in heard if what == f"01-M3: evaluate {subject}"]
+        assert evaluation[-1] == (40, 40) and len(evaluation) > 2, evaluation
     monkeypatch.setattr(recycle, "decide", decide)
     with session_scope(Workspace.from_settings().registry().engine) as session:
         [release] = rows.list_artifacts(session, kind="release")

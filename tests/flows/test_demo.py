@@ -1,8 +1,11 @@
-"""`graft demo` in fast mode on a clean data dir: its table, the registry afterwards, and a re-run."""
+"""`graft demo` as a user runs it, in its own process: on a clean data dir, again on the same one, after a
+kill, and with a Prefect server that is slow to start."""
 
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,46 +18,107 @@ from graftwork.flows.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, Promotion
-from graftwork.tasks.testbed import Testbed
 
 pytestmark = pytest.mark.slow
 GRAFT = Path(sys.executable).parent / "graft"
+SLOW_SERVER = Path(__file__).parent / "slow_server"  # a sitecustomize.py that delays `prefect server start`
+ROWS = ("M1", "M2", "M3")
 
 
-def _demo(args: list[str]) -> tuple[str, float]:
-    """Run `graft demo` as a user would, in its own process; return its output and wall time."""
-    start = time.perf_counter()
-    done = subprocess.run([str(GRAFT), *args], capture_output=True, text=True, timeout=600, env=os.environ.copy())
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout, time.perf_counter() - start
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    for name in ("GRAFT_DATA_DIR", "GRAFT_DATABASE_URL", "GRAFT_BLOB_URL", "PREFECT_API_URL"):
+        env.pop(name, None)
+    return env
 
 
-def test_the_demo_runs_on_a_clean_data_dir_and_reuses_it(
-    tmp_path: Path, testbed: Testbed, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _demo(args: list[str], *, code: int = 0, **env: str) -> str:
+    """Run `graft demo ARGS` as a user would; return what it printed."""
+    done = subprocess.run([str(GRAFT), "demo", *args], capture_output=True, text=True, timeout=900, env=_env(**env))
+    assert done.returncode == code, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def _table(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.split()[:1] in ([r] for r in ROWS) and ":" in line[8:]]
+
+
+def _decided(data_dir: Path) -> list[tuple[str, str]]:
+    """(release folder, decision) of every gate decision in the data dir's registry, in order."""
+    with session_scope(Workspace.at(data_dir).registry().engine) as session:
+        promotions = list(session.scalars(select(Promotion).order_by(Promotion.id)))
+        return [(rows.get(session, ref=f"candidate-{p.to_candidate_id}").release.ref, p.decision) for p in promotions]  # type: ignore[union-attr]
+
+
+def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_path: Path) -> None:
+    """On a clean data dir the demo publishes release after release; killed once the second is published
+    and recorded, its next run finishes that release (not publishing it again) and the third, with one
+    candidate and one decision each; a third run, whose Prefect server is slower to start than Prefect's
+    own 20 s timeout, waits for it, reuses everything and prints the same table."""
     data_dir = tmp_path / "data"
-    args = ["demo", "--fast", "--releases", "3", "--data-dir", str(data_dir), "--testbed", str(testbed.root)]
-    first, first_seconds = _demo(args)
-    lines = first.splitlines()
-    table = [line for line in lines if line.split()[:1] in (["M1"], ["M2"], ["M3"]) and "published" not in line]
-    assert [line.split()[0] for line in table] == ["M1", "M2", "M3"]
-    assert table[0].split()[2] == "—"  # the first release is plain fine-tuning: nothing to carry over
-    assert all(line.split()[5].rstrip(":") in {"promote", "reject"} for line in table)
-    assert "Compute that recycling saved" in first
-    assert f"graft ui --data-dir {data_dir}" in first
+    args = ["--fast", "--releases", "3", "--data-dir", str(data_dir)]
+    command = [str(GRAFT), "demo", *args]
+    demo = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_env(PYTHONUNBUFFERED="1"))
+    assert demo.stdout is not None
+    seen = []
+    for line in demo.stdout:
+        seen.append(line.rstrip("\n"))
+        if line.startswith("M2: published"):
+            break
+    assert "Copying the shipped CPU test bed (seed 0) to " + str(data_dir / "demo" / "testbed") in seen
+    assert "M1: published; the watcher finds it: carry over, fine-tune, evaluate, gate ..." in seen
+    deadline = time.monotonic() + 120
+    while _count(data_dir, "releases") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the watcher has recorded M2 and is running it
+    demo.send_signal(signal.SIGKILL)
+    demo.wait()
+    assert [ref for ref, _ in _decided(data_dir)] == ["01-M1"] and _count(data_dir, "releases") == 2
 
-    monkeypatch.setenv("GRAFT_DATA_DIR", str(data_dir))
-    with session_scope(Workspace.from_settings().registry().engine) as session:
+    finished = _demo(args)
+    assert "M2: published by an earlier run that stopped before its decision; finishing it ..." in finished
+    assert "M3: published; the watcher finds it" in finished and "M1: published" not in finished
+    table = _table(finished)
+    assert [line.split()[0] for line in table] == list(ROWS)
+    assert table[0].split()[2] == "—"  # the first release is plain fine-tuning: nothing to carry over
+    assert "Compute that recycling saved" in finished and f"graft ui --data-dir {data_dir}" in finished
+    assert "(1 of 3 releases done by an earlier run, reused)." in finished
+    assert [ref for ref, _ in _decided(data_dir)] == ["01-M1", "02-M2", "03-M3"]
+    assert [d for _, d in _decided(data_dir)] == [line.split()[5].rstrip(":") for line in table]
+    with session_scope(Workspace.at(data_dir).registry().engine) as session:
         candidates = list(session.scalars(select(Candidate).order_by(Candidate.id)))
         diffs = list(session.scalars(select(Diff).order_by(Diff.id)))
-        assert len(candidates) == 3 and [c.mode for c in candidates] == ["none", "iterative", "iterative"]
+        assert [c.mode for c in candidates] == ["none", "iterative", "iterative"]
+        assert len({c.release_id for c in candidates}) == 3
         assert [d.parent_id for d in diffs] == [None, diffs[0].id, diffs[1].id]
-        decisions = [p.decision for p in session.scalars(select(Promotion).order_by(Promotion.id))]
-        assert decisions == [line.split()[5].rstrip(":") for line in table]
         assert rows.get_track(session, name="testbed-demo").spec["eval"]["limit"] == 50
     assert (data_dir / "prefect" / "prefect.db").is_file()  # the runs are in the data dir's Prefect database
 
-    second, second_seconds = _demo(args)
-    assert second.count("(reused)") == 3 and "Reusing track testbed-demo" in second
-    assert [line for line in second.splitlines() if "(reused)" in line] == [f"{t}   (reused)" for t in table]
-    assert second_seconds < first_seconds / 2
+    slow = {"PYTHONPATH": str(SLOW_SERVER), "GRAFT_TEST_SERVER_DELAY": "25"}
+    reused = _demo(args, **slow)
+    assert "waiting for the local Prefect server to start (10 s) ..." in reused
+    assert "waiting for the local Prefect server to start (20 s) ..." in reused
+    assert "Reusing the CPU test bed" in reused and "Reusing track testbed-demo" in reused
+    assert "published" not in reused and _table(reused) == table
+    assert "(3 of 3 releases done by an earlier run, reused)." in reused
+
+
+def _count(data_dir: Path, table: str) -> int:
+    if not (data_dir / "registry.db").is_file():
+        return 0
+    with sqlite3.connect(data_dir / "registry.db", timeout=30) as db:
+        try:
+            return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        except sqlite3.OperationalError:  # not migrated yet
+            return 0
+
+
+def test_a_prefect_server_that_never_comes_up_is_one_sentence(tmp_path: Path) -> None:
+    slow = {"PYTHONPATH": str(SLOW_SERVER), "GRAFT_TEST_SERVER_DELAY": "60", "GRAFT_PREFECT_STARTUP_TIMEOUT": "3"}
+    output = _demo(["--fast", "--releases", "1", "--data-dir", str(tmp_path / "data")], code=1, **slow)
+    log = tmp_path / "data" / "prefect" / "server.log"
+    assert (
+        f"error: the local Prefect server did not answer within 3 s (the machine may be busy); its log is {log}. "
+        "Run the command again, raise GRAFT_PREFECT_STARTUP_TIMEOUT, or start a server with `graft ui` and set "
+        "PREFECT_API_URL=http://127.0.0.1:4200/api." in output.replace("\n", " ")
+    )
+    assert "Traceback" not in output
