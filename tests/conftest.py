@@ -8,6 +8,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
+import fcntl  # noqa: E402
 import json  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -190,14 +191,13 @@ def rewrite_tensor(folder: Path, name: str, value: torch.Tensor | None) -> None:
 
 @pytest.fixture(scope="session")
 def testbed(request: pytest.FixtureRequest) -> Testbed:
-    """The CPU test bed for seed 0 (no control lineage), built once and cached across sessions.
-
-    The cache lives under pytest's cache folder and is rebuilt whenever the test bed's code changes.
-    """
+    """The shipped CPU test bed (seed 0, no control lineage), copied once into pytest's cache folder."""
     from graftwork.tasks.testbed import build_testbed
 
     root = request.config.cache.mkdir("graftwork-testbed")
-    return build_testbed(out=root / "seed0", seed=0, control=False)
+    with (root / "lock").open("w") as lock:  # pytest-xdist workers take turns: the first copies, the rest reuse
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_testbed(out=root / "seed0", seed=0, control=False)
 
 
 @pytest.fixture(scope="session")
