@@ -205,6 +205,12 @@ class WebhookSecretError(GraftError, ValueError):
     """The receiver was given no secret, so it could not tell the Hub's deliveries from anyone's."""
 
 
+class ReleaseOrderError(GraftError, RuntimeError):
+    """A release's run cannot start yet: the release it carries from is not done."""
+
+    release: str | None
+
+
 class LocalPrefectError(GraftError, RuntimeError):
     """The Prefect server a command starts for itself did not come up."""
 

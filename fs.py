@@ -73,18 +73,24 @@ def write_text_atomic(path: Path, text: str) -> None:
 def _remove_stale_partials(out: Path) -> None:
     for p in out.parent.glob(f".{out.name}.partial-*"):
         pid = p.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` on this machine runs; a zombie (dead, not yet reaped: what a run whose worker
+    died becomes where no init reaps orphans) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): signal 0 is all there is
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def fsync_tree(root: Path) -> None:

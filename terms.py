@@ -3,7 +3,10 @@ track YAML, flow parameters, the database), so an unknown value is an error, nev
 
 | type | values |
 | --- | --- |
-| `RecycleMode` | how a release's start is made: `iterative`, `direct`, `none` (plain fine-tuning) |
+| `RecycleMode` | which Δ a release's start carries: `iterative` (Δ^iter), `source` (the track's first Δ), `none` |
+| `CarryRule` | whose Δ: the `previous` release's (Algorithm 1), or the `champion`'s lineage |
+| `ReleaseState` | a release's life: `discovered` → `dispatched` → `running` → `done`, `failed` or `skipped` |
+| `CandidateKind` | what made a candidate: `recycle` (a release's run of Algorithm 1) or `backport` |
 | `GateDecision` | what a promotion row records: `promote`, `reject`, `rollback` |
 | `EvalSubject` | which model an eval result scores: `candidate`, `base`, `transferred` (base + α·Δ), `champion` |
 | `ActorKind` | who decided: the `gate`, or a `user` |
@@ -17,11 +20,46 @@ from enum import StrEnum
 
 
 class RecycleMode(StrEnum):
-    """How the start of a release's fine-tune is made (Algorithm 1's modes)."""
+    """Which Δ the start of a release's fine-tune carries, M_i + α·Δ.
+
+    `iterative` is Algorithm 1's Δ^iter: the Δ of the candidate made for the release the run carries
+    from (Δ_{i−1} = M*_{i−1} − M_{i−1}, itself recycled then fine-tuned). `source` keeps applying the
+    first Δ of that release's lineage, the one no recycling made (the track's first plain fine-tune's, or
+    one imported), as the paper's Section 2 transfers one Δ_s. Neither is the paper's Δ^dir (the Δ of a
+    plain fine-tune of the previous release), which `benchmarks/replicate.py` measures. `none` is plain
+    fine-tuning, FT(M_i).
+    """
 
     ITERATIVE = "iterative"
-    DIRECT = "direct"
+    SOURCE = "source"
     NONE = "none"
+
+
+class CarryRule(StrEnum):
+    """Which release's Δ a run carries: the `previous` release's in the track's order (Algorithm 1,
+    whether or not its candidate was promoted), or the `champion`'s (the candidate promoted on the
+    track's channel when the run starts)."""
+
+    PREVIOUS = "previous"
+    CHAMPION = "champion"
+
+
+class ReleaseState(StrEnum):
+    """Where a release is in its life. `skipped`: its model files are those of the release before it."""
+
+    DISCOVERED = "discovered"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class CandidateKind(StrEnum):
+    """What made a candidate: a release's run of Algorithm 1, or a backport of a newer Δ onto an older release."""
+
+    RECYCLE = "recycle"
+    BACKPORT = "backport"
 
 
 class GateDecision(StrEnum):

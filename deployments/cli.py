@@ -287,9 +287,15 @@ def ui(
 
 @app.command()
 def serve(
-    watch_minutes: Annotated[float, typer.Option("--watch-minutes", help="How often each track's watcher runs.")] = 60,
+    watch_minutes: Annotated[float, typer.Option("--watch-minutes", help="How often every track is watched.")] = 60,
+    recycle_pool: Annotated[
+        str | None, typer.Option("--recycle-pool", help="Run recycle runs on this work pool's workers, not here.")
+    ] = None,
 ) -> None:
-    """Serve every deployment (a watcher per track, recycle, backfill, one-off flows) from this process."""
+    """Serve every deployment (the watchers, recycle, backfill, backport, one-off flows) from this process.
+
+    Every registered track is watched every --watch-minutes, a track added later too.
+    """
     from ..storage import registry as rows
     from ..storage.db import session_scope
     from .console import open_registry
@@ -297,8 +303,38 @@ def serve(
 
     with user_errors(), session_scope(open_registry().engine) as session:
         tracks = [t.name for t in rows.list_tracks(session)]
-    say(f"serving {len(tracks)} track watcher(s) every {watch_minutes:g} min: {', '.join(tracks) or 'none yet'}")
-    serve_all(tracks=tracks, watch_every=timedelta(minutes=watch_minutes))
+    where = "here" if recycle_pool is None else f"on the {recycle_pool} pool's workers"
+    now = ", ".join(tracks) or "none yet"
+    say(f"watching every track every {watch_minutes:g} min (now: {now}); recycle runs {where}")
+    serve_all(watch_every=timedelta(minutes=watch_minutes), recycle_pool=recycle_pool)
+
+
+@app.command()
+def backport(
+    track: Annotated[str, typer.Argument(help="The track.")],
+    to: Annotated[str, typer.Option("--to", help="The older release: its id, ref or folder, or sha.")],
+    alpha: Annotated[float | None, typer.Option("--alpha", "-a", help="Scale of Δ (default: the track's).")] = None,
+) -> None:
+    """Apply the track's newest Δ to an older release, evaluate it against that release's base, and record
+    it as a backport candidate (no training; not gated onto the channel)."""
+    from ..flows.backport import backport as backport_flow
+    from ..flows.local_server import local_prefect
+    from ..flows.progress import listening
+    from ..flows.tracks import load_spec
+    from .console import open_registry
+
+    settings = GraftSettings()
+    with user_errors():
+        load_spec(open_registry(), track=track)
+    home, timeout = settings.data_dir / "prefect", settings.prefect_startup_timeout
+    with (
+        user_errors(),
+        local_prefect(home=home, startup_timeout=timeout, say=say),
+        live_progress() as listener,
+        listening(listener),
+    ):
+        candidate = backport_flow(track=track, to=to, alpha=alpha)
+    say(f"backported the newest Δ of {track} onto {to}: candidate-{candidate}")
 
 
 @app.command()

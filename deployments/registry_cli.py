@@ -182,6 +182,7 @@ def _details(session: Session, row: Artifact) -> list[str]:
         chain = rows.ancestors(session, diff=row)
         lines.append("lineage: " + " ← ".join([rows.public_id(row), *(rows.public_id(d) for d in chain)]))
     if isinstance(row, Candidate):
+        lines.append(f"{row.kind}, started from {row.carry_reason or 'an unrecorded Δ (made before carry reasons)'}")
         if row.finetune_run is not None:
             lines.append(_finetune_run(row.finetune_run))
         lines += [

@@ -1,9 +1,10 @@
 """Serve every Graftwork deployment from one process (`graft serve`), and start pool workers
 (`graft worker`).
 
-`graft serve` is the embedded way to run Graftwork: one watcher deployment per registered track on a
-schedule, plus the recycle, backfill and one-off deployments, all executed by this process. With
-workers, `deployments/prefect.yaml` declares the same deployments on the `cpu` and `gpu` pools.
+`graft serve` is the embedded way to run Graftwork: a scheduled watcher over every registered track, the
+on-demand watcher pass, the recycle, backfill, backport and one-off deployments, all executed by this
+process (or the recycle runs by a pool's workers, `--recycle-pool`). With workers only,
+`deployments/prefect.yaml` declares the same deployments on the `cpu` and `gpu` pools.
 """
 
 from __future__ import annotations
@@ -11,56 +12,83 @@ from __future__ import annotations
 import os
 import sys
 from datetime import timedelta
-from typing import NoReturn, cast
+from typing import Any, NoReturn, cast
 
-from prefect import serve
+from prefect import Flow, deploy, serve
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
 from prefect.types.entrypoint import EntrypointType
 
+from ..flows.backport import backport
 from ..flows.oneoff import evaluate, promote, rollback, transfer
 from ..flows.recycle import recycle_then_finetune, run_series
-from ..flows.watch import watch_releases
+from ..flows.watch import watch_all_tracks, watch_releases
 
 POOLS = ("cpu", "gpu")
 
 
-def build_deployments(*, tracks: list[str], watch_every: timedelta) -> list[RunnerDeployment]:
-    """The deployments `graft serve` serves: a scheduled watcher per track, and the on-demand flows.
+def build_deployments(*, watch_every: timedelta, recycle_pool: str | None = None) -> list[RunnerDeployment]:
+    """The deployments `graft serve` serves: the watcher of every track (`watch-all-tracks`, on a
+    schedule: it reads the registered tracks at each pass, so a track added later is watched too), one
+    track's watcher pass on demand (`watch-releases`, what webhooks and finished runs start), the recycle
+    run, backfill, backport and the one-off flows.
 
     Each names its flow by module (`graftwork.flows.recycle.recycle_then_finetune`), so that the run
-    imports the installed package wherever it is started from. The recycle deployment runs one release
-    at a time (concurrency limit 1: one GPU).
+    imports the installed package wherever it is started from. With `recycle_pool`, the recycle
+    deployment is left out: `deploy_recycle` puts it on that work pool, for its workers to run.
     """
     module = EntrypointType.MODULE_PATH
-    deployments = [
-        recycle_then_finetune.to_deployment(
-            name="recycle-then-finetune", concurrency_limit=1, tags=["graftwork"], entrypoint_type=module
-        ),
-        run_series.to_deployment(name="run-series", tags=["graftwork"], entrypoint_type=module),
-        transfer.to_deployment(name="transfer", tags=["graftwork"], entrypoint_type=module),
-        evaluate.to_deployment(name="evaluate", tags=["graftwork"], entrypoint_type=module),
-        promote.to_deployment(name="promote", tags=["graftwork"], entrypoint_type=module),
-        rollback.to_deployment(name="rollback", tags=["graftwork"], entrypoint_type=module),
-    ]
+    on_demand: list[Flow[..., Any]] = [run_series, backport, transfer, evaluate, promote, rollback]
+    deployments = [flow.to_deployment(name=flow.name, tags=["graftwork"], entrypoint_type=module) for flow in on_demand]
+    if recycle_pool is None:
+        deployments.append(recycle_deployment())
     deployments += [
-        watch_releases.to_deployment(
-            name=f"watch-{track}",
-            interval=watch_every,
-            parameters={"track": track, "dispatch": "deployment"},
-            tags=["graftwork", f"track:{track}"],
-            entrypoint_type=module,
-        )
-        for track in tracks
+        watch_releases.to_deployment(name="watch-releases", tags=["graftwork"], entrypoint_type=module),
+        watch_all_tracks.to_deployment(
+            name="watch-all", interval=watch_every, tags=["graftwork"], entrypoint_type=module
+        ),
     ]
     return cast(list[RunnerDeployment], deployments)
 
 
-def serve_all(*, tracks: list[str], watch_every: timedelta) -> None:
-    """Serve every deployment from this process until interrupted."""
-    serve(*build_deployments(tracks=tracks, watch_every=watch_every))
+def recycle_deployment() -> RunnerDeployment:
+    """The recycle deployment (`recycle-then-finetune/recycle-then-finetune`), by module."""
+    return cast(
+        RunnerDeployment,
+        recycle_then_finetune.to_deployment(
+            name="recycle-then-finetune",
+            concurrency_limit=1,
+            tags=["graftwork"],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ),
+    )
+
+
+def deploy_recycle(*, pool: str) -> None:
+    """Create (or update) the recycle deployment on the work pool `pool`, run by its workers (`graft worker
+    --pool POOL`), which import the installed package: no image, no code to pull.
+
+    Raises:
+        prefect.exceptions.ObjectNotFound: the pool does not exist; `graft worker --pool POOL` creates it.
+    """
+    deploy(
+        recycle_deployment(),
+        work_pool_name=pool,
+        build=False,
+        push=False,
+        print_next_steps_message=False,
+        ignore_warnings=True,
+    )
+
+
+def serve_all(*, watch_every: timedelta, recycle_pool: str | None = None) -> None:
+    """Serve the deployments from this process until interrupted (the recycle deployment on `recycle_pool`'s
+    workers, when one is given)."""
+    if recycle_pool is not None:
+        deploy_recycle(pool=recycle_pool)
+    serve(*build_deployments(watch_every=watch_every, recycle_pool=recycle_pool))
 
 
 async def ensure_pool(*, name: str, concurrency: int | None) -> bool:

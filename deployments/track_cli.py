@@ -8,20 +8,21 @@ from typing import Annotated
 
 import typer
 
-from .console import live_progress, open_registry, say, user_errors
+from .console import err, live_progress, open_registry, say, user_errors
 
 track_app = typer.Typer(help="Tracks: continuous-development lines declared in YAML.", no_args_is_help=True)
 
 
 @track_app.command("add")
 def add(file: Annotated[Path, typer.Argument(help="A track YAML file (see deployments/tracks/).")]) -> None:
-    """Validate a track file and register it (again: its spec is replaced)."""
-    from ..flows.tracks import load_track
+    """Validate a track file and its data files, and register it (again: its spec is replaced)."""
+    from ..flows.tracks import check_files, load_track
     from ..storage import registry as rows
     from ..storage.db import session_scope
 
     with user_errors():
         spec = load_track(file)
+        check_files(spec)
         with session_scope(open_registry().engine) as session:
             _, new = rows.save_track(session, name=spec.name, spec=spec.model_dump(mode="json"))
     verb = "added" if new else "updated"
@@ -52,19 +53,29 @@ def list_() -> None:
 @track_app.command("show")
 def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
     """Show a track's spec and its champion."""
+    from ..flows.settings import Workspace
     from ..flows.tracks import load_spec
     from ..storage import registry as rows
-    from ..storage import runs
+    from ..storage import releases, runs
     from ..storage.db import session_scope
 
     with user_errors():
         registry = open_registry()
         spec = load_spec(registry, track=name)
+        policy = Workspace.from_settings().retry_policy()
         with session_scope(registry.engine) as session:
-            champion = runs.champion(session, track=rows.get_track(session, name=name), channel=spec.channel)
+            track = rows.get_track(session, name=name)
+            champion = runs.champion(session, track=track, channel=spec.channel)
             holder = "none yet" if champion is None else f"{rows.public_id(champion)} ({champion.model_uri})"
+            lines = [
+                f"  {releases.label(r)}: {releases.describe(releases.status(session, release=r), policy=policy)}"
+                for r in releases.in_order(session, track=track)
+            ]
     say(json.dumps(spec.model_dump(mode="json"), indent=2))
     say(f"champion on {spec.channel}: {holder}")
+    say("releases, in the source's order:" if lines else "releases: none yet (`graft track watch` looks)")
+    for line in lines:
+        say(line)
 
 
 @track_app.command("watch")
@@ -90,5 +101,28 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
         live_progress() as listener,
         listening(listener),
     ):
-        new = watch_releases(track=name, dispatch="inline")
-    say(f"track {name}: {len(new)} new release(s) processed")
+        done = watch_releases(track=name, dispatch="inline")
+    say(f"track {name}: {len(done.new)} new release(s), {len(done.started)} run")
+    if done.failed:
+        err.print(f"[bold red]error:[/] track {name}: {done.failed}", highlight=False, soft_wrap=True)
+    if done.waiting:
+        say(f"track {name}: waiting: {done.waiting}")
+    if done.failed:
+        raise typer.Exit(1)
+
+
+@track_app.command("retry")
+def retry(
+    name: Annotated[str, typer.Argument(help="The track's name.")],
+    release: Annotated[str, typer.Argument(help="The release: its id (release-3), ref or folder, or sha.")],
+) -> None:
+    """Let a failed release run again at the next watcher pass (whatever its retries so far)."""
+    from ..storage import registry as rows
+    from ..storage import releases
+    from ..storage.db import session_scope
+
+    with user_errors(), session_scope(open_registry().engine) as session:
+        found = releases.by_name(session, track=rows.get_track(session, name=name), name=release)
+        releases.retry(session, release=found)
+        label = releases.label(found)
+    say(f"{label} runs again at the track's next watcher pass (`graft track watch {name}` runs it now)")

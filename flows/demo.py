@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import ReleaseOrderError
 from ..fs import Say, write_text_atomic
 from ..storage import registry as rows
 from ..storage.db import session_scope
@@ -35,7 +36,6 @@ from ..tasks.training.finetune import finetune
 from .demo_table import HEADER, ReleaseRow, decided, line, release_row, summary
 from .local_server import local_prefect
 from .progress import told
-from .recycle import recycle_then_finetune
 from .settings import GraftSettings, Workspace
 from .shipped import shipped_file
 from .tracks import TrackSpec, load_track
@@ -155,19 +155,19 @@ def _run(options: DemoOptions, say: Say) -> list[ReleaseRow]:
 
 
 def _release(options: DemoOptions, model: Path, folder: Path, say: Say) -> None:
-    """Publish `model` as a release (if it is not yet) and see it through Algorithm 1: the watcher runs
-    it when it is new; a release a killed run left without a decision is run again, resuming."""
+    """Publish `model` as a release (if it is not yet) and let the watcher see it through Algorithm 1: it
+    runs a new release, and one whose earlier run died (a killed demo) again, resuming that run.
+
+    Raises:
+        ReleaseOrderError: the watcher could not run it (the message says what it waits for).
+    """
     if _publish(model, folder):
         say(f"{model.name}: published; the watcher finds it: carry over, fine-tune, evaluate, gate ...")
     else:
         say(f"{model.name}: published by an earlier run that stopped before its decision; finishing it ...")
-    watch_releases(track=TRACK, dispatch="inline", data_dir=options.data_dir)
-    registry = options.workspace.registry()
-    if not decided(registry, track=TRACK, ref=folder.name):
-        with session_scope(registry.engine) as session:
-            release = rows.release_by_ref(session, track=rows.get_track(session, name=TRACK), ref=folder.name)
-            release_id = release.id
-        recycle_then_finetune(track=TRACK, release_id=release_id, data_dir=options.data_dir)
+    done = watch_releases(track=TRACK, dispatch="inline", data_dir=options.data_dir)
+    if not decided(options.workspace.registry(), track=TRACK, ref=folder.name):
+        raise ReleaseOrderError(f"the demo's release {folder.name} did not run: {done.waiting}.", release=folder.name)
 
 
 def _testbed(options: DemoOptions, say: Say) -> Testbed:

@@ -5,17 +5,20 @@ Prefect's own ephemeral server gives up after 20 s (`PREFECT_SERVER_EPHEMERAL_ST
 and then fails with a traceback; on a busy machine its start can take longer. So the command starts
 the server itself (`prefect server start` on a free 127.0.0.1 port, its log in `PREFECT_HOME/server.log`),
 waits for its health check as long as it is told to (saying so while it waits), points Prefect at it
-for the duration, and stops it at the end.
+for the duration, and stops it at the end. On Linux the kernel stops the server too when the command
+dies without a chance to (SIGKILL, the OOM killer), so no server is left behind listening.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import httpx
 from ..errors import LocalPrefectError
 from ..fs import Say
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 HEALTH_POLL_S = 0.25
 SAY_EVERY_S = 10.0
 SERVER_LOG = "server.log"
@@ -57,12 +61,22 @@ def local_prefect(*, home: Path, startup_timeout: float, say: Say | None = None)
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", "prefect", "server", "start", "--no-ui", "--no-services"]
     with log.open("ab") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
+        )
     try:
         _wait_healthy(server, url=url, log=log, timeout=startup_timeout, say=say)
         settings = {PREFECT_API_URL: url, PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}
         with temporary_settings(updates=settings):
-            yield url
+            try:
+                yield url
+            finally:
+                _send_pending_logs()
     finally:
         server.terminate()
         try:
@@ -70,6 +84,26 @@ def local_prefect(*, home: Path, startup_timeout: float, say: Say | None = None)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def _send_pending_logs() -> None:
+    """Send the run logs Prefect still holds to the server while it is up: left for Prefect's exit hook,
+    they would meet a stopped server and print "Error logging to API" as the command ends."""
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """What the server's process runs before it starts (Linux): get SIGTERM when `parent` dies, and exit if
+    it died already."""
+
+    def arrange() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arrange
 
 
 def _wait_healthy(server: subprocess.Popen[bytes], *, url: str, log: Path, timeout: float, say: Say | None) -> None:

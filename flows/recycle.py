@@ -30,6 +30,7 @@ from ..tasks.hub import ReleaseRef, download, publish
 from ..tasks.training.finetune import finetune
 from ..tasks.training.launch import run_launch
 from ..terms import EvalSubject, GateDecision, RecycleMode
+from .lifecycle import release_run, start_next_pass
 from .progress import progress_artifact
 from .registry import export_diff, register_diff
 from .report import report_run
@@ -46,6 +47,7 @@ class Plan:
     release_id: int
     release: ReleaseRef
     carried_diff: str | None
+    carry_reason: str
     mode: RecycleMode
     work: Path
 
@@ -57,18 +59,26 @@ class Plan:
 
 @task
 def plan(where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: RecycleMode | None) -> Plan:
-    """Pick the Δ to carry over: none for the track's first release (Algorithm 1, line 4)."""
+    """Pick the Δ to carry over by the track's mode and carry rule (`storage.runs.carry`), and the run's
+    working folder: one per release, mode and α, so that runs of one release in two modes share nothing.
+
+    Raises:
+        ReleaseOrderError: the release this one carries from is not done.
+    """
     mode = mode or spec.recycle.mode
     with session_scope(where.registry().engine) as session:
         release = rows.get_release(session, release_id=release_id)
-        carried = runs.carried_diff(session, track=release.track, mode=mode, before=release)
-        carried_id = None if carried is None else rows.public_id(carried)
-        ref = _release_ref(release)
-    work = where.data_dir / "runs" / track / ref.revision[:12]
-    return Plan(track, release_id, ref, carried_id, mode if carried_id else RecycleMode.NONE, work)
+        carried = runs.carry(session, release=release, mode=mode, rule=spec.recycle.carry, channel=spec.channel)
+        carried_id = None if carried.diff is None else rows.public_id(carried.diff)
+        ref = release_ref(release)
+    effective = mode if carried_id else RecycleMode.NONE
+    folder = effective.value if carried_id is None else f"{effective}-a{spec.recycle.alpha:g}"
+    work = where.data_dir / "runs" / track / ref.revision[:12] / folder
+    return Plan(track, release_id, ref, carried_id, carried.reason, effective, work)
 
 
-def _release_ref(release: Release) -> ReleaseRef:
+def release_ref(release: Release) -> ReleaseRef:
+    """The release as the tasks name it."""
     path = None if release.path is None else Path(release.path)
     return ReleaseRef(repo_id=release.repo_id, revision=release.revision, ref=release.ref, path=path)
 
@@ -163,6 +173,7 @@ def record_candidate(where: Workspace, the_plan: Plan, spec: TrackSpec, candidat
             model_uri=str(candidate),
             source_diff=source,
             finetune=run,
+            carry_reason=the_plan.carry_reason,
         )
         return row.id
 
@@ -230,14 +241,15 @@ def gate_and_promote(
             session,
             candidate=candidate,
             channel=spec.channel,
-            scores={subject: [_score(r) for r in records] for subject, records in scores.items()},
+            scores={subject: [score_of(r) for r in records] for subject, records in scores.items()},
             promote=decision.promote,
             reasons=decision.reasons,
         )
         return GateOutcome(decision, champion, champion_scores)
 
 
-def _score(record: EvalRecord) -> runs.Score:
+def score_of(record: EvalRecord) -> runs.Score:
+    """An eval record as the registry records it."""
     fields = record.model_dump(exclude={"lm_eval_version"})
     return runs.Score(**fields, harness_version=record.lm_eval_version)
 
@@ -253,14 +265,26 @@ def _key(the_plan: Plan, step: str) -> str:
 
 @flow(name="recycle-then-finetune", log_prints=True)
 def recycle_then_finetune(
-    track: str, release_id: int, mode: RecycleMode | None = None, data_dir: Path | None = None
+    track: str, release_id: int, mode: RecycleMode | None = None, data_dir: Path | None = None, chain: bool = False
 ) -> Decision:
     """One step of Algorithm 1 for one release of a track: M*_i = FT(M_i + α·Δ_{i−1}).
 
-    `mode` overrides the track's recycle mode for this run; `data_dir` replaces the settings' data dir.
+    `mode` overrides the track's recycle mode for this run; `data_dir` replaces the settings' data dir;
+    `chain` starts the track's next watcher pass when the run is done (the watcher's deployment runs do).
+    The release is `running` meanwhile, then `done` or `failed` (`flows.lifecycle`).
     """
     where = Workspace.at(data_dir)
     spec = load_spec(where.registry(), track=track)
+    with release_run(where, release_id=release_id):
+        decision, sha = _recycle(where, track, release_id, spec, mode)
+    if chain:
+        start_next_pass(track=track, after=sha)
+    return decision
+
+
+def _recycle(
+    where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: RecycleMode | None
+) -> tuple[Decision, str]:
     the_plan = plan(where, track, release_id, spec, mode)
     base = fetch(the_plan)
     start = base if the_plan.carried_diff is None else carry_over(where, the_plan, base, spec.recycle.alpha)
@@ -282,13 +306,14 @@ def recycle_then_finetune(
         key=_key(the_plan, "run"),
         title=f"{track}: release {the_plan.release.repo_id}@{the_plan.release.revision[:12]}",
         carried=the_plan.carried_diff,
+        carry_reason=the_plan.carry_reason,
         new_diff=diff_id,
         scores={**scores, **champion},
         decision=outcome.decision,
         losses=json.loads((the_plan.work / "finetune.json").read_text())["loss_curve"],
     )
     get_run_logger().info("%s: %s", track, "; ".join(outcome.decision.reasons))
-    return outcome.decision
+    return outcome.decision, the_plan.release.revision
 
 
 @flow(name="run-series", log_prints=True)

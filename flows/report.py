@@ -39,6 +39,7 @@ def report_run(
     key: str,
     title: str,
     carried: str | None,
+    carry_reason: str,
     new_diff: str,
     scores: Scores,
     decision: Decision,
@@ -47,7 +48,7 @@ def report_run(
     """Publish the run's eval table and its decision summary as artifacts."""
     create_table_artifact(table=eval_table(scores), key=artifact_key(f"{key}-evals"), description=title)
     verdict = "promoted" if decision.promote else "rejected"
-    lineage = f"{carried} → {new_diff}" if carried else f"{new_diff} (first of the chain: plain fine-tuning)"
+    lineage = f"{carried} → {new_diff}" if carried else f"{new_diff} (first of its chain: plain fine-tuning)"
     training = f"{len(losses)} steps, loss {losses[0][1]:.4f} → {losses[-1][1]:.4f}" if losses else "no steps"
     markdown = "\n".join(
         [
@@ -57,6 +58,8 @@ def report_run(
             *(f"- {reason}" for reason in decision.reasons),
             "",
             f"Δ lineage: {lineage}",
+            "",
+            f"Carried: {carry_reason}",
             "",
             f"Fine-tuning: {training}",
         ]

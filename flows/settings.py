@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:  # the registry's modules (SQLAlchemy, Alembic) load when a registry is opened
     from ..storage import Registry
+    from ..storage.releases import RetryPolicy
 
 
 class GraftSettings(BaseSettings):
@@ -36,6 +38,16 @@ class GraftSettings(BaseSettings):
         gt=0,
         description="Seconds a command waits for the local Prefect server it starts (no PREFECT_API_URL set).",
     )
+    retry_limit: int = Field(
+        default=3, ge=1, description="Runs a release gets before it waits for `graft track retry`."
+    )
+    retry_backoff_seconds: float = Field(
+        default=120.0, ge=0, description="Wait after a release's first failed run; doubled after each next one."
+    )
+    stale_after_seconds: float = Field(
+        default=600.0, gt=0, description="A run that has not reported for this long has died (and is run again)."
+    )
+    heartbeat_seconds: float = Field(default=30.0, gt=0, description="How often a running release reports.")
     webhook_secret: SecretStr | None = Field(
         default=None,
         description="The secret the Hub sends in X-Webhook-Secret; `graft webhook` refuses to start without it.",
@@ -60,12 +72,24 @@ class Workspace:
     data_dir: Path
     database_url: str
     blob_url: str
+    retry_limit: int = 3
+    retry_backoff_seconds: float = 120.0
+    stale_after_seconds: float = 600.0
+    heartbeat_seconds: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: GraftSettings | None = None) -> Workspace:
         """The workspace the settings (by default: the environment's) name."""
         settings = settings or GraftSettings()
-        return cls(settings.data_dir, settings.registry_database_url, settings.registry_blob_url)
+        return cls(
+            settings.data_dir,
+            settings.registry_database_url,
+            settings.registry_blob_url,
+            retry_limit=settings.retry_limit,
+            retry_backoff_seconds=settings.retry_backoff_seconds,
+            stale_after_seconds=settings.stale_after_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+        )
 
     @classmethod
     def at(cls, data_dir: Path | None) -> Workspace:
@@ -82,3 +106,13 @@ class Workspace:
         from ..storage import open_registry
 
         return open_registry(database_url=self.database_url, blob_url=self.blob_url)
+
+    def retry_policy(self) -> RetryPolicy:
+        """How this workspace's failed runs are run again."""
+        from ..storage.releases import RetryPolicy
+
+        return RetryPolicy(
+            limit=self.retry_limit,
+            backoff=timedelta(seconds=self.retry_backoff_seconds),
+            stale_after=timedelta(seconds=self.stale_after_seconds),
+        )

@@ -10,7 +10,7 @@ finetune:
   data: data/train.jsonl           # {"prompt": ..., "completion": ...} per line
   recipe: {steps: 100, learning_rate: 1.0e-3}
   launch: {processes: 1}           # > 1: accelerate with distributed: fsdp | deepspeed
-recycle: {mode: iterative, alpha: 1.0}   # iterative | direct | none
+recycle: {mode: iterative, carry: previous, alpha: 1.0}   # iterative | source | none; previous | champion
 eval:                              # an lm-eval suite: task names and local task folders
   tasks: [testbed_addition]
   task_dirs: [tasks/]
@@ -41,9 +41,9 @@ from ..storage.db import session_scope
 from ..storage.models import Track
 from ..tasks.evaluate import Suite
 from ..tasks.gate import GateRules
-from ..tasks.training.finetune import Recipe
+from ..tasks.training.finetune import Recipe, read_pairs
 from ..tasks.training.launch import Launch
-from ..terms import RecycleMode, SourceKind
+from ..terms import CarryRule, RecycleMode, SourceKind
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _ENUM_REPR = re.compile(r"<\w+\.\w+: ('[^']*')>")  # pydantic names a Literal enum tag as <SourceKind.LOCAL: 'local'>
@@ -114,8 +114,25 @@ class FinetuneSpec(_Spec):
 class RecycleSpec(_Spec):
     """How the previous fine-tuning is carried over to a new release (Algorithm 1's modes)."""
 
-    mode: RecycleMode = RecycleMode.ITERATIVE
+    mode: RecycleMode = Field(
+        default=RecycleMode.ITERATIVE,
+        description="Which Δ: iterative (Δ^iter: that candidate's own), source (its lineage's first), none.",
+    )
+    carry: CarryRule = Field(
+        default=CarryRule.PREVIOUS,
+        description="Whose Δ: the previous release's in the track's order (Algorithm 1), or the champion's.",
+    )
     alpha: float = Field(default=1.0, description="Scale of the diff vector: base + alpha·Δ.")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _renamed(cls, mode: object) -> object:
+        if mode == "direct":
+            raise ValueError(
+                "'direct' is now called 'source' (it carries the first Δ of the lineage, not the paper's Δ^dir); "
+                "write mode: source"
+            )
+        return mode
 
 
 class PublishSpec(_Spec):
@@ -168,6 +185,22 @@ def parse_track(data: Any, *, base_dir: Path, origin: str) -> TrackSpec:
 
 def _plain(message: str) -> str:
     return _ENUM_REPR.sub(r"\1", message)
+
+
+def check_files(spec: TrackSpec) -> None:
+    """Check that the files a track names exist and parse: its fine-tuning data (one prompt/completion
+    object per line) and its eval suite's task folders.
+
+    Raises:
+        FinetuneDataError: the fine-tuning data is missing or malformed (the message names the line).
+        TrackError: a task folder does not exist.
+    """
+    read_pairs(data=spec.finetune.data)
+    for folder in spec.eval.task_dirs:
+        if not folder.is_dir():
+            raise TrackError(
+                f"track {spec.name}: eval task folder {folder} does not exist; fix eval.task_dirs.", track=spec.name
+            )
 
 
 def load_track(path: Path) -> TrackSpec:

@@ -1,32 +1,62 @@
-"""The watcher: find a track's new releases, record them, and start one recycle run for each.
+"""The watcher: one pass over a track records the releases its source offers, notices runs that died,
+and starts the next release whose predecessor is done, so that releases are never lost and always run in
+their source's order (each one carries the Δ of the one before it).
 
-`inline` dispatch runs them in this process, one after the other, in release order (the embedded
-default); `deployment` starts runs of the recycle deployment on its work pool, each with the
-idempotency key TRACK:SHA, so a release seen twice runs once.
+`inline` dispatch runs them here, one after the other, while one can start (the embedded default);
+`deployment` starts one run of the recycle deployment with the idempotency key TRACK:SHA:ATTEMPT, and
+that run starts the next pass when it is done. A release whose dispatch failed, or whose run failed or
+died, is started again by a later pass (a failed run after a backoff, up to the retry limit).
 """
 
 from __future__ import annotations
 
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
+from uuid import UUID
 
-from prefect import flow, tags, task
+from prefect import flow, get_run_logger, tags, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
+from sqlalchemy.orm import Session
 
+from ..fs import process_alive
 from ..storage import registry as rows
+from ..storage import releases
 from ..storage.db import session_scope
-from ..tasks.hub import ReleaseRef, discover_local, discover_refs, discover_repos
+from ..storage.models import ReleaseStatus, Track
+from ..tasks.hub import ReleaseRef, discover_local, discover_refs, discover_repos, release_facts
+from ..tasks.hub.facts import Order
+from ..terms import ReleaseState
+from .lifecycle import RECYCLE_DEPLOYMENT, why_not_started
 from .recycle import recycle_then_finetune
 from .settings import Workspace
 from .tracks import HubRefsSource, HubReposSource, LocalSource, TrackSpec, load_spec
 
-RECYCLE_DEPLOYMENT = "recycle-then-finetune/recycle-then-finetune"
 Dispatch = Literal["inline", "deployment"]
+DEAD_STATES = frozenset({"FAILED", "CRASHED", "CANCELLED", "CANCELLING"})
+LIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED"})
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What a watcher pass did: the releases it recorded, those it started, the run that failed (its
+    release is run again by a later pass), and why the rest wait."""
+
+    new: list[int] = field(default_factory=list)
+    started: list[int] = field(default_factory=list)
+    failed: str | None = None
+    waiting: str | None = None
 
 
 @task
 def discover(spec: TrackSpec) -> list[ReleaseRef]:
-    """The releases the track's source offers now, oldest first."""
+    """The releases the track's source offers now."""
     source = spec.source
     if isinstance(source, LocalSource):
         return discover_local(release_dir=source.release_dir)
@@ -37,41 +67,179 @@ def discover(spec: TrackSpec) -> list[ReleaseRef]:
 
 
 @task
-def record_releases(where: Workspace, track: str, found: list[ReleaseRef]) -> list[tuple[int, str]]:
-    """Record the releases; return (id, sha) of those never seen before, in order."""
+def record_releases(where: Workspace, track: str, spec: TrackSpec, found: list[ReleaseRef]) -> list[int]:
+    """Record the releases never seen before, with their place in the source's order and their content
+    key (a release whose model files are those of the one before it is recorded as skipped); return the
+    ids of the new ones."""
+    with session_scope(where.registry().engine) as session:
+        seen = releases.known(session, track=rows.get_track(session, name=track))
+    fresh = [ref for ref in found if (ref.repo_id, ref.revision) not in seen]
+    facts = [release_facts(release=ref, order=_order(spec)) for ref in fresh]
     new = []
     with session_scope(where.registry().engine) as session:
         row = rows.get_track(session, name=track)
-        for ref in found:
+        for ref, fact in zip(fresh, facts, strict=True):
             path = None if ref.path is None else str(ref.path)
-            release, created = rows.record_release(
-                session, track=row, repo_id=ref.repo_id, revision=ref.revision, ref=ref.ref, path=path
-            )
+            found_as = releases.Found(ref.repo_id, ref.revision, ref.ref, path, fact.position, fact.content_key)
+            release, created = releases.record(session, track=row, found=found_as)
             if created:
-                new.append((release.id, release.revision))
+                new.append(release.id)
     return new
 
 
-@flow(name="watch-releases", log_prints=True)
-def watch_releases(track: str, dispatch: Dispatch = "inline", data_dir: Path | None = None) -> list[int]:
-    """Find a track's new releases and start one recycle run per new release; return their ids.
+def _order(spec: TrackSpec) -> Order:
+    if isinstance(spec.source, LocalSource):
+        return "folder"
+    return "commit" if isinstance(spec.source, HubRefsSource) else "created"
 
-    `data_dir` replaces the settings' data dir for this run (and the runs it starts inline).
+
+@task
+def reconcile(where: Workspace, track: str) -> list[str]:
+    """Mark as failed the releases whose run died: its process on this machine is gone, its Prefect flow
+    run ended without finishing it, or it stopped reporting. Returns what was found, for the log."""
+    policy, now, found = where.retry_policy(), datetime.now(UTC), []
+    with session_scope(where.registry().engine) as session:
+        for release in releases.in_order(session, track=rows.get_track(session, name=track)):
+            row = releases.status(session, release=release)
+            if row.state not in releases.LIVE:
+                continue
+            why = _why_dead(row, now=now, stale_after=policy.stale_after)
+            if why is not None:
+                releases.fail(session, release=release, detail=why, policy=policy, died=True)
+                found.append(f"{releases.label(release)}: {why}")
+                if row.flow_run_id is not None:
+                    _crash_flow_run(row.flow_run_id, why=why)
+    return found
+
+
+def _why_dead(row: ReleaseStatus, *, now: datetime, stale_after: timedelta) -> str | None:
+    host, _, pid = (row.runner or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid)):
+        return f"its run (process {pid} on {host}) died"
+    if row.flow_run_id is not None:
+        state = _flow_run_state(row.flow_run_id)
+        if state in DEAD_STATES:
+            return f"its flow run {row.flow_run_id} ended {state.lower()}"
+    if row.heartbeat_at is not None and now - row.heartbeat_at > stale_after:
+        return f"its run stopped reporting at {row.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+    return None
+
+
+def _flow_run_state(flow_run_id: str) -> str | None:
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(flow_run_id))
+        except ObjectNotFound:
+            return "CANCELLED"
+    return None if run.state is None else run.state.type.value
+
+
+def _crash_flow_run(flow_run_id: str, *, why: str) -> None:
+    """Mark a dead run's flow run crashed if Prefect still thinks it is live, so that the Prefect UI tells
+    the truth and the deployment's and pool's concurrency slots it holds are freed for its next attempt."""
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(UUID(flow_run_id))
+        except ObjectNotFound:
+            return
+        if run.state is not None and run.state.type.value in LIVE_STATES:
+            client.set_flow_run_state(UUID(flow_run_id), state=Crashed(message=f"Graftwork: {why}"), force=True)
+
+
+@task
+def next_release(where: Workspace, track: str) -> tuple[int, str, int] | str:
+    """(id, sha, attempt) of the release to start now, or why none can start (empty: all are done)."""
+    with session_scope(where.registry().engine) as session:
+        row = rows.get_track(session, name=track)
+        ready = releases.dispatchable(session, track=row, policy=where.retry_policy(), now=datetime.now(UTC))
+        if ready:
+            release = ready[0]
+            return release.id, release.revision, releases.status(session, release=release).attempts + 1
+        return _waiting(session, track=row, policy=where.retry_policy())
+
+
+def _waiting(session: Session, *, track: Track, policy: releases.RetryPolicy) -> str:
+    for release in releases.in_order(session, track=track):
+        row = releases.status(session, release=release)
+        if row.state not in releases.FINISHED:
+            return f"{releases.label(release)} is {releases.describe(row, policy=policy)}"
+    return ""
+
+
+@task
+def dispatch_run(where: Workspace, track: str, release_id: int, sha: str, attempt: int) -> str | None:
+    """Start the recycle deployment's run for a release, marking it dispatched; a failed dispatch marks it
+    failed (to be dispatched again after the backoff) and returns why."""
+    try:
+        run = cast(
+            FlowRun,
+            run_deployment(
+                RECYCLE_DEPLOYMENT,
+                parameters={"track": track, "release_id": release_id, "chain": True},
+                idempotency_key=f"{track}:{sha}:{attempt}",
+                tags=[f"track:{track}", f"release:{sha[:12]}"],
+                timeout=0,
+            ),
+        )
+    except Exception as e:
+        why = f"its dispatch failed: {why_not_started(e, deployment=RECYCLE_DEPLOYMENT)}"
+        with session_scope(where.registry().engine) as session:
+            release = releases.release_of(session, release_id=release_id)
+            releases.fail(session, release=release, detail=why, policy=where.retry_policy(), died=False, counts=True)
+        return f"release-{release_id}: {why}"
+    with session_scope(where.registry().engine) as session:
+        release = releases.release_of(session, release_id=release_id)
+        releases.mark(session, release=release, state=ReleaseState.DISPATCHED, flow_run_id=str(run.id))
+    return None
+
+
+@flow(name="watch-releases", log_prints=True)
+def watch_releases(track: str, dispatch: Dispatch = "inline", data_dir: Path | None = None) -> Pass:
+    """One watcher pass over a track (see the module's docstring).
+
+    `data_dir` replaces the settings' data dir for this pass (and the runs it starts inline).
     """
     where = Workspace.at(data_dir)
     spec = load_spec(where.registry(), track=track)
-    new = record_releases(where, track, discover(spec))
+    new = record_releases(where, track, spec, discover(spec))
     print(f"track {track}: {len(new)} new release(s)")
-    for release_id, sha in new:
+    for died in reconcile(where, track):
+        print(f"track {track}: {died}; it is run again")
+    started: list[int] = []
+    failed = None
+    while not isinstance(chosen := next_release(where, track), str):
+        release_id, sha, attempt = chosen
+        if started and started[-1] == release_id:
+            chosen = f"release-{release_id}'s run returned without finishing it"
+            break
+        started.append(release_id)
         with tags(f"track:{track}", f"release:{sha[:12]}"):
-            if dispatch == "inline":
+            if dispatch == "deployment":
+                failed = dispatch_run(where, track, release_id, sha, attempt)
+                break  # that run starts the next pass when it is done
+            try:
                 recycle_then_finetune(track=track, release_id=release_id, data_dir=data_dir)
-            else:
-                run_deployment(
-                    RECYCLE_DEPLOYMENT,
-                    parameters={"track": track, "release_id": release_id},
-                    idempotency_key=f"{track}:{sha}",
-                    tags=[f"track:{track}", f"release:{sha[:12]}"],
-                    timeout=0,
-                )
-    return [release_id for release_id, _ in new]
+            except Exception as e:  # recorded as the release's failure: a later pass runs it again
+                failed = f"release-{release_id}'s run failed: {type(e).__name__}: {e}"
+                get_run_logger().error("track %s: %s", track, failed)
+                break
+    waiting = None if isinstance(chosen, tuple) else chosen or None
+    if waiting:
+        get_run_logger().info("track %s: waiting: %s", track, waiting)
+    return Pass(new=new, started=started, failed=failed, waiting=waiting)
+
+
+@flow(name="watch-all-tracks", log_prints=True)
+def watch_all_tracks(dispatch: Dispatch = "deployment", data_dir: Path | None = None) -> dict[str, Pass]:
+    """A watcher pass over every registered track, as the registry lists them now (so a track added after
+    `graft serve` started is watched from its next interval on); one track's failure does not stop the others."""
+    where = Workspace.at(data_dir)
+    with session_scope(where.registry().engine) as session:
+        names = [t.name for t in rows.list_tracks(session)]
+    passes = {}
+    for name in names:
+        try:
+            passes[name] = watch_releases(track=name, dispatch=dispatch, data_dir=data_dir)
+        except Exception as e:
+            get_run_logger().error("track %s: the watcher pass failed: %s", name, e)
+    return passes

@@ -26,6 +26,7 @@ from ..storage import Registry
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Track
+from .lifecycle import WATCH_DEPLOYMENT, why_not_started
 from .tracks import spec_of
 
 StartRun = Callable[[str, str], None]
@@ -34,7 +35,6 @@ StartRun = Callable[[str, str], None]
 RELEASE_EVENTS = frozenset({("create", "repo"), ("update", "repo"), ("update", "repo.content")})
 """The (action, scope) pairs that can bring a new release: a new repo, or new commits, branches or tags."""
 
-WATCHER_FLOW = "watch-releases"
 log = logging.getLogger("graftwork.webhook")
 
 
@@ -214,7 +214,8 @@ def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun)
                     start_run(track.name, row.key)
                 except Exception as e:
                     raise RunStartError(
-                        f"could not start the run of track {track.name} for {event.repo_id}: {e}. "
+                        f"could not start the run of track {track.name} for {event.repo_id}: "
+                        f"{why_not_started(e, deployment=WATCH_DEPLOYMENT)}. "
                         "Nothing was recorded; fix the cause and redeliver the webhook from the Hub.",
                         track=track.name,
                     ) from e
@@ -233,7 +234,7 @@ def _not_a_release(event: HubEvent) -> str:
 
 
 def start_watcher(track: str, idempotency_key: str) -> None:
-    """Start a run of the track's watcher deployment (`watch-releases/watch-TRACK`) and return at once.
+    """Start a watcher pass over the track (the deployment `watch-releases/watch-releases`) and return at once.
 
     Prefect starts one run per idempotency key, so calling this twice with one key starts one run.
 
@@ -242,7 +243,7 @@ def start_watcher(track: str, idempotency_key: str) -> None:
             deploy `deployments/prefect.yaml`.
     """
     run_deployment(
-        f"{WATCHER_FLOW}/watch-{track}",
+        WATCH_DEPLOYMENT,
         parameters={"track": track, "dispatch": "deployment"},
         idempotency_key=idempotency_key,
         timeout=0,

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from ..terms import ActorKind, EvalSubject, GateDecision, RecycleMode
+from ..terms import ActorKind, CandidateKind, EvalSubject, GateDecision, RecycleMode, ReleaseState
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -98,7 +98,12 @@ class Track(Base):
 
 
 class Release(Immutable, Base):
-    """One base-model version seen on a track: a repo id pinned to a revision."""
+    """One base-model version seen on a track: a repo id pinned to a revision.
+
+    `position` orders a track's releases as their source does (the commit time of a ref, a repo's
+    creation time, a folder's name: a string that sorts); `content_key` is the sha256 over the model
+    files it holds, so that a commit that changes none of them is seen for what it is.
+    """
 
     __tablename__ = "releases"
     __table_args__ = (UniqueConstraint("track_id", "repo_id", "revision"),)
@@ -109,9 +114,34 @@ class Release(Immutable, Base):
     revision: Mapped[str] = mapped_column(String(64))
     ref: Mapped[str | None] = mapped_column(String(400))
     path: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[str | None] = mapped_column(String(200))
+    content_key: Mapped[str | None] = mapped_column(SHA256)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
     track: Mapped[Track] = relationship()
+    status: Mapped[ReleaseStatus] = relationship(back_populates="release")
+
+
+class ReleaseStatus(Base):
+    """Where a release is in its life (`terms.ReleaseState`): operational, so updated in place.
+
+    `runner` is who runs it now (`host:pid`), `flow_run_id` its Prefect flow run, `heartbeat_at` the last
+    sign of life of its run; `attempts` counts its runs, `retry_at` is when a failed one may run again.
+    """
+
+    __tablename__ = "release_states"
+
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"), primary_key=True)
+    state: Mapped[ReleaseState] = mapped_column(vocabulary(ReleaseState, name="release_state"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str | None] = mapped_column(Text)
+    runner: Mapped[str | None] = mapped_column(String(200))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now, onupdate=_now)
+
+    release: Mapped[Release] = relationship(back_populates="status")
 
 
 class Diff(Immutable, Base):
@@ -185,16 +215,19 @@ class FinetuneRun(Immutable, Base):
 
 
 class Candidate(Immutable, Base):
-    """A model produced for a release of a track: how it was made and where its folder is."""
+    """A model produced for a release of a track: what made it (`kind`), from which Δ and why (`source_diff_id`,
+    `carry_reason`), and where its folder is."""
 
     __tablename__ = "candidates"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    kind: Mapped[CandidateKind] = mapped_column(vocabulary(CandidateKind, name="candidate_kind"))
     mode: Mapped[RecycleMode] = mapped_column(vocabulary(RecycleMode, name="recycle_mode"))
     alpha: Mapped[float] = mapped_column(Float)
     source_diff_id: Mapped[int | None] = mapped_column(ForeignKey("diffs.id", use_alter=True))
+    carry_reason: Mapped[str | None] = mapped_column(Text)
     finetune_run_id: Mapped[int | None] = mapped_column(ForeignKey("finetune_runs.id"))
     model_uri: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)

@@ -217,21 +217,6 @@ def get_release(session: Session, *, release_id: int) -> Release:
     return cast(Release, by_id(session, ArtifactKind.RELEASE, release_id))
 
 
-def release_by_ref(session: Session, *, track: Track, ref: str) -> Release:
-    """The newest release of `track` found under `ref` (a branch, tag or release folder).
-
-    Raises:
-        NotFoundError: the track has no release under `ref`.
-    """
-    query = select(Release).where(Release.track_id == track.id, Release.ref == ref).order_by(Release.id.desc())
-    release = session.scalars(query.limit(1)).one_or_none()
-    if release is None:
-        raise NotFoundError(
-            f"track {track.name} has no release {ref!r}; `graft registry list` shows its releases.", ref=ref
-        )
-    return release
-
-
 def list_artifacts(session: Session, *, track: Track | None = None, kind: ArtifactKind | None = None) -> list[Artifact]:
     """Artifacts, oldest first, of one kind or all, on one track or all."""
     order = list(ArtifactKind)

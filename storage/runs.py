@@ -9,36 +9,95 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, assert_never, cast
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import NotFoundError
-from ..terms import ActorKind, ArtifactKind, EvalSubject, GateDecision, RecycleMode
+from ..errors import NotFoundError, ReleaseOrderError
+from ..terms import (
+    ActorKind,
+    ArtifactKind,
+    CandidateKind,
+    CarryRule,
+    EvalSubject,
+    GateDecision,
+    RecycleMode,
+)
+from . import releases
 from .models import Candidate, Diff, EvalResult, FinetuneRun, Promotion, Release, Track
-from .registry import by_id
+from .registry import ancestors, by_id, public_id
 
 
-def carried_diff(session: Session, *, track: Track, mode: RecycleMode, before: Release) -> Diff | None:
-    """The Δ a release of `track` starts from, taken from releases recorded before it.
+@dataclass(frozen=True)
+class Carry:
+    """The Δ a release's run starts from (None: plain fine-tuning), and why that one."""
 
-    `iterative`: the newest diff made from one of the track's candidates (Δ_{i−1} = M*_{i−1} − M_{i−1});
-    `direct`: the newest source diff (one with no parent: the first fine-tune's, or one imported);
-    `none`: nothing.
+    diff: Diff | None
+    reason: str
+
+
+def carry(session: Session, *, release: Release, mode: RecycleMode, rule: CarryRule, channel: str) -> Carry:
+    """The Δ a run of `release` carries over, by the track's mode and carry rule:
+
+    - the rule picks whose Δ: `previous`, the release before this one in the track's order (Algorithm 1,
+      whether or not its candidate was promoted); `champion`, the candidate promoted on `channel` now (the
+      previous release's, while there is none);
+    - the mode picks which: `iterative`, that candidate's own Δ (Δ^iter); `source`, the first Δ of its
+      lineage (the track's first plain fine-tune's, or one imported); `none`, nothing.
+
+    The track's first release carries nothing (Algorithm 1, line 4), or in `source` mode a Δ imported for
+    the track (`graft registry import`), if there is one.
+
+    Raises:
+        ReleaseOrderError: the release before this one is not done yet: this run must wait for it.
     """
-    query = select(Diff).where(Diff.track_id == track.id)
-    match mode:
-        case RecycleMode.NONE:
-            return None
-        case RecycleMode.ITERATIVE:
-            query = query.where(Diff.candidate_id.is_not(None), Diff.base_release_id < before.id)
-        case RecycleMode.DIRECT:
-            query = query.where(
-                Diff.parent_id.is_(None), (Diff.base_release_id < before.id) | Diff.base_release_id.is_(None)
-            )
-        case _:
-            assert_never(mode)
+    if mode is RecycleMode.NONE:
+        return Carry(None, "none: the track's recycle mode is none (plain fine-tuning)")
+    before = releases.check_order(session, release=release)
+    holder, why = None, "the release before this one in the track's order"
+    if rule is CarryRule.CHAMPION:
+        holder = champion(session, track=release.track, channel=channel)
+        why = f"the champion of {channel}" if holder else f"no champion on {channel} yet: the release before this one"
+    if holder is None and before is not None:
+        holder = _recycled(session, release=before)
+    if holder is None:
+        imported = _imported(session, track=release.track) if mode is RecycleMode.SOURCE else None
+        if imported is None:
+            return Carry(None, "none: the track's first release is fine-tuned from its base (Algorithm 1)")
+        return Carry(imported, f"{public_id(imported)}, the Δ imported for the track (source mode)")
+    delta = session.scalars(select(Diff).where(Diff.candidate_id == holder.id).order_by(Diff.id)).first()
+    if delta is None:
+        raise ReleaseOrderError(
+            f"candidate-{holder.id} of {releases.label(holder.release)} has no registered Δ yet; its run stopped "
+            "before registering it: retry that release (`graft track retry`).",
+            release=releases.label(holder.release),
+        )
+    if mode is RecycleMode.SOURCE:
+        root = ([delta, *ancestors(session, diff=delta)])[-1]
+        return Carry(root, f"{public_id(root)}, the first Δ of the lineage of candidate-{holder.id} ({why})")
+    return Carry(
+        delta, f"{public_id(delta)}, the Δ of candidate-{holder.id} of {releases.label(holder.release)} ({why})"
+    )
+
+
+def recycled_delta(session: Session, *, release: Release) -> Diff | None:
+    """The Δ registered from the candidate Algorithm 1 made for `release` (None before it is registered)."""
+    holder = _recycled(session, release=release)
+    if holder is None:
+        return None
+    return session.scalars(select(Diff).where(Diff.candidate_id == holder.id).order_by(Diff.id)).first()
+
+
+def _recycled(session: Session, *, release: Release) -> Candidate | None:
+    """The candidate the release's run of Algorithm 1 made (not a backport), if any."""
+    query = select(Candidate).where(Candidate.release_id == release.id, Candidate.kind == CandidateKind.RECYCLE)
+    return session.scalars(query.order_by(Candidate.id.desc()).limit(1)).one_or_none()
+
+
+def _imported(session: Session, *, track: Track) -> Diff | None:
+    """The newest Δ imported for the track (made by no candidate, following no other Δ)."""
+    query = select(Diff).where(Diff.track_id == track.id, Diff.candidate_id.is_(None), Diff.parent_id.is_(None))
     return session.scalars(query.order_by(Diff.id.desc()).limit(1)).one_or_none()
 
 
@@ -76,9 +135,11 @@ def record_candidate(
     model_uri: str,
     source_diff: Diff | None,
     finetune: FinetuneRecord | None,
+    carry_reason: str | None = None,
+    kind: CandidateKind = CandidateKind.RECYCLE,
 ) -> Candidate:
-    """Record the candidate made for `release` at `model_uri`, with the fine-tune run that made it; once:
-    recording it again (a resumed run) returns the first row."""
+    """Record the candidate made for `release` at `model_uri`, with the fine-tune run that made it and the
+    Δ it started from (and why that one); once: recording it again (a resumed run) returns the first row."""
     existing = session.scalars(
         select(Candidate)
         .where(Candidate.release_id == release.id, Candidate.model_uri == model_uri)
@@ -97,6 +158,8 @@ def record_candidate(
         mode=mode,
         alpha=alpha,
         model_uri=model_uri,
+        kind=kind,
+        carry_reason=carry_reason,
         source_diff_id=None if source_diff is None else source_diff.id,
         finetune_run_id=None if run is None else run.id,
     )
@@ -106,11 +169,12 @@ def record_candidate(
 
 
 def candidate_for(session: Session, *, track: Track, ref: str) -> Candidate | None:
-    """The newest candidate made for the track's release published as `ref` (a branch, tag or folder)."""
+    """The newest candidate Algorithm 1 made for the track's release published as `ref` (a branch, tag or
+    folder); backports are not counted."""
     query = (
         select(Candidate)
         .join(Release, Candidate.release_id == Release.id)
-        .where(Candidate.track_id == track.id, Release.ref == ref)
+        .where(Candidate.track_id == track.id, Release.ref == ref, Candidate.kind == CandidateKind.RECYCLE)
         .order_by(Candidate.id.desc())
         .limit(1)
     )

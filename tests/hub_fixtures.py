@@ -10,6 +10,7 @@ writes is then read back through olah.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -19,7 +20,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -36,18 +39,18 @@ GIT_ENV = {
 }
 
 
-def git(repo: Path, *args: str) -> str:
-    """Run git in `repo` with a fixed identity and no user configuration; return its stdout."""
-    done = subprocess.run(
-        ["git", *args], cwd=repo, env={**os.environ, **GIT_ENV}, capture_output=True, text=True, check=True
-    )
+def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run git in `repo` with a fixed identity, no user configuration and `env`; return its stdout."""
+    environment = {**os.environ, **GIT_ENV, **(env or {})}
+    done = subprocess.run(["git", *args], cwd=repo, env=environment, capture_output=True, text=True, check=True)
     return done.stdout.strip()
 
 
-def commit_all(repo: Path, message: str) -> str:
-    """Commit every change in `repo`; return the new commit's sha."""
+def commit_all(repo: Path, message: str, *, at: datetime | None = None) -> str:
+    """Commit every change in `repo` (dated `at`, by default now); return the new commit's sha."""
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
+    dated = {} if at is None else {"GIT_AUTHOR_DATE": at.isoformat(), "GIT_COMMITTER_DATE": at.isoformat()}
+    git(repo, "commit", "-q", "-m", message, env=dated)
     return git(repo, "rev-parse", "HEAD")
 
 
@@ -283,3 +286,36 @@ def copy_model(src: Path, repo: Path) -> None:
     """Copy a saved model folder's files into a git work tree (replacing what is there)."""
     for f in src.iterdir():
         shutil.copyfile(f, repo / f.name)
+
+
+def sha(text: str) -> str:
+    """A stand-in commit sha: the sha1 of `text`."""
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def hub_payload(
+    repo: str,
+    *,
+    refs: tuple[str, ...] = ("refs/heads/stage1-step1000-tokens5B",),
+    action: str = "update",
+    scope: str = "repo.content",
+    repo_type: str = "model",
+    head: str | None = None,
+) -> dict[str, Any]:
+    """A delivery as the Hub sends it (payload version 3) when `refs` are pushed to `repo` (at the commit
+    `head`, by default a stand-in sha)."""
+    head = head or sha(f"{repo}@{refs}")
+    return {
+        "event": {"action": action, "scope": scope},
+        "repo": {
+            "type": repo_type,
+            "name": repo,
+            "id": "6718e2c3c8f1b1c4f2d3a401",
+            "private": False,
+            "url": {"web": f"https://huggingface.co/{repo}", "api": f"https://huggingface.co/api/models/{repo}"},
+            "headSha": head,
+            "owner": {"id": "5e70f3648ce3c604d78fe132"},
+        },
+        "updatedRefs": [{"ref": ref, "oldSha": None, "newSha": head} for ref in refs],
+        "webhook": {"id": "6790a1f2b3c4d5e6f7a8b9c0", "version": 3},
+    }

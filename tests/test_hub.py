@@ -19,6 +19,7 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,10 +35,18 @@ from graftwork.errors import (
     ModelRefError,
     OutputExistsError,
 )
+from graftwork.flows import watch
+from graftwork.flows.settings import Workspace
+from graftwork.flows.tracks import load_spec
+from graftwork.storage import registry as rows
+from graftwork.storage import releases
+from graftwork.storage.db import session_scope
 from graftwork.tasks import hub
 from graftwork.tasks.hub import HubRef, ReleaseRef
+from graftwork.terms import ReleaseState
 from tests.conftest import VOCAB, perturb, random_state, save_model
 from tests.hub_fixtures import FakeHubWrites, OlahServer, commit_all, copy_model, git, init_repo
+from tests.registry.conftest import track_spec
 
 pytestmark = pytest.mark.hub
 pytest.importorskip("olah", reason="olah (a dev extra) serves the test Hub: pip install -e '.[dev]'")
@@ -159,6 +168,46 @@ def test_discover_refs_finds_matching_branches_and_tags_with_their_shas(hf: Hub)
     as_regex = hub.discover_refs(repo_id="acme/tiny", ref_pattern=re.compile(r"stage1-step\d{4}"))
     assert [r.ref for r in as_regex] == ["stage1-step1000", "stage1-step2000"]
     assert hub.discover_refs(repo_id="acme/tiny", ref_pattern="nothing-*") == []
+
+
+def test_a_commit_that_changes_no_model_file_is_recorded_as_skipped(
+    hf: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watched branch moves three times, as the watcher sees it between passes: new weights, a README
+    edit, a config change. The README edit changes none of the files Graftwork downloads, so it is
+    recorded as skipped (and never run); the releases sort by their commits' times."""
+    monkeypatch.delenv("GRAFT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("GRAFT_BLOB_URL", raising=False)
+    where = Workspace.at(tmp_path / "data")
+    source = {"kind": "hub-refs", "repo": "acme/moving", "ref_pattern": "main"}
+    with session_scope(where.registry().engine) as session:
+        rows.save_track(session, name="moving", spec=track_spec("moving", source))
+    spec = load_spec(where.registry(), track="moving")
+    repo = hf.mirror.root / "models" / "acme" / "moving"
+    init_repo(repo)
+    state = random_state(seed=3, vocab_size=len(VOCAB), dtype=torch.bfloat16)
+    copy_model(save_model(tmp_path / "m", state, shard_size="1GB"), repo)
+    day = datetime(2026, 3, 1, tzinfo=UTC)
+    shas = [commit_all(repo, "weights", at=day)]
+    (repo / "README.md").write_text("# moving\n\nNow with a model card.\n")
+    shas.append(commit_all(repo, "model card", at=day + timedelta(days=1)))
+    _marked(repo, 3)
+    shas.append(commit_all(repo, "config", at=day + timedelta(days=2)))
+    for sha in shas:
+        git(repo, "checkout", "-q", sha)  # the branch as it was at that pass
+        git(repo, "branch", "-f", "main", sha)
+        watch.record_releases.fn(where, "moving", spec, hub.discover_refs(repo_id="acme/moving", ref_pattern="main"))
+    with session_scope(where.registry().engine) as session:
+        found = releases.in_order(session, track=rows.get_track(session, name="moving"))
+        states = [(r.revision, releases.status(session, release=r).state) for r in found]
+        skipped = releases.status(session, release=found[1])
+        assert skipped.detail == f"its model files are those of release-{found[0].id} (main)"
+        assert [r.position for r in found] == sorted(r.position or "" for r in found)
+    assert states == [
+        (shas[0], ReleaseState.DISCOVERED),
+        (shas[1], ReleaseState.SKIPPED),
+        (shas[2], ReleaseState.DISCOVERED),
+    ]
 
 
 def test_download_pinned_gives_that_commits_model_files_only(hf: Hub) -> None:

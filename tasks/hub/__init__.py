@@ -3,6 +3,7 @@ publishing. The Hub is configured the Hub's own way (`HF_ENDPOINT`, `HF_TOKEN`, 
 is never logged nor put into an error message."""
 
 from .discover import content_revision, discover_local, discover_refs, discover_repos
+from .facts import ReleaseFacts, natural_position, release_facts
 from .files import download, fetch_model, publish
 from .refs import LOCAL_PREFIX, MODEL_PATTERNS, HubRef, ReleaseRef, parse_model_ref, resolve
 
@@ -10,6 +11,7 @@ __all__ = [
     "LOCAL_PREFIX",
     "MODEL_PATTERNS",
     "HubRef",
+    "ReleaseFacts",
     "ReleaseRef",
     "content_revision",
     "discover_local",
@@ -17,7 +19,9 @@ __all__ = [
     "discover_repos",
     "download",
     "fetch_model",
+    "natural_position",
     "parse_model_ref",
     "publish",
+    "release_facts",
     "resolve",
 ]

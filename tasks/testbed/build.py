@@ -32,7 +32,19 @@ VOCAB = (*SPECIAL, *corpus.ALPHABET)
 GENERATE_TASK = "testbed_add"
 CHOICE_TASK = "testbed_add_mc"
 MANIFEST = "testbed.json"
-BED_FORMAT = "graftwork-testbed-2"
+TASK_DATA = "testbed_data"
+TASK_DATA_SOURCE = '''"""The test bed's eval data for lm-eval (`custom_dataset`): the bed's own data/eval.jsonl."""
+
+from pathlib import Path
+
+import datasets
+
+
+def eval_split(**_):
+    path = Path(__file__).resolve().parents[1] / "data" / "eval.jsonl"
+    return datasets.load_dataset("json", data_files={"test": str(path)})
+'''
+BED_FORMAT = "graftwork-testbed-3"
 # The pretraining's kernels, pinned so that a seed gives the same test bed on every x86 machine: ATen's
 # portable (not AVX) kernels and MKL's reproducible mode. Left to pick AVX-512 or AVX2 kernels by CPU,
 # an AMD machine gave, for seed 0, bases that never learned to add (fine-tuned: 3-6 % against 80 %).
@@ -125,6 +137,7 @@ def build_testbed(
             copy_shipped(shipped, tmp, control=control)
         else:
             _write_data(tmp, seed=seed, spec=spec)
+            _write_tasks(tmp / "tasks")
             _pretrain_pinned(tmp, seed=seed, versions=versions, control=control, spec=spec, threads=threads)
         write_json(tmp / MANIFEST, {"key": key, "seed": seed, "versions": versions, "control": control})
     return _testbed(out, seed=seed, versions=versions, control=control)
@@ -163,7 +176,6 @@ def _pretrain_pinned(root: Path, *, seed: int, versions: int, control: bool, spe
 
 
 def _testbed(root: Path, *, seed: int, versions: int, control: bool) -> Testbed:
-    _write_tasks(root / "tasks", data=root / "data" / "eval.jsonl")
     return Testbed(
         root=root,
         seed=seed,
@@ -195,27 +207,22 @@ def _write_jsonl(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _write_tasks(folder: Path, *, data: Path) -> None:
-    """The lm-eval task YAMLs, pointing at the eval JSONL by absolute path (rewritten if it moved)."""
-    common = {
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "doc_to_text": "{{prompt}}",
-        "metadata": {"version": 1.0},
-    }
+def _write_tasks(folder: Path) -> None:
+    """The lm-eval task folder: one YAML per task and the module that loads the eval data from the bed's
+    own `data/eval.jsonl`, found from the module's path, so the bed works wherever it is copied."""
+    common = {"test_split": "test", "doc_to_text": "{{prompt}}", "metadata": {"version": 1.0}}
     configs = {
         GENERATE_TASK: {
-            **common,
             "task": GENERATE_TASK,
+            **common,
             "output_type": "generate_until",
             "doc_to_target": "{{answer}}",
             "generation_kwargs": {"until": ["\n"], "max_gen_toks": 6, "do_sample": False},
             "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
         },
         CHOICE_TASK: {
-            **common,
             "task": CHOICE_TASK,
+            **common,
             "output_type": "multiple_choice",
             "doc_to_choice": "{{choices}}",
             "doc_to_target": "{{label}}",
@@ -225,7 +232,6 @@ def _write_tasks(folder: Path, *, data: Path) -> None:
     }
     folder.mkdir(parents=True, exist_ok=True)
     for name, config in configs.items():
-        path = folder / f"{name}.yaml"
-        text = yaml.safe_dump(config, sort_keys=False)
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
+        text = yaml.safe_dump(config, sort_keys=False) + f"custom_dataset: !function {TASK_DATA}.eval_split\n"
+        (folder / f"{name}.yaml").write_text(text)
+    (folder / f"{TASK_DATA}.py").write_text(TASK_DATA_SOURCE)

@@ -38,8 +38,9 @@ def _graft(*args: str) -> str:
 def test_three_releases_go_through_the_whole_flow(data_dir: Path, testbed: Testbed, tmp_path: Path) -> None:
     track = write_track(tmp_path, testbed, name="bed", releases=(2, 3, 4))
     assert "added track bed (local releases, iterative recycling)" in _graft("track", "add", str(track))
-    assert "track bed: 3 new release(s) processed" in _graft("track", "watch", "bed")
-    assert watch_releases(track="bed", dispatch="inline") == []  # seen releases run once
+    assert "track bed: 3 new release(s), 3 run" in _graft("track", "watch", "bed")
+    again = watch_releases(track="bed", dispatch="inline")
+    assert (again.new, again.started, again.waiting) == ([], [], None)  # seen releases run once
 
     gate = load_spec(Workspace.from_settings().registry(), track="bed").gate
     with session_scope(Workspace.from_settings().registry().engine) as session:
@@ -100,7 +101,7 @@ def _each_candidate_has_its_finetune_run(data_dir: Path, *, gate_steps: int) -> 
 
 
 def test_an_unknown_recycle_mode_is_refused_before_the_run_starts(data_dir: Path) -> None:
-    with pytest.raises(ParameterTypeError, match=r"mode.*Input should be 'iterative', 'direct' or 'none'"):
+    with pytest.raises(ParameterTypeError, match=r"mode.*Input should be 'iterative', 'source' or 'none'"):
         recycle.recycle_then_finetune(track="bed", release_id=1, mode="iterativ")  # type: ignore[arg-type]
 
 
@@ -121,8 +122,9 @@ def test_a_crashed_run_resumes_after_its_last_completed_step(
     monkeypatch.setattr(recycle, "finetune", counted)
     monkeypatch.setattr(recycle, "decide", crash)
     heard: list[tuple[str, int, int]] = []
-    with pytest.raises(RuntimeError, match="the machine went away"), listening(lambda *told: heard.append(told)):
-        watch_releases(track="resume", dispatch="inline")
+    with listening(lambda *told: heard.append(told)):
+        crashed = watch_releases(track="resume", dispatch="inline")
+    assert crashed.failed is not None and crashed.failed.endswith("'s run failed: RuntimeError: the machine went away")
     # The steps told a terminal of their progress: every fine-tuning step, and each evaluation to its end.
     assert [done for what, done, _ in heard if what == "01-M3: fine-tune"] == [*range(1, 31), 30]
     for subject in ("candidate", "base"):

@@ -36,6 +36,7 @@ def _demo(args: list[str], *, code: int = 0, **env: str) -> str:
     """Run `graft demo ARGS` as a user would; return what it printed."""
     done = subprocess.run([str(GRAFT), "demo", *args], capture_output=True, text=True, timeout=900, env=_env(**env))
     assert done.returncode == code, done.stdout + done.stderr
+    assert "Error logging to API" not in done.stderr  # its run logs reached its Prefect server before it stopped
     return done.stdout + done.stderr
 
 
@@ -72,6 +73,12 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
         time.sleep(0.05)  # the watcher has recorded M2 and is running it
     demo.send_signal(signal.SIGKILL)
     demo.wait()
+    deadline = time.monotonic() + 30
+    while _servers_on(data_dir / "prefect"):  # the kernel stops the demo's Prefect server with it
+        assert time.monotonic() < deadline, (
+            f"the killed demo left its Prefect server running: {_servers_on(data_dir / 'prefect')}"
+        )
+        time.sleep(0.2)
     assert [ref for ref, _ in _decided(data_dir)] == ["01-M1"] and _count(data_dir, "releases") == 2
 
     finished = _demo(args)
@@ -100,6 +107,20 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
     assert "Reusing the CPU test bed" in reused and "Reusing track testbed-demo" in reused
     assert "published" not in reused and _table(reused) == table
     assert "(3 of 3 releases done by an earlier run, reused)." in reused
+
+
+def _servers_on(home: Path) -> list[int]:
+    """The pids of the Prefect servers running on the Prefect home `home`."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PREFECT_HOME={home}".encode() in environ and b"server" in command:
+            found.append(int(proc.name))
+    return found
 
 
 def _count(data_dir: Path, table: str) -> int:

@@ -14,31 +14,33 @@ from graftwork.deployments.serve import build_deployments
 ROOT = Path(__file__).parents[2]
 
 
-def test_serve_builds_a_watcher_per_track_and_one_recycle_slot() -> None:
-    built = {d.name: d for d in build_deployments(tracks=["a", "b"], watch_every=timedelta(minutes=5))}
+def test_serve_watches_every_track_from_one_schedule_and_starts_passes_on_demand() -> None:
+    built = {d.name: d for d in build_deployments(watch_every=timedelta(minutes=5))}
     assert set(built) == {
-        "recycle-then-finetune", "run-series", "transfer", "evaluate", "promote", "rollback", "watch-a", "watch-b",
+        "recycle-then-finetune", "run-series", "backport", "transfer", "evaluate", "promote", "rollback",
+        "watch-releases", "watch-all",
     }  # fmt: skip
-    assert built["watch-a"].parameters == {"track": "a", "dispatch": "deployment"}
-    assert built["watch-a"].schedules[0].schedule.interval == timedelta(minutes=5)
-    assert "track:a" in built["watch-a"].tags
-    assert built["recycle-then-finetune"].concurrency_limit == 1
+    assert built["watch-all"].schedules[0].schedule.interval == timedelta(minutes=5)
+    assert built["watch-all"].entrypoint == "graftwork.flows.watch.watch_all_tracks"
+    assert built["watch-releases"].entrypoint == "graftwork.flows.watch.watch_releases"
+    assert not built["watch-releases"].schedules
+    on_pool = {d.name for d in build_deployments(watch_every=timedelta(minutes=5), recycle_pool="gpu")}
+    assert on_pool == set(built) - {"recycle-then-finetune"}  # its pool's workers run it
 
 
-def test_prefect_yaml_names_real_entrypoints_and_the_example_tracks() -> None:
+def test_prefect_yaml_names_real_entrypoints() -> None:
     config = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
-    names = set()
+    served = {d.name for d in build_deployments(watch_every=timedelta(minutes=60))}
     for deployment in config["deployments"]:
         assert deployment["entrypoint"].startswith("graftwork.flows."), deployment["entrypoint"]
         assert isinstance(import_object(deployment["entrypoint"]), Flow), deployment["entrypoint"]
         assert deployment["work_pool"]["name"] in {"cpu", "gpu"}
-        names.add(deployment["name"])
-    watched = {n.removeprefix("watch-") for n in names if n.startswith("watch-")}
-    assert watched == {p.stem for p in (ROOT / "deployments" / "tracks").glob("*.yaml")}
-    recycle = next(d for d in config["deployments"] if d["name"] == "recycle-then-finetune")
-    assert recycle["work_pool"]["name"] == "gpu" and recycle["concurrency_limit"] == 1
+    assert {d["name"] for d in config["deployments"]} == served  # prefect.yaml declares what serve serves
+    by_name = {d["name"]: d for d in config["deployments"]}
+    assert by_name["recycle-then-finetune"]["work_pool"]["name"] == "gpu"
+    assert by_name["watch-all"]["schedules"] and by_name["watch-releases"]["parameters"] == {"dispatch": "deployment"}
 
 
 def test_served_deployments_name_their_flows_by_module() -> None:
-    for deployment in build_deployments(tracks=["a"], watch_every=timedelta(minutes=5)):
+    for deployment in build_deployments(watch_every=timedelta(minutes=5)):
         assert isinstance(import_object(deployment.entrypoint), Flow), deployment.entrypoint

@@ -29,13 +29,13 @@ def _graft(*args: str, code: int = 0) -> str:
 
 def test_track_add_list_show(data_dir: Path, testbed: Testbed, tmp_path: Path) -> None:
     assert _graft("track", "list").strip() == "no tracks yet: `graft track add FILE`"
-    path = write_track(tmp_path, testbed, name="bed", releases=(2,), mode="direct")
-    assert "added track bed (local releases, direct recycling)" in _graft("track", "add", str(path))
+    path = write_track(tmp_path, testbed, name="bed", releases=(2,), mode="source")
+    assert "added track bed (local releases, source recycling)" in _graft("track", "add", str(path))
     assert "updated track bed" in _graft("track", "add", str(path))
-    assert _graft("track", "list").split() == ["bed", "local", "direct", "production"]
+    assert _graft("track", "list").split() == ["bed", "local", "source", "production"]
     shown = _graft("track", "show", "bed")
     assert json.loads(shown[: shown.rindex("}") + 1])["finetune"]["recipe"]["steps"] == 30
-    assert shown.rstrip().endswith("champion on production: none yet")
+    assert shown.rstrip().endswith("champion on production: none yet\nreleases: none yet (`graft track watch` looks)")
     assert "no track named 'nope'" in _graft("track", "show", "nope", code=1)
 
 
@@ -45,8 +45,8 @@ def test_serve_serves_a_watcher_for_each_registered_track(
     served: list[str] = []
     monkeypatch.setattr(serve, "serve", lambda *ds: served.extend(d.name for d in ds))
     _graft("track", "add", str(write_track(tmp_path, testbed, name="bed", releases=(2,))))
-    assert "serving 1 track watcher(s) every 5 min: bed" in _graft("serve", "--watch-minutes", "5")
-    assert "watch-bed" in served and "recycle-then-finetune" in served
+    assert "watching every track every 5 min (now: bed); recycle runs here" in _graft("serve", "--watch-minutes", "5")
+    assert {"watch-all", "watch-releases", "recycle-then-finetune"} <= set(served)
 
 
 def test_worker_creates_its_pool_once(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

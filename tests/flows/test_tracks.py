@@ -10,6 +10,7 @@ import yaml
 
 from graftwork.errors import TrackError
 from graftwork.flows.tracks import HubRefsSource, LocalSource, load_track
+from graftwork.terms import RecycleMode
 
 TRACKS = Path(__file__).parents[2] / "deployments" / "tracks"
 
@@ -59,7 +60,7 @@ def test_relative_paths_are_taken_from_the_files_folder(tmp_path: Path) -> None:
             {"source": {"kind": "ftp"}},
             "source: Input tag 'ftp' found using 'kind' does not match any of the expected tags",
         ),
-        ({"recycle": {"mode": "sideways"}}, "recycle.mode: Input should be 'iterative', 'direct' or 'none'"),
+        ({"recycle": {"mode": "sideways"}}, "recycle.mode: Input should be 'iterative', 'source' or 'none'"),
         (
             {"finetune": {"data": "d.jsonl", "recipe": {"steps": -1}}},
             "finetune.recipe.steps: Input should be greater than",
@@ -93,7 +94,9 @@ def test_a_multi_gpu_track_fine_tunes_through_accelerate(tmp_path: Path, monkeyp
     spec = load_track(_write(tmp_path, {**GOOD, "finetune": {"data": "d.jsonl", "launch": {"processes": 2}}}))
     launched: list[dict[str, object]] = []
     monkeypatch.setattr(recycle, "run_launch", lambda **kwargs: launched.append(kwargs))
-    plan = recycle.Plan("t", 1, ReleaseRef(repo_id="o/m", revision="a" * 40), None, "none", tmp_path / "work")
+    plan = recycle.Plan(
+        "t", 1, ReleaseRef(repo_id="o/m", revision="a" * 40), None, "none: plain", RecycleMode.NONE, tmp_path / "work"
+    )
     plan.work.mkdir()
     out = recycle.fine_tune.fn(plan, tmp_path / "base", spec)
     [call] = launched

@@ -31,8 +31,11 @@ def graft(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  
 
 def add_track(graft, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     source = {"kind": "hub-repos", "author": "org", "name_pattern": "m-*"}
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "q: 1+1?", "completion": "2"}\n')
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(track_spec(name, source)))
+    spec = track_spec(name, source)
+    path.write_text(yaml.safe_dump({**spec, "finetune": {"data": str(data)}}))
     assert f"added track {name}" in graft("track", "add", str(path))
 
 

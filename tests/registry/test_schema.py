@@ -27,8 +27,8 @@ from tests.registry.conftest import candidate, track_named
 PROMOTE, REJECT, GATE = GateDecision.PROMOTE, GateDecision.REJECT, ActorKind.GATE
 
 TABLES = {
-    "tracks", "releases", "diffs", "diff_files", "finetune_runs", "candidates", "eval_results", "promotions",
-    "webhook_deliveries",
+    "tracks", "releases", "release_states", "diffs", "diff_files", "finetune_runs", "candidates", "eval_results",
+    "promotions", "webhook_deliveries",
 }  # fmt: skip
 SHA = "a" * 40
 
@@ -70,14 +70,14 @@ def test_the_database_refuses_words_it_does_not_know(registry: Registry) -> None
         for c in inspector.get_check_constraints(table)
     }
     assert checks == {
-        "ck_candidates_recycle_mode", "ck_eval_results_eval_subject", "ck_promotions_gate_decision",
-        "ck_promotions_actor_kind",
+        "ck_candidates_recycle_mode", "ck_candidates_candidate_kind", "ck_eval_results_eval_subject",
+        "ck_promotions_gate_decision", "ck_promotions_actor_kind",
     }  # fmt: skip
     with session_scope(registry.engine) as session:
         release, _ = rows.record_release(session, track=track_named(session, "t"), repo_id="o/m", revision=SHA)
     insert = text(
-        "INSERT INTO candidates (track_id, release_id, mode, alpha, model_uri, created_at) "
-        "VALUES (:track, :release, :mode, 1.0, '/m', CURRENT_TIMESTAMP)"
+        "INSERT INTO candidates (track_id, release_id, kind, mode, alpha, model_uri, created_at) "
+        "VALUES (:track, :release, 'recycle', :mode, 1.0, '/m', CURRENT_TIMESTAMP)"
     )
     refused = r"ck_candidates_recycle_mode|CHECK constraint failed"
     with pytest.raises(sqlalchemy.exc.IntegrityError, match=refused), registry.engine.begin() as connection:
@@ -88,8 +88,9 @@ def test_the_database_refuses_words_it_does_not_know(registry: Registry) -> None
 
 
 def test_revision_0002_records_a_typo_mode_as_what_it_ran(database_url: str) -> None:
-    """Before 0002 an unknown mode ran direct recycling and was recorded as typed; 0002 records `direct`,
-    and says who made each promotion, on a database full of rows that point at each other."""
+    """Before 0002 an unknown mode ran direct recycling and was recorded as typed; 0002 records `direct`
+    (0003 renames it `source`) and says who made each promotion, and 0003 gives each release its state,
+    on a database full of rows that point at each other."""
     engine = make_engine(database_url)
     upgrade(engine, revision="0001")
     with engine.begin() as connection:
@@ -113,11 +114,13 @@ def test_revision_0002_records_a_typo_mode_as_what_it_ran(database_url: str) -> 
         modes = connection.execute(text("SELECT mode FROM candidates ORDER BY id")).scalars().all()
         actors = connection.execute(text("SELECT actor_kind, actor FROM promotions ORDER BY id")).all()
         diff_owner = connection.execute(text("SELECT candidate_id FROM diffs")).scalar_one()
+        states = connection.execute(text("SELECT release_id, state, attempts FROM release_states")).all()
     assert (modes, [tuple(a) for a in actors], diff_owner) == (
-        ["direct", "none"],
+        ["source", "none"],
         [("gate", "gate"), ("user", "alice")],
         2,
     )
+    assert [tuple(row) for row in states] == [(1, "done", 0)]  # its candidate has the gate's decision
     downgrade(engine, revision="0001")
     engine.dispose()
 

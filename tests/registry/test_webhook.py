@@ -6,7 +6,6 @@ Every test that touches the registry runs on SQLite and on PostgreSQL (the `regi
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import socket
 import threading
@@ -29,13 +28,13 @@ from typer.testing import CliRunner
 from graftwork.deployments import webhook_cli
 from graftwork.deployments.webhook import create_app
 from graftwork.errors import WebhookSecretError
-from graftwork.flows import webhooks
 from graftwork.flows.webhooks import HubEvent, delivery_key, tracks_watching
 from graftwork.storage import Registry
 from graftwork.storage import registry as rows
 from graftwork.storage.blobs import BlobStore
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import WebhookDelivery
+from tests.hub_fixtures import hub_payload, sha
 from tests.registry.conftest import track_spec
 
 SECRET = "s3cret-for-tests-0123456789abcdef"
@@ -46,36 +45,6 @@ TRACKS = {
     "llama-3.1-all": {"kind": "hub-repos", "author": "meta-llama", "name_pattern": "Llama-3.1-*"},
     "testbed-demo": {"kind": "local", "release_dir": "releases/"},
 }
-
-
-def sha(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-def hub_payload(
-    repo: str = OLMO,
-    *,
-    refs: tuple[str, ...] = ("refs/heads/stage1-step1000-tokens5B",),
-    action: str = "update",
-    scope: str = "repo.content",
-    repo_type: str = "model",
-) -> dict[str, Any]:
-    """A delivery as the Hub sends it (payload version 3) when `refs` are pushed to `repo`."""
-    head = sha(f"{repo}@{refs}")
-    return {
-        "event": {"action": action, "scope": scope},
-        "repo": {
-            "type": repo_type,
-            "name": repo,
-            "id": "6718e2c3c8f1b1c4f2d3a401",
-            "private": False,
-            "url": {"web": f"https://huggingface.co/{repo}", "api": f"https://huggingface.co/api/models/{repo}"},
-            "headSha": head,
-            "owner": {"id": "5e70f3648ce3c604d78fe132"},
-        },
-        "updatedRefs": [{"ref": ref, "oldSha": None, "newSha": head} for ref in refs],
-        "webhook": {"id": "6790a1f2b3c4d5e6f7a8b9c0", "version": 3},
-    }
 
 
 @dataclass
@@ -123,7 +92,7 @@ def hooks(registry: Registry) -> Iterator[Hooks]:
 
 @pytest.mark.parametrize("secret", [None, "", "wrong", SECRET[:-1], SECRET + "x", SECRET.upper()])
 def test_a_missing_or_wrong_secret_is_refused_without_echoing_it(hooks: Hooks, secret: str | None) -> None:
-    response = hooks.post(hub_payload(), secret=secret)
+    response = hooks.post(hub_payload(OLMO), secret=secret)
     assert response.status_code == 401
     assert "X-Webhook-Secret" in response.json()["detail"]
     assert SECRET not in response.text and SECRET.upper() not in response.text
@@ -169,7 +138,7 @@ def _ref_without_name(p: dict[str, Any]) -> None:
     ids=["no-repo", "bad-head-sha", "ref-without-name"],
 )
 def test_a_payload_that_is_not_a_hub_webhook_is_422_naming_the_field(hooks: Hooks, breaks: Any, reason: str) -> None:
-    payload = hub_payload()
+    payload = hub_payload(OLMO)
     breaks(payload)
     response = hooks.post(payload)
     assert response.status_code == 422
@@ -178,7 +147,7 @@ def test_a_payload_that_is_not_a_hub_webhook_is_422_naming_the_field(hooks: Hook
 
 
 def test_an_oversize_body_is_413_declared_or_streamed(hooks: Hooks) -> None:
-    huge = hub_payload(refs=tuple(f"refs/heads/stage1-step{i}-tokens{i}B" for i in range(1_000)))
+    huge = hub_payload(OLMO, refs=tuple(f"refs/heads/stage1-step{i}-tokens{i}B" for i in range(1_000)))
     body = json.dumps(huge).encode()
     assert len(body) > 20_000
     declared = hooks.client.post("/hooks/hub", content=body, headers={"X-Webhook-Secret": SECRET})
@@ -238,7 +207,7 @@ def test_a_matching_delivery_starts_each_watching_track_once_with_its_key(hooks:
 
 
 def test_a_delivery_replayed_ten_times_starts_one_run(hooks: Hooks) -> None:
-    payload = hub_payload()
+    payload = hub_payload(OLMO)
     statuses = [hooks.post(payload).json()["status"] for _ in range(10)]
     assert statuses == ["started"] + ["duplicate"] * 9
     assert len(hooks.starts.calls) == 1
@@ -247,11 +216,11 @@ def test_a_delivery_replayed_ten_times_starts_one_run(hooks: Hooks) -> None:
 
 def test_a_run_that_cannot_be_started_records_nothing_so_a_redelivery_starts_it(hooks: Hooks) -> None:
     hooks.starts.failures = 1
-    failed = hooks.post(hub_payload())
+    failed = hooks.post(hub_payload(OLMO))
     assert failed.status_code == 503
     assert "track olmo-stage1" in failed.json()["detail"] and "redeliver" in failed.json()["detail"]
     assert hooks.deliveries() == []
-    retried = hooks.post(hub_payload())
+    retried = hooks.post(hub_payload(OLMO))
     assert retried.status_code == 200 and retried.json()["status"] == "started"
     assert len(hooks.starts.calls) == 1
 
@@ -325,32 +294,16 @@ def test_tracks_watching_reads_each_source_kind(registry: Registry) -> None:
 
 def test_the_delivery_key_is_stable_and_ignores_the_order_of_refs() -> None:
     refs = ("refs/heads/stage1-step1", "refs/tags/stage1-step2")
-    one = HubEvent.from_payload(hub_payload(refs=refs))
-    assert delivery_key(one) == delivery_key(HubEvent.from_json(json.dumps(hub_payload(refs=refs))))
-    reordered = hub_payload(refs=refs)
+    one = HubEvent.from_payload(hub_payload(OLMO, refs=refs))
+    assert delivery_key(one) == delivery_key(HubEvent.from_json(json.dumps(hub_payload(OLMO, refs=refs))))
+    reordered = hub_payload(OLMO, refs=refs)
     reordered["updatedRefs"].reverse()
     assert delivery_key(HubEvent.from_payload(reordered)) == delivery_key(one)
-    moved = hub_payload(refs=refs)
+    moved = hub_payload(OLMO, refs=refs)
     moved["updatedRefs"][0]["newSha"] = sha("another commit")
     assert delivery_key(HubEvent.from_payload(moved)) != delivery_key(one)
-    assert one.head_sha == hub_payload(refs=refs)["repo"]["headSha"]
+    assert one.head_sha == hub_payload(OLMO, refs=refs)["repo"]["headSha"]
     assert one.updated_refs == tuple((ref, one.head_sha) for ref in refs)
-
-
-def test_the_default_starter_runs_the_tracks_watcher_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-    monkeypatch.setattr(webhooks, "run_deployment", lambda *args, **kwargs: calls.append((args, kwargs)))
-    webhooks.start_watcher("olmo-stage1", "abc:1")
-    assert calls == [
-        (
-            ("watch-releases/watch-olmo-stage1",),
-            {
-                "parameters": {"track": "olmo-stage1", "dispatch": "deployment"},
-                "idempotency_key": "abc:1",
-                "timeout": 0,
-            },
-        )
-    ]
 
 
 def test_graft_webhook_needs_a_secret_and_never_prints_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

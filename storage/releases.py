@@ -1,0 +1,242 @@
+"""A track's releases in their source's order, and each one's life (`terms.ReleaseState`): recorded
+when discovered, dispatched, running (with a heartbeat), then done, failed (to be run again, with a
+backoff, up to a limit) or skipped (its model files are those of the release before it).
+
+Every function takes a Session and only adds and flushes; the caller's `session_scope()` commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..errors import NotFoundError, ReleaseOrderError
+from ..terms import ReleaseState
+from .models import Release, ReleaseStatus, Track
+from .registry import insert_or_get
+
+FINISHED = frozenset({ReleaseState.DONE, ReleaseState.SKIPPED})
+LIVE = frozenset({ReleaseState.DISPATCHED, ReleaseState.RUNNING})
+
+
+@dataclass(frozen=True)
+class Found:
+    """A release as its source shows it: where it is, and its place in the source's order."""
+
+    repo_id: str
+    revision: str
+    ref: str | None
+    path: str | None
+    position: str
+    content_key: str
+
+
+def known(session: Session, *, track: Track) -> set[tuple[str, str]]:
+    """(repo id, revision) of every release of `track` recorded so far."""
+    query = select(Release.repo_id, Release.revision).where(Release.track_id == track.id)
+    return {(repo_id, revision) for repo_id, revision in session.execute(query)}
+
+
+def record(session: Session, *, track: Track, found: Found) -> tuple[Release, bool]:
+    """Record a release once, with its state: `skipped` when its model files are those of the release
+    before it in the track's order, else `discovered`. Returns the release and whether it is new."""
+    values = {
+        "track_id": track.id,
+        "repo_id": found.repo_id,
+        "revision": found.revision,
+        "ref": found.ref,
+        "path": found.path,
+        "position": found.position,
+        "content_key": found.content_key,
+    }
+    release, new = insert_or_get(session, Release, unique=("track_id", "repo_id", "revision"), values=values)
+    if new:
+        before = previous(session, release=release)
+        if before is not None and before.content_key == release.content_key:
+            state, detail = ReleaseState.SKIPPED, f"its model files are those of {label(before)}"
+        else:
+            state, detail = ReleaseState.DISCOVERED, None
+        session.add(ReleaseStatus(release_id=release.id, state=state, attempts=0, detail=detail))
+        session.flush()
+    return release, new
+
+
+def in_order(session: Session, *, track: Track) -> list[Release]:
+    """The track's releases in their source's order (releases recorded before positions existed first)."""
+    releases = list(session.scalars(select(Release).where(Release.track_id == track.id)))
+    return sorted(releases, key=lambda r: (r.position is not None, r.position or "", r.id))
+
+
+def previous(session: Session, *, release: Release) -> Release | None:
+    """The release before `release` in its track's order, skipped ones passed over: the one it carries from."""
+    order = in_order(session, track=release.track)
+    earlier = [r for r in order[: order.index(release)] if status(session, release=r).state is not ReleaseState.SKIPPED]
+    return earlier[-1] if earlier else None
+
+
+def check_order(session: Session, *, release: Release) -> Release | None:
+    """The release `release` carries from (None for the track's first), which must be done.
+
+    Raises:
+        ReleaseOrderError: that release is not done yet: this one's run must wait for it.
+    """
+    before = previous(session, release=release)
+    if before is not None and (state := status(session, release=before).state) is not ReleaseState.DONE:
+        raise ReleaseOrderError(
+            f"{label(release)} carries from {label(before)}, which is {state}; it runs once {label(before)} is "
+            f"done (the watcher starts it then; `graft track show {release.track.name}` shows both).",
+            release=label(release),
+        )
+    return before
+
+
+def status(session: Session, *, release: Release) -> ReleaseStatus:
+    """The release's state row (one recorded without `record`, as the registry's own tests do, gets one:
+    `discovered`)."""
+    row = session.get(ReleaseStatus, release.id)
+    if row is None:
+        row = ReleaseStatus(release_id=release.id, state=ReleaseState.DISCOVERED, attempts=0)
+        session.add(row)
+        session.flush()
+    return row
+
+
+def label(release: Release) -> str:
+    """How a release is named to people: `release-3 (02-M2)`."""
+    return f"release-{release.id}" + (f" ({release.ref})" if release.ref else f" ({release.revision[:12]})")
+
+
+def by_name(session: Session, *, track: Track, name: str) -> Release:
+    """A release of `track` by its id (`release-3`, `3`), its ref or folder (`02-M2`), or its sha (or a prefix).
+
+    Raises:
+        NotFoundError: no release of the track has that name, or a sha prefix names several.
+    """
+    number = name.removeprefix("release-")
+    order = in_order(session, track=track)
+    hits = [r for r in order if (number.isdigit() and r.id == int(number)) or r.ref == name]
+    if not hits and len(name) >= 7:
+        hits = [r for r in order if r.revision.startswith(name)]
+    if len(hits) != 1:
+        names = ", ".join(label(r) for r in order) or "none yet"
+        why = "names several" if hits else "names none"
+        raise NotFoundError(f"{name!r} {why} of track {track.name}'s releases (they are: {names}).", ref=name)
+    return hits[0]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How failed runs are run again: at most `limit` runs in all, waiting `backoff` after the first
+    failure and twice as long after each next one; a run that stops reporting for `stale_after` died."""
+
+    limit: int
+    backoff: timedelta
+    stale_after: timedelta
+
+
+def describe(row: ReleaseStatus, *, policy: RetryPolicy) -> str:
+    """A release's state in words, with why and what comes next: `failed (RuntimeError: CUDA out of
+    memory), next run after 12:00:03 UTC`."""
+    what = str(row.state) + (f" ({row.detail})" if row.detail else "")
+    if row.state is ReleaseState.FAILED:
+        if row.attempts >= policy.limit:
+            what += f", {row.attempts} of {policy.limit} runs used: `graft track retry` runs it again"
+        elif row.retry_at is not None:
+            what += f", next run after {row.retry_at:%H:%M:%S} UTC"
+    return what
+
+
+def dispatchable(session: Session, *, track: Track, policy: RetryPolicy, now: datetime) -> list[Release]:
+    """The releases a watcher pass may start now, in order: each one's predecessor is done (or it has
+    none), and it is new, or failed with runs left and its backoff over. A release that may not start
+    blocks those after it (they carry from it)."""
+    ready = []
+    for release in in_order(session, track=track):
+        row = status(session, release=release)
+        if row.state in FINISHED:
+            continue
+        waiting = row.state in LIVE or (row.state is ReleaseState.FAILED and row.attempts >= policy.limit)
+        if waiting:
+            break
+        if row.state is ReleaseState.FAILED and row.retry_at is not None and row.retry_at > now:
+            break
+        ready.append(release)
+        break  # the next release carries from this one: it waits until this one is done
+    return ready
+
+
+def mark(
+    session: Session,
+    *,
+    release: Release,
+    state: ReleaseState,
+    detail: str | None = None,
+    runner: str | None = None,
+    flow_run_id: str | None = None,
+) -> ReleaseStatus:
+    """Move a release to `state` (with what says why or who runs it); `running` counts a run and starts
+    its heartbeat."""
+    row = status(session, release=release)
+    now = datetime.now(UTC)
+    row.state, row.detail = state, detail
+    if state is ReleaseState.RUNNING:
+        row.attempts += 1
+        row.runner, row.heartbeat_at, row.retry_at = runner, now, None
+        row.flow_run_id = flow_run_id or row.flow_run_id
+    elif state is ReleaseState.DISPATCHED:
+        row.flow_run_id, row.runner = flow_run_id, None
+    session.flush()
+    return row
+
+
+def fail(
+    session: Session, *, release: Release, detail: str, policy: RetryPolicy, died: bool, counts: bool = False
+) -> ReleaseStatus:
+    """Record a failed run: a run that died (its process or machine went away) may run again at once; one
+    that failed waits its backoff. Past the policy's limit it waits for `graft track retry`. `counts`: the
+    failure happened before any run began (a failed dispatch), and counts as a run all the same."""
+    row = mark(session, release=release, state=ReleaseState.FAILED, detail=detail)
+    row.attempts += counts
+    delay = timedelta(0) if died else policy.backoff * 2 ** max(row.attempts - 1, 0)
+    row.retry_at = datetime.now(UTC) + delay
+    session.flush()
+    return row
+
+
+def beat(session: Session, *, release: Release) -> None:
+    """A sign of life of the release's run."""
+    status(session, release=release).heartbeat_at = datetime.now(UTC)
+    session.flush()
+
+
+def retry(session: Session, *, release: Release) -> ReleaseStatus:
+    """Let a release run again now, whatever ended its last run (`graft track retry`).
+
+    Raises:
+        NotFoundError: the release is done or skipped, or running: there is nothing to retry.
+    """
+    row = status(session, release=release)
+    if row.state in FINISHED or row.state is ReleaseState.RUNNING:
+        raise NotFoundError(
+            f"{label(release)} is {row.state}: there is nothing to retry (a running one is retried by the "
+            "watcher if it stops reporting).",
+            ref=label(release),
+        )
+    row.state, row.attempts, row.retry_at, row.detail = ReleaseState.DISCOVERED, 0, None, "retried by hand"
+    session.flush()
+    return row
+
+
+def release_of(session: Session, *, release_id: int) -> Release:
+    """A release by id.
+
+    Raises:
+        NotFoundError: there is none.
+    """
+    release = session.get(Release, release_id)
+    if release is None:
+        raise NotFoundError(f"no release with id {release_id} in the registry.", ref=f"release-{release_id}")
+    return release
