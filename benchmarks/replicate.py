@@ -29,7 +29,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "T
 from graftwork.tasks import engine  # noqa: E402
 from graftwork.tasks.evaluate import Suite, evaluate  # noqa: E402
 from graftwork.tasks.testbed import Testbed, build_testbed  # noqa: E402
-from graftwork.tasks.testbed.shipped import differences  # noqa: E402
+from graftwork.tasks.testbed.shipped import differences, unexplained  # noqa: E402
 from graftwork.tasks.training.finetune import Recipe, finetune  # noqa: E402
 
 STRONG_GAIN = 20.0  # points a strong base must gain from M_i + Δ_{i−1}, with no training
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [f.result() for f in futures]
     for run in runs:
         print(f"seed {run.seed}: {run.seconds:.0f} s", file=sys.stderr)
-    checked = [differences(bed.root) for bed in beds if bed.seed == 0] if setup.from_scratch else []
+    checked = [unexplained(differences(bed.root)) for bed in beds if bed.seed == 0] if setup.from_scratch else []
     shipped = checked[0] if checked else None
     report = write_report(runs, out=ns.out, setup=setup, seconds=time.perf_counter() - start, shipped=shipped)
     print(report.read_text())

@@ -1,6 +1,7 @@
 """Shipping a test bed: `python -m graftwork.tasks.testbed.ship DIR` makes the bed that
 `graft testbed build --out DIR` pretrained from scratch (with its control) the one shipped with the
-package, and writes its manifest of sha256 per file. Run it after bumping `build.BED_FORMAT`."""
+package, and writes its manifest of sha256 per file and the processor it was pretrained on. Run it
+after bumping `build.BED_FORMAT`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from ...errors import TestbedError
 from ...fs import write_json
-from .shipped import FILES, SHIPPED_PARTS, shipped_root
+from .shipped import FILES, SHIPPED_PARTS, cpu_signature, shipped_root
 
 
 def ship(built: Path, *, into: Path) -> dict[str, str]:
@@ -35,7 +36,8 @@ def ship(built: Path, *, into: Path) -> dict[str, str]:
             (into / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, into / relative)
             files[relative] = hashlib.sha256(path.read_bytes()).hexdigest()
-    write_json(into / FILES, {"key": made["key"], "seed": made["seed"], "versions": made["versions"], "files": files})
+    manifest = {"key": made["key"], "seed": made["seed"], "versions": made["versions"], "built_on": cpu_signature()}
+    write_json(into / FILES, {**manifest, "files": files})
     return files
 
 
