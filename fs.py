@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,10 +26,10 @@ Say = Callable[[str], None]
 def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `out`; rename it to `out` only if the block completes.
 
-    A failure (or a kill) leaves nothing at `out`. Partial folders left by killed runs are removed
-    the next time anything is written to the same `out`. With `durable`, every file and folder in
-    it, and its parent after the rename, are fsynced, so the output also survives a power loss once
-    this returns.
+    A failure (or a kill) leaves nothing at `out`, and a failure removes the folders made to hold it.
+    Partial folders left by killed runs are removed the next time anything is written to the same `out`.
+    With `durable`, every file and folder in it, and its parent after the rename, are fsynced, so the
+    output also survives a power loss once this returns.
 
     Raises:
         OutputExistsError: `out` exists and `overwrite` is false.
@@ -36,6 +37,7 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = Fal
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists already; choose another output path or pass --overwrite.", path=out)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -55,7 +57,25 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = Fal
             fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # deepest first: the folders made for `out`, if nothing else was put there
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
+
+
+@contextmanager
+def scratch_dir(*, prefix: str) -> Iterator[Path]:
+    """A folder `PREFIX<pid>-<random>` in the system's temp dir, removed when the block ends. A process
+    killed outright cannot remove its own, so those whose process no longer runs are removed first."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"{prefix}*-*"):
+        pid = old.name.removeprefix(prefix).split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as scratch:
+        yield Path(scratch)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

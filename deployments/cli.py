@@ -271,6 +271,8 @@ def ui(
     import sys
 
     home = (data_dir or GraftSettings().data_dir).resolve() / "prefect"
+    with user_errors():
+        _make_home(home)
     say(f"Prefect UI on http://127.0.0.1:{port} (database {home / 'prefect.db'}); Ctrl-C stops it")
     env = {
         **os.environ,
@@ -283,6 +285,22 @@ def ui(
     command = [sys.executable, "-m", "prefect", "server", "start"]
     # The server replaces this process, so that stopping `graft ui` stops the server itself.
     os.execve(sys.executable, command, env)
+
+
+def _make_home(home: Path) -> None:
+    """Create the UI server's Prefect home (a new data dir has none: its SQLite database could not open).
+
+    Raises:
+        LocalPrefectError: it cannot be created.
+    """
+    from ..errors import LocalPrefectError
+
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LocalPrefectError(
+            f"cannot create {home} for the Prefect server: {e.strerror}; choose another --data-dir.", path=home
+        ) from None
 
 
 @app.command()

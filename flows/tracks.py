@@ -29,6 +29,7 @@ import re
 from collections.abc import Collection
 from fnmatch import fnmatchcase
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -45,12 +46,13 @@ from ..tasks.training.finetune import Recipe, read_pairs
 from ..tasks.training.launch import Launch
 from ..terms import CarryRule, RecycleMode, SourceKind
 
+TAG_FIELDS = frozenset({"track", "release"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _ENUM_REPR = re.compile(r"<\w+\.\w+: ('[^']*')>")  # pydantic names a Literal enum tag as <SourceKind.LOCAL: 'local'>
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class LocalSource(_Spec):
@@ -122,7 +124,11 @@ class RecycleSpec(_Spec):
         default=CarryRule.PREVIOUS,
         description="Whose Δ: the previous release's in the track's order (Algorithm 1), or the champion's.",
     )
-    alpha: float = Field(default=1.0, description="Scale of the diff vector: base + alpha·Δ.")
+    alpha: float = Field(
+        default=1.0,
+        description="Scale of the diff vector: base + alpha·Δ. Any finite value: a negative one subtracts Δ "
+        "(undoes the fine-tuning it holds), which some users want; 0 carries nothing.",
+    )
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -143,6 +149,21 @@ class PublishSpec(_Spec):
         default="{track}-{release}", description="Fields: {track}, {release} (the base's short sha)."
     )
     private: bool = True
+
+    @field_validator("tag_format")
+    @classmethod
+    def _known_fields(cls, tag_format: str) -> str:
+        try:
+            fields = {name for _, name, _, _ in Formatter().parse(tag_format) if name is not None}
+        except ValueError as e:
+            raise ValueError(f"{tag_format!r} is not a format string ({e})") from None
+        unknown = sorted(fields - TAG_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"{tag_format!r} names {', '.join('{' + f + '}' for f in unknown)}; "
+                f"it may use {', '.join('{' + f + '}' for f in sorted(TAG_FIELDS))}"
+            )
+        return tag_format
 
 
 class TrackSpec(_Spec):
@@ -213,6 +234,11 @@ def load_track(path: Path) -> TrackSpec:
         data = yaml.safe_load(Path(path).read_text())
     except OSError as e:
         raise TrackError(f"cannot read track file {path}: {e.strerror}.", track=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise TrackError(
+            f"{path} is not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r}); save it as UTF-8.",
+            track=str(path),
+        ) from None
     except yaml.YAMLError as e:
         raise TrackError(f"{path} is not YAML: {e}", track=str(path)) from None
     return parse_track(data, base_dir=Path(path).parent, origin=str(path))

@@ -27,7 +27,7 @@ Backend = Literal["hf", "vllm"]
 class Suite(BaseModel):
     """What to evaluate: lm-eval task names, where local task YAMLs live, and how."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field("suite", description="A label for reports.")
     tasks: tuple[str, ...] = Field(min_length=1, description="lm-eval task or group names.")

@@ -36,7 +36,7 @@ class Scored(Protocol):
 class MetricRef(BaseModel):
     """A metric of a task, as lm-eval names it (`exact_match` under filter `none`, ...)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     task: str
     metric: str
@@ -49,7 +49,7 @@ class MetricRef(BaseModel):
 class GateRules(BaseModel):
     """What a candidate must show to be promoted."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     metrics: tuple[MetricRef, ...] = Field(min_length=1, description="Metrics the gate reads; the first is primary.")
     min_primary: float | None = Field(None, description="The primary metric must reach this value.")

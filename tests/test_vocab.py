@@ -86,10 +86,19 @@ def test_diff_and_apply_round_trip_carried_rows(states, tmp_path: Path) -> None:
         "base_rows": len(VOCAB),
         "finetuned_rows": len(VOCAB) + 3,
     }
+    assert (tmp_path / "d" / "finetuned_tokenizer" / "tokenizer.json").is_file()  # the layout diff.json names
+    assert read_json(tmp_path / "d" / "diff.json")["tokenizers"] == {
+        "base": "base_tokenizer",
+        "finetuned": "finetuned_tokenizer",
+    }
     applied = engine.apply(diff=tmp_path / "d", target=base, out=tmp_path / "m")
     assert applied.rows == {"transferred": len(VOCAB), "kept": 0, "carried": len(ADDED)}
     got = load_state(tmp_path / "m")
     assert all(bits_equal(got[k], v) for k, v in states["finetuned_added"].items())
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "m"))  # the carried rows come with their tokens
+    assert [tok.convert_tokens_to_ids(t) for t in ADDED] == list(range(len(VOCAB), len(VOCAB) + len(ADDED)))
 
 
 def _reordered_target(states, tmp_path: Path) -> tuple[Path, list[str], dict[str, torch.Tensor]]:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from ...fs import atomic_output_dir, copy_files, write_json
 from ..io.checkpoints import GENERATION_CONFIG, ModelFolder, open_model_folder
-from ..io.difffolder import DIFF_PREFIX, open_diff_folder, write_manifest
+from ..io.difffolder import DIFF_PREFIX, open_diff_folder, tokenizer_folder, write_manifest
 from ..io.shards import DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter
 from ..io.stfile import DTYPE_CODES, TensorReader, numel
 from .checks import check_architectures, check_diff_architecture, check_tensors
@@ -101,7 +101,7 @@ def diff(
         tokenizers = {"base": bs.tokenizer_files(), "finetuned": ft.tokenizer_files()}
         for role, files in tokenizers.items():
             if files:
-                copy_files(files, tmp / f"{role}tokenizer_of")
+                copy_files(files, tmp / tokenizer_folder(role))
         write_manifest(
             tmp,
             finetuned={**ft.describe(), "content_hash": ft.content_hash(), "tokenizer_digest": ft.tokenizer_digest()},
@@ -117,7 +117,7 @@ def diff(
             },
             vocab=None if base_rows is None else {"base_rows": base_rows, "finetuned_rows": ft_rows},
             tied_embeddings=ft.ties_embeddings,
-            tokenizers={role: f"{role}tokenizer_of" if files else None for role, files in tokenizers.items()},
+            tokenizers={role: tokenizer_folder(role) if files else None for role, files in tokenizers.items()},
             version=_version(),
         )
         widened = tuple(j.name for j in jobs if j.wider is not None and j.out_dtype == j.wider)

@@ -189,6 +189,13 @@ def _indexed_files(folder: Path, index_path: Path) -> list[Path]:
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelFolderError(f"{index_path} has no weight_map.", path=index_path)
+    for tensor, name in weight_map.items():
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise ModelFolderError(
+                f"{index_path}: weight_map maps tensor {tensor!r} to {name!r}, not to the name of a shard file in "
+                f"{folder}; fix the index, or save the model again with `save_pretrained`.",
+                path=index_path,
+            )
     files = []
     for name in dict.fromkeys(weight_map.values()):
         f = folder / name

@@ -14,7 +14,9 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, ValidationError
 
 from ...errors import ModelFolderError
 from ...fs import write_json
@@ -28,6 +30,47 @@ FORMAT = "graftwork.diff"
 FORMAT_VERSION = 1
 
 
+class _Record(BaseModel):
+    """A part of `diff.json`: fields it does not name are kept (newer writers may add some)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+
+class ModelProvenance(_Record):
+    """One input of a diff: where it was, its revision, type, vocabulary and hashes."""
+
+    path: str | None = None
+    revision: str | None = None
+    model_type: str | None = None
+    vocab_size: int | None = None
+    content_hash: str | None = None
+    tokenizer_digest: str | None = None
+
+
+class TensorRecord(_Record):
+    """One Δ tensor: its stored and source dtypes, shape and L2 norm."""
+
+    dtype: str
+    source_dtype: str
+    shape: list[NonNegativeInt]
+    l2_norm: NonNegativeFloat
+
+
+class DiffManifest(_Record):
+    """What `diff.json` must hold for a diff folder to be applied, registered or exported."""
+
+    format: Literal["graftwork.diff"]
+    format_version: Literal[1]
+    graftwork_version: str
+    finetuned: ModelProvenance
+    base: ModelProvenance
+    tensor_count: NonNegativeInt
+    vocab: dict[str, int | None] | None = None
+    tied_embeddings: bool = False
+    tokenizers: dict[str, str | None] = Field(default_factory=dict)
+    tensors: dict[str, TensorRecord]
+
+
 @dataclass(frozen=True)
 class DiffFolder:
     """An opened diff folder."""
@@ -37,8 +80,8 @@ class DiffFolder:
     tensors: dict[str, TensorInfo]
 
     def tokenizer_files(self, role: str) -> list[Path]:
-        """Tokenizer files stored for `role` ("base" or "finetuned")."""
-        folder = self.path / f"{role}_tokenizer"
+        """Tokenizer files stored for `role` ("base" or "finetuned"), in the folder the manifest names."""
+        folder = self.path / ((self.manifest.get("tokenizers") or {}).get(role) or tokenizer_folder(role))
         return [folder / n for n in TOKENIZER_FILES if (folder / n).is_file()]
 
     def tokenizer(self, role: str) -> Tokenizer:
@@ -48,11 +91,17 @@ class DiffFolder:
         return Tokenizer(folder=files[0].parent if files else None, digest=self.manifest[key].get("tokenizer_digest"))
 
 
+def tokenizer_folder(role: str) -> str:
+    """The sub-folder of a diff folder that holds the tokenizer of `role` ("base" or "finetuned")."""
+    return f"{role}_tokenizer"
+
+
 def open_diff_folder(path: Path) -> DiffFolder:
     """Open a diff folder written by `graft diff` (or exported by the registry).
 
     Raises:
-        ModelFolderError: the folder, its manifest or its shards are missing or malformed.
+        ModelFolderError: the folder, its manifest (`DiffManifest`: the message names each wrong field) or
+            its shards are missing or malformed.
     """
     path = Path(path).resolve()
     manifest_path = path / MANIFEST
@@ -64,12 +113,26 @@ def open_diff_folder(path: Path) -> DiffFolder:
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFolderError(f"{manifest_path} is not valid JSON: {exc}", path=manifest_path) from None
+    if not isinstance(manifest, dict):
+        raise ModelFolderError(
+            f"{manifest_path} must hold a JSON object, not {type(manifest).__name__}; make the diff again with "
+            "`graft diff`.",
+            path=manifest_path,
+        )
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelFolderError(
             f"{manifest_path} is not a version-{FORMAT_VERSION} Graftwork diff manifest "
             f"(format={manifest.get('format')!r}, format_version={manifest.get('format_version')!r}).",
             path=manifest_path,
         )
+    try:
+        DiffManifest.model_validate(manifest)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ModelFolderError(
+            f"{manifest_path} is not a valid diff manifest: {problems}. Make the diff again with `graft diff`.",
+            path=manifest_path,
+        ) from None
     index_path = path / f"{DIFF_PREFIX}.safetensors.index.json"
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]

@@ -128,6 +128,12 @@ def _tensor_info(path: Path, name: str, entry: Any, base: int, size: int) -> Ten
         begin, end = (int(o) for o in entry["data_offsets"])
     except (KeyError, TypeError, ValueError):
         raise ModelFolderError(f"{path}: header entry of tensor {name!r} is malformed: {entry!r}", path=path) from None
+    if any(d < 0 for d in shape):
+        raise ModelFolderError(
+            f"{path}: tensor {name!r} declares the shape {list(shape)}, with a negative dimension; the file is "
+            "corrupt.",
+            path=path,
+        )
     if dtype not in _ITEMSIZE:
         raise UnsupportedDtypeError(f"tensor {name!r} in {path} has unknown dtype {dtype!r}.", tensor=name)
     if end - begin != numel(shape) * _ITEMSIZE[dtype] or begin < 0 or base + end > size:

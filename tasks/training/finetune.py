@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,17 +30,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PrinterCallback, TrainerCallback
 
 from ...errors import FinetuneConfigError, FinetuneDataError, ModelFolderError
-from ...fs import atomic_output_dir, write_text_atomic
+from ...fs import atomic_output_dir, scratch_dir, write_text_atomic
 from ..evaluate import EvalRecord, Suite, evaluate_model
 from ..io.checkpoints import GENERATION_CONFIG
 
 IGNORE = -100
 
+SCRATCH_PREFIX = "graft-finetune-"
+"""The trainer's scratch folders in the temp dir: `graft-finetune-<pid>-<random>`."""
+
 
 class Recipe(BaseModel):
     """How to fine-tune. Frozen: a recipe is part of a track's identity."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     steps: int = Field(100, ge=0, description="Optimizer steps; 0 writes the model unchanged.")
     learning_rate: float = Field(1e-3, gt=0)
@@ -191,9 +193,9 @@ def finetune(
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     saved_dtype = _folder_dtype(model_dir)
     curves = _Curves(eval_every=eval_every, suite=eval_suite, tokenizer=tokenizer, progress=progress)
-    with tempfile.TemporaryDirectory(prefix="graft-finetune-") as scratch:
+    with scratch_dir(prefix=SCRATCH_PREFIX) as scratch:
         args = TrainingArguments(
-            output_dir=scratch,
+            output_dir=str(scratch),
             max_steps=recipe.steps,
             per_device_train_batch_size=recipe.batch_size,
             gradient_accumulation_steps=recipe.grad_accum,
@@ -230,7 +232,7 @@ def finetune(
             curves.evaluate(model, 0)
         # Every rank takes part in saving (FSDP gathers the weights); only the main process publishes.
         # A single process saves in the base's dtype; sharded runs save what their config gathers.
-        staged = Path(scratch) / "model"
+        staged = scratch / "model"
         if args.world_size == 1:
             model.to(saved_dtype)
         trainer.save_model(str(staged))

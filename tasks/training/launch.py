@@ -29,7 +29,7 @@ DISTRIBUTED_TYPES = {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}
 class Launch(BaseModel):
     """How many processes fine-tune, and how they share the model. Frozen, like the recipe it goes with."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     processes: int = Field(1, ge=1, description="Training processes, one per GPU; 1 runs without accelerate.")
     distributed: Literal["fsdp", "deepspeed"] = Field("fsdp", description="FSDP, or DeepSpeed ZeRO-3.")

@@ -59,12 +59,13 @@ def test_worker_creates_its_pool_once(data_dir: Path, monkeypatch: pytest.Monkey
 
 
 def test_ui_serves_the_data_dirs_prefect_database(tmp_path: Path) -> None:
+    data_dir = tmp_path / "new" / "data"  # not there yet: the UI makes it
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     graft = Path(sys.executable).parent / "graft"
     server = subprocess.Popen(
-        [str(graft), "ui", "--data-dir", str(tmp_path), "--port", str(port)],
+        [str(graft), "ui", "--data-dir", str(data_dir), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -79,7 +80,7 @@ def test_ui_serves_the_data_dirs_prefect_database(tmp_path: Path) -> None:
                 assert server.poll() is None, "graft ui exited"
                 assert time.monotonic() < deadline, "graft ui did not answer within 90 s"
                 time.sleep(0.5)
-        assert (tmp_path / "prefect" / "prefect.db").is_file()
+        assert (data_dir / "prefect" / "prefect.db").is_file()
     finally:
         server.terminate()
         server.wait(timeout=30)
