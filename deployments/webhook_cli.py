@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,4 +36,25 @@ def webhook(
         app = create_app(registry=Workspace.from_settings(settings).registry(), secret=secret)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     say(f"receiving Hub webhooks at http://{host}:{port}/hooks/hub (health: /healthz)")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=access_log_config())
+
+
+class NoQueryStrings(logging.Filter):
+    """Drops the query string from uvicorn's access-log lines: a secret sent in one (the receiver reads it
+    only from its header, and refuses the request) must never reach a log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, version, status = record.args
+            record.args = (client, method, str(path).split("?", 1)[0], version, status)
+        return True
+
+
+def access_log_config() -> dict[str, Any]:
+    """uvicorn's own logging config, with `NoQueryStrings` on its access log."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"no_query_strings": {"()": NoQueryStrings}}
+    config["loggers"]["uvicorn.access"]["filters"] = ["no_query_strings"]
+    return config

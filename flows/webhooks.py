@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -95,7 +96,7 @@ class HubEvent(BaseModel):
             WebhookPayloadError: the body is not JSON, or not a Hub webhook payload (the message says why).
         """
         try:
-            payload = json.loads(body)
+            payload = json.loads(body, parse_constant=_not_json, parse_float=_finite)
         except (ValueError, RecursionError) as e:
             raise WebhookPayloadError(f"the body is not JSON ({e}); the Hub sends a JSON object.", field="body") from e
         return cls.from_payload(payload)
@@ -138,7 +139,24 @@ class HubEvent(BaseModel):
         """The refs this delivery creates or moves (None when it names no refs at all)."""
         if not self.updated_refs:
             return None
-        return [ref for ref, sha in self.updated_refs if sha is not None]
+        return release_refs([ref for ref, sha in self.updated_refs if sha is not None])
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not a JSON value (RFC 8259)")
+
+
+def _finite(number: str) -> float:
+    value = float(number)
+    if not math.isfinite(value):
+        raise ValueError(f"{number} is beyond a double, not a JSON number this receiver reads")
+    return value
+
+
+def release_refs(refs: Collection[str]) -> list[str]:
+    """The refs that can hold a release: branches and tags (`refs/heads/*`, `refs/tags/*`, or a bare
+    name), not pull requests (`refs/pr/*`) or the Hub's own (`refs/convert/*`)."""
+    return [ref for ref in refs if ref.startswith(("refs/heads/", "refs/tags/")) or not ref.startswith("refs/")]
 
 
 def delivery_key(event: HubEvent) -> str:
@@ -230,6 +248,9 @@ def _not_a_release(event: HubEvent) -> str:
         return f"{event.repo_id} is a {event.repo_type} repo; tracks watch model repos"
     if (event.action, event.scope) not in RELEASE_EVENTS:
         return f"a {event.scope} {event.action} event brings no new release"
+    refs = [ref for ref, _ in event.updated_refs]
+    if refs and not release_refs(refs):
+        return f"only {', '.join(refs)} changed: pull requests and refs that are not branches or tags bring no release"
     return ""
 
 

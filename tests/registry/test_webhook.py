@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -106,8 +109,11 @@ def test_a_missing_or_wrong_secret_is_refused_without_echoing_it(hooks: Hooks, s
         (b"\xff\xfe not utf-8", "not JSON"),
         (b"[" * 5_000 + b"]" * 5_000, "not JSON"),
         (b'["event", "repo"]', "JSON array, not an object"),
+        (json.dumps(hub_payload(OLMO)).replace('"private": false', '"private": NaN').encode(), "NaN is not a JSON"),
+        (json.dumps(hub_payload(OLMO)).replace('"private": false', '"private": -Infinity').encode(), "-Infinity"),
+        (json.dumps(hub_payload(OLMO)).replace('"private": false', '"private": 1e999').encode(), "1e999 is beyond"),
     ],
-    ids=["truncated", "not-utf8", "too-deep", "array"],
+    ids=["truncated", "not-utf8", "too-deep", "array", "nan", "infinity", "1e999"],
 )
 def test_a_body_that_is_not_a_json_object_is_422_with_the_reason(hooks: Hooks, body: bytes, reason: str) -> None:
     response = hooks.client.post("/hooks/hub", content=body, headers={"X-Webhook-Secret": SECRET})
@@ -170,8 +176,13 @@ def test_an_oversize_body_is_413_declared_or_streamed(hooks: Hooks) -> None:
         (hub_payload("meta-llama/Llama-2-70b-hf", refs=("refs/heads/main",)), "no track watches"),
         (hub_payload(OLMO, repo_type="dataset"), "is a dataset repo"),
         (hub_payload(OLMO, action="create", scope="discussion"), "a discussion create event brings no new release"),
+        (
+            hub_payload(OLMO, refs=("refs/pr/12",)),
+            "only refs/pr/12 changed: pull requests and refs that are not branches or tags bring no release",
+        ),
+        (hub_payload("meta-llama/Llama-3.1-8B", refs=("refs/convert/parquet",)), "only refs/convert/parquet changed"),
     ],
-    ids=["unknown-repo", "ref-not-watched", "name-not-watched", "dataset", "discussion"],
+    ids=["unknown-repo", "ref-not-watched", "name-not-watched", "dataset", "discussion", "pull-request", "convert"],
 )
 def test_a_delivery_no_track_watches_is_recorded_and_ignored(
     hooks: Hooks, payload: dict[str, Any], reason: str
@@ -323,7 +334,40 @@ def test_graft_webhook_needs_a_secret_and_never_prints_it(monkeypatch: pytest.Mo
     monkeypatch.setenv("GRAFT_WEBHOOK_SECRET", SECRET)
     started = CliRunner().invoke(cli, ["--port", "8123"])
     assert started.exit_code == 0, started.output
-    assert served == [{"host": "127.0.0.1", "port": 8123, "log_level": "info"}]
+    assert served == [
+        {"host": "127.0.0.1", "port": 8123, "log_level": "info", "log_config": webhook_cli.access_log_config()}
+    ]
     assert SECRET not in started.output
     with pytest.raises(WebhookSecretError, match="GRAFT_WEBHOOK_SECRET"):
         create_app(registry=Registry(engine=create_engine("sqlite://"), store=BlobStore(str(tmp_path))), secret="")
+
+
+def test_a_secret_sent_in_the_query_string_never_reaches_the_access_log(tmp_path: Path) -> None:
+    """`graft webhook` as it runs: a request that carries a secret in its query string is refused, and
+    the access log shows its path without the query."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRAFT_DATA_DIR": str(tmp_path), "GRAFT_WEBHOOK_SECRET": SECRET}
+    for name in ("GRAFT_DATABASE_URL", "GRAFT_BLOB_URL"):
+        env.pop(name, None)
+    graft = Path(sys.executable).parent / "graft"
+    receiver = subprocess.Popen(
+        [str(graft), "webhook", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz?token=leak-{SECRET}", timeout=2)
+                break
+            except httpx.TransportError:
+                assert receiver.poll() is None and time.monotonic() < deadline, "graft webhook did not start"
+                time.sleep(0.3)
+        refused = httpx.post(f"http://127.0.0.1:{port}/hooks/hub?secret={SECRET}", content=b"{}", timeout=10)
+    finally:
+        receiver.terminate()
+        output = receiver.communicate(timeout=30)[0].decode()
+    assert (health.status_code, refused.status_code) == (200, 401)
+    assert '"GET /healthz HTTP/1.1" 200' in output and '"POST /hooks/hub HTTP/1.1" 401' in output
+    assert SECRET not in output and "leak-" not in output
