@@ -257,6 +257,12 @@ class BlobMissingError(GraftError, FileNotFoundError):
     owner: str | None
 
 
+class BlobStoreError(GraftError, NotADirectoryError):
+    """The blob store's URL, or a path inside it, is not what the store needs (a folder, a file)."""
+
+    path: str | None
+
+
 class BlobCorruptError(GraftError, ValueError):
     """A blob's bytes do not hash to its name."""
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from ..errors import BlobCorruptError, BlobMissingError, CodecError
+from ..errors import BlobCorruptError, BlobMissingError, BlobStoreError, CodecError
 from ..fs import Say, atomic_output_dir, megabytes
 from ..storage import Registry
 from ..storage import registry as rows
@@ -146,7 +146,7 @@ def verify(registry: Registry) -> VerifyReport:
             registry.store.verify(sha, owner=", ".join(who))
         except BlobMissingError:
             report.missing[sha] = who
-        except BlobCorruptError:
+        except (BlobCorruptError, BlobStoreError):  # a folder where the blob should be is no blob either
             report.corrupt[sha] = who
     return report
 

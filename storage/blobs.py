@@ -20,7 +20,7 @@ from typing import BinaryIO, Protocol
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from ..errors import BlobCorruptError, BlobMissingError
+from ..errors import BlobCorruptError, BlobMissingError, BlobStoreError
 from ..fs import fsync_dir
 
 CHUNK = 8 * 2**20
@@ -49,7 +49,14 @@ class BlobStore:
         self.fs, root = fsspec.core.url_to_fs(url)
         self.root = root.rstrip("/")
         self._local = isinstance(self.fs, LocalFileSystem)
-        self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
+        try:
+            self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
+        except OSError as e:
+            raise BlobStoreError(
+                f"the blob store {url} is not a folder: {e.strerror or e}. Point GRAFT_BLOB_URL at a folder "
+                "(or an fsspec URL of one).",
+                path=url,
+            ) from None
 
     def path(self, sha256: str) -> str:
         """Where blob `sha256` lives in the store's file system."""
@@ -98,6 +105,7 @@ class BlobStore:
         Raises:
             BlobMissingError: no such blob in the store.
             BlobCorruptError: the bytes do not hash to `sha256`.
+            BlobStoreError: the blob's path is a folder.
         """
         digest = hashlib.sha256()
         size = 0
@@ -107,6 +115,12 @@ class BlobStore:
                     digest.update(chunk)
                     dst.write(chunk)
                     size += len(chunk)
+        except IsADirectoryError:
+            raise BlobStoreError(
+                f"blob {sha256} of {owner} is a folder in the blob store {self.url}, not a file: "
+                f"{self.path(sha256)}. Move it away and restore the blob from a backup.",
+                path=self.path(sha256),
+            ) from None
         except FileNotFoundError as e:
             raise BlobMissingError(
                 f"blob {sha256} of {owner} is missing from the blob store {self.url}; restore it from a backup "

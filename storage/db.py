@@ -19,7 +19,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import DatabaseError, ImmutableRowError, SchemaTooNewError
@@ -27,6 +28,7 @@ from .models import Immutable
 
 MIGRATIONS = Path(str(resources.files("graftwork.storage") / "migrations"))
 SQLITE_BUSY_TIMEOUT_S = 60
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def make_engine(url: str) -> Engine:
@@ -44,6 +46,7 @@ def make_engine(url: str) -> Engine:
         ) from e
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
+            _refuse_non_database(Path(parsed.database))
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_connect)
@@ -51,10 +54,32 @@ def make_engine(url: str) -> Engine:
         return engine
     try:
         return create_engine(parsed, pool_pre_ping=True)
-    except ImportError as e:
+    except (ImportError, NoSuchModuleError) as e:
         raise DatabaseError(
             f"no driver for {parsed.drivername} ({e}); install it or use another URL.", url=parsed.drivername
         ) from e
+
+
+def _refuse_non_database(path: Path) -> None:
+    """A SQLite registry file that exists must be a SQLite database: an empty or foreign file would
+    otherwise be opened (or migrated over) as a new, empty registry, and what it held would look lost.
+
+    Raises:
+        DatabaseError: the file is empty, or does not start with SQLite's header.
+    """
+    if path.is_dir():
+        raise DatabaseError(f"{path} is a folder, not a SQLite database; fix GRAFT_DATABASE_URL.", url=str(path))
+    if not path.is_file():
+        return
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        what = "is empty" if not header else "is not a SQLite database (its first bytes are not SQLite's header)"
+        raise DatabaseError(
+            f"the registry database {path} {what}; it is left as it is. Restore it from a backup, or move it away "
+            "to start a new registry there.",
+            url=str(path),
+        )
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -78,12 +103,23 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     """A session that commits when the block completes and rolls back when it raises.
 
     This is the only place that commits; data-access functions only add and flush.
+
+    Raises:
+        DatabaseError: the database failed under the block (a damaged file, a lost connection, a
+            constraint): the message names the database and what it said.
     """
     factory = _sessions.setdefault(engine, sessionmaker(engine, expire_on_commit=False))
     session = factory()
     try:
         yield session
         session.commit()
+    except SQLAlchemyDatabaseError as e:
+        session.rollback()
+        raise DatabaseError(
+            f"the database at {_safe(engine)} failed: {e.orig}. Check GRAFT_DATABASE_URL; a damaged SQLite file "
+            "is restored from a backup.",
+            url=_safe(engine),
+        ) from e
     except BaseException:
         session.rollback()
         raise
@@ -120,6 +156,10 @@ def current_revision(engine: Engine) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     except OperationalError as e:
         raise DatabaseError(f"cannot reach the database at {_safe(engine)}: {e.orig}", url=_safe(engine)) from e
+    except SQLAlchemyDatabaseError as e:
+        raise DatabaseError(
+            f"the database at {_safe(engine)} cannot be read: {e.orig}. Restore it from a backup.", url=_safe(engine)
+        ) from e
 
 
 def head_revision() -> str:

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pytest_postgresql import factories
 from pytest_postgresql.janitor import DatabaseJanitor
 from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
+from graftwork.deployments.cli import app
 from graftwork.storage import Registry, runs
 from graftwork.storage import registry as rows
 from graftwork.storage.blobs import BlobStore
@@ -122,3 +125,29 @@ def diff_dir(bf16_family: Family, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("registry-diff") / "diff"
     engine.diff(finetuned=bf16_family.finetuned, base=bf16_family.base, out=out)
     return out
+
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def graft(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("GRAFT_DATABASE_URL", database_url)
+    monkeypatch.setenv("GRAFT_BLOB_URL", str(tmp_path / "blobs"))
+
+    def run(*args: str, code: int = 0) -> str:
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == code, result.output
+        return result.stdout if code == 0 else result.stderr + result.stdout
+
+    return run
+
+
+def add_track(graft, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    source = {"kind": "hub-repos", "author": "org", "name_pattern": "m-*"}
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "q: 1+1?", "completion": "2"}\n')
+    path = tmp_path / f"{name}.yaml"
+    spec = track_spec(name, source)
+    path.write_text(yaml.safe_dump({**spec, "finetune": {"data": str(data)}}))
+    assert f"added track {name}" in graft("track", "add", str(path))

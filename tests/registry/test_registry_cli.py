@@ -5,38 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-import yaml
-from typer.testing import CliRunner
-
-from graftwork.deployments.cli import app
 from graftwork.storage.db import head_revision
-from tests.registry.conftest import track_spec
-
-runner = CliRunner()
-
-
-@pytest.fixture
-def graft(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("GRAFT_DATABASE_URL", database_url)
-    monkeypatch.setenv("GRAFT_BLOB_URL", str(tmp_path / "blobs"))
-
-    def run(*args: str, code: int = 0) -> str:
-        result = runner.invoke(app, list(args))
-        assert result.exit_code == code, result.output
-        return result.stdout if code == 0 else result.stderr + result.stdout
-
-    return run
-
-
-def add_track(graft, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
-    source = {"kind": "hub-repos", "author": "org", "name_pattern": "m-*"}
-    data = tmp_path / "train.jsonl"
-    data.write_text('{"prompt": "q: 1+1?", "completion": "2"}\n')
-    path = tmp_path / f"{name}.yaml"
-    spec = track_spec(name, source)
-    path.write_text(yaml.safe_dump({**spec, "finetune": {"data": str(data)}}))
-    assert f"added track {name}" in graft("track", "add", str(path))
+from tests.registry.conftest import add_track
 
 
 def test_the_registry_commands_end_to_end(graft, diff_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
