@@ -8,7 +8,7 @@
 | no track watches the repo (or not a model repo, or an event that brings no release) | 202 `ignored` |
 | runs started for the tracks that watch the repo | 200 `started`, with the tracks |
 | a delivery seen before | 200 `duplicate` |
-| a run could not be started | 503 (nothing recorded: a redelivery tries again) |
+| a run could not be started, or the database failed | 503 (nothing recorded: a redelivery tries again) |
 | `GET /healthz` | 200 `{"status": "ok"}`, or 503 when the database cannot be reached |
 """
 
@@ -70,7 +70,7 @@ def create_app(
             return _error(422, str(e))
         try:
             outcome = await run_in_threadpool(handle_delivery, registry, event=event, start_run=start_run)
-        except RunStartError as e:
+        except (RunStartError, DatabaseError) as e:  # nothing of it kept: the Hub's redelivery tries again
             log.error("delivery for %s: %s", event.repo_id, e)
             return _error(503, str(e))
         log.info("delivery %s for %s: %s (%s)", outcome.key[:12], event.repo_id, outcome.status, _what(outcome))

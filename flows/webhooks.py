@@ -2,10 +2,10 @@
 
 A delivery is identified by `delivery_key`, a hash of what it says (repo, event, head commit and
 updated refs), so the Hub replaying it, or sending it twice, gives the same key. Each (delivery,
-track) pair is recorded as one `webhook_deliveries` row, in the same transaction that starts the
-track's run: a run is started only by the request that inserts the row, and when starting fails the
-row is rolled back, so a redelivery tries again. The run's idempotency key is the row's key, so a
-run that was started just before a crash is not started twice by Prefect either.
+track) pair is recorded as one `webhook_deliveries` row, committed before the track's run is started:
+a run is started only by the request that inserts the row, and when starting fails the row is removed
+again, so a redelivery tries again. The run's idempotency key is the row's key, so a run that was
+started just before a crash is not started twice by Prefect either.
 """
 
 from __future__ import annotations
@@ -208,39 +208,46 @@ class Outcome:
 def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun) -> Outcome:
     """Record a delivery and start the run of every track that watches its repo, once per delivery.
 
-    `start_run(track, idempotency_key)` is called once per new (delivery, track) pair, inside the
-    transaction that records the pair; a delivery that no track watches (or a non-model repo, or an
-    event that brings no release) is recorded without a track and ignored.
+    The (delivery, track) pairs are recorded first, in one short transaction, and the runs started
+    after it, so that a slow Prefect API never holds the database (SQLite's write lock, a PostgreSQL
+    connection) and a burst of deliveries is answered and recorded in full. `start_run(track,
+    idempotency_key)` is called once per new pair; a delivery that no track watches (or a non-model
+    repo, or an event that brings no release) is recorded without a track and ignored.
 
     Raises:
-        RunStartError: `start_run` failed for a track; nothing of this delivery is recorded, so the
-            Hub's redelivery tries again.
-        sqlalchemy.exc.SQLAlchemyError: the registry database failed; the delivery is not recorded.
+        RunStartError: `start_run` failed for a track; the pairs whose runs were not started are
+            removed again, so the Hub's redelivery tries again (a run started twice under one key is one
+            run: the key is Prefect's idempotency key).
+        DatabaseError: the registry database failed; the delivery is not recorded.
     """
     key = delivery_key(event)
+    reason = _not_a_release(event)
     with session_scope(registry.engine) as session:
-        reason = _not_a_release(event)
         tracks = [] if reason else _watching(session, repo_id=event.repo_id, refs=event.new_refs)
         if not tracks:
             rows.record_delivery(session, key=key, payload=event.payload, track=None)
             return Outcome(status="ignored", key=key, reason=reason or f"no track watches {event.repo_id}")
-        started: list[str] = []
+        names = tuple(track.name for track in tracks)
+        fresh = []
         for track in tracks:
             row, new = rows.record_delivery(session, key=f"{key}:{track.id}", payload=event.payload, track=track)
             if new:
-                try:
-                    start_run(track.name, row.key)
-                except Exception as e:
-                    raise RunStartError(
-                        f"could not start the run of track {track.name} for {event.repo_id}: "
-                        f"{why_not_started(e, deployment=WATCH_DEPLOYMENT)}. "
-                        "Nothing was recorded; fix the cause and redeliver the webhook from the Hub.",
-                        track=track.name,
-                    ) from e
-                started.append(track.name)
-    if started:
-        return Outcome(status="started", key=key, tracks=tuple(started))
-    return Outcome(status="duplicate", key=key, tracks=tuple(t.name for t in tracks))
+                fresh.append((track.name, row.key))
+    for done, (track_name, row_key) in enumerate(fresh):
+        try:
+            start_run(track_name, row_key)
+        except Exception as e:
+            with session_scope(registry.engine) as session:
+                rows.forget_deliveries(session, keys=[k for _, k in fresh[done:]])
+            raise RunStartError(
+                f"could not start the run of track {track_name} for {event.repo_id}: "
+                f"{why_not_started(e, deployment=WATCH_DEPLOYMENT)}. "
+                "Nothing was recorded; fix the cause and redeliver the webhook from the Hub.",
+                track=track_name,
+            ) from e
+    if fresh:
+        return Outcome(status="started", key=key, tracks=tuple(name for name, _ in fresh))
+    return Outcome(status="duplicate", key=key, tracks=names)
 
 
 def _not_a_release(event: HubEvent) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -113,6 +113,12 @@ def record_delivery(
     """
     values = {"key": key, "payload": payload, "track_id": None if track is None else track.id}
     return insert_or_get(session, WebhookDelivery, unique=("key",), values=values)
+
+
+def forget_deliveries(session: Session, *, keys: list[str]) -> None:
+    """Remove the delivery rows `keys` (their runs could not be started: a redelivery must start them)."""
+    session.execute(delete(WebhookDelivery).where(WebhookDelivery.key.in_(keys)))
+    session.flush()
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,20 @@ def test_a_run_that_cannot_be_started_records_nothing_so_a_redelivery_starts_it(
     assert len(hooks.starts.calls) == 1
 
 
+def test_a_database_that_fails_under_a_delivery_is_503_and_one_log_line(
+    hooks: Hooks, caplog: pytest.LogCaptureFixture
+) -> None:
+    with hooks.registry.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE webhook_deliveries")
+    response = hooks.post(hub_payload(OLMO))
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert detail.startswith("the database at ") and "webhook_deliveries" in detail
+    assert hooks.starts.calls == []
+    [logged] = [r for r in caplog.records if r.name == "graftwork.webhook" and r.levelname == "ERROR"]
+    assert logged.exc_info is None and detail in logged.getMessage()  # one line, no traceback
+
+
 def test_healthz_checks_the_database(hooks: Hooks, tmp_path: Path) -> None:
     assert hooks.client.get("/healthz").json() == {"status": "ok"}
     unreachable = Registry(
@@ -288,6 +302,39 @@ def test_a_burst_of_200_deliveries_each_sent_twice_starts_200_runs(hooks: Hooks)
     assert sorted(r.key for r in recorded) == sorted(keys)
     with session_scope(hooks.registry.engine) as session:
         assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 200
+
+
+def test_a_burst_from_20_threads_against_a_slow_prefect_is_answered_and_recorded_once(hooks: Hooks) -> None:
+    """200 distinct deliveries from 20 threads while each run takes 0.5 s to start: the database is not
+    held while Prefect answers, so every delivery is answered 200 and recorded once, with one run each."""
+    real = hooks.starts.__call__
+
+    def slow(track: str, idempotency_key: str) -> None:
+        time.sleep(0.5)
+        real(track, idempotency_key)
+
+    app = create_app(registry=hooks.registry, secret=SECRET, start_run=slow)
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def sender(url: str, thread: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            for i in range(10):
+                payload = hub_payload(OLMO, refs=(f"refs/heads/stage1-step{thread}{i:02d}-tokens{i}B",))
+                status = client.post("/hooks/hub", content=json.dumps(payload), headers={"X-Webhook-Secret": SECRET})
+                with lock:
+                    answers.append(status.status_code)
+
+    with serving(app) as url:
+        threads = [threading.Thread(target=sender, args=(url, t)) for t in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    keys = [key for _, key in hooks.starts.calls]
+    assert answers == [200] * 200  # answered, none lost
+    assert len(keys) == len(set(keys)) == 200  # one run each, none doubled
+    assert sorted(r.key for r in hooks.deliveries()) == sorted(keys)  # recorded, once
 
 
 def test_tracks_watching_reads_each_source_kind(registry: Registry) -> None:
