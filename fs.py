@@ -6,9 +6,12 @@ complete, so a failure or a kill never leaves a partial output at the final path
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputExistsError
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 Say = Callable[[str], None]
 """Prints one line of a command's output (the CLI's `say`, or a test's list.append)."""
@@ -95,6 +100,22 @@ def _remove_stale_partials(out: Path) -> None:
         pid = p.name.rsplit("-", 2)[-2]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` for a child process that must not outlive this one (Linux; None elsewhere): the
+    kernel sends it SIGTERM when this process dies, by SIGKILL or the OOM killer too, and it exits at once
+    if this process died before it started."""
+    if sys.platform != "linux":
+        return None
+    parent = os.getpid()
+
+    def arrange() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arrange
 
 
 def process_alive(pid: int) -> bool:

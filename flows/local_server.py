@@ -11,23 +11,20 @@ dies without a chance to (SIGKILL, the OOM killer), so no server is left behind 
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from ..errors import LocalPrefectError
-from ..fs import Say
+from ..fs import Say, die_with_parent
 
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 HEALTH_POLL_S = 0.25
 SAY_EVERY_S = 10.0
 SERVER_LOG = "server.log"
@@ -67,7 +64,7 @@ def local_prefect(*, home: Path, startup_timeout: float, say: Say | None = None)
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent(),
         )
     try:
         _wait_healthy(server, url=url, log=log, timeout=startup_timeout, say=say)
@@ -92,18 +89,6 @@ def _send_pending_logs() -> None:
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=5)
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """What the server's process runs before it starts (Linux): get SIGTERM when `parent` dies, and exit if
-    it died already."""
-
-    def arrange() -> None:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return arrange
 
 
 def _wait_healthy(server: subprocess.Popen[bytes], *, url: str, log: Path, timeout: float, say: Say | None) -> None:

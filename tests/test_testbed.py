@@ -6,6 +6,7 @@ import json
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -181,3 +182,27 @@ def test_only_the_processor_that_built_the_bed_must_rebuild_its_weights_bit_for_
     for builder, expected in ((cpu_signature(), found), ("AuthenticAMD AMD EPYC 9B14", found[1:]), (None, found[1:])):
         (tmp_path / FILES).write_text(json.dumps({"key": "k", "built_on": builder, "files": {}}))
         assert unexplained(found, root=tmp_path) == expected
+
+
+def test_a_killed_build_takes_its_pretraining_children_with_it(tmp_path: Path) -> None:
+    import psutil
+
+    job = (
+        "from graftwork.tasks.testbed.build import build_testbed; "
+        f"build_testbed(out={str(tmp_path / 'bed')!r}, seed=3, from_scratch=True)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", job], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while len(children := psutil.Process(parent.pid).children()) < 2:
+        assert parent.poll() is None and time.monotonic() < deadline, "the build started no pretraining children"
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    try:
+        _, alive = psutil.wait_procs(children, timeout=20)
+        assert alive == []  # the kernel stopped them with their parent
+    finally:
+        for child in children:
+            if child.is_running():
+                child.kill()
+    assert not (tmp_path / "bed").exists()

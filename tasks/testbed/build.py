@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from ...errors import TestbedError
-from ...fs import atomic_output_dir, write_json
+from ...fs import atomic_output_dir, die_with_parent, write_json
 from . import corpus
 from .shipped import copy_shipped, find_shipped
 
@@ -155,7 +155,10 @@ def _pretrain_pinned(root: Path, *, seed: int, versions: int, control: bool, spe
     lineages = ["main", "control"] if control else ["main"]
     env = {**os.environ, **PINNED_NUMERICS}
     module = [sys.executable, "-m", "graftwork.tasks.testbed.pretrain"]
-    children = [subprocess.Popen([*module, json.dumps({**job, "lineage": lineage})], env=env) for lineage in lineages]
+    children = [
+        subprocess.Popen([*module, json.dumps({**job, "lineage": lineage})], env=env, preexec_fn=die_with_parent())
+        for lineage in lineages
+    ]
     try:
         while None in (codes := [child.poll() for child in children]) and not any(codes):
             time.sleep(0.2)

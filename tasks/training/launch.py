@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import LaunchConfigError, LaunchError
+from ...fs import die_with_parent
 
 # The `distributed_type` an accelerate config must declare for each kind of launch.
 DISTRIBUTED_TYPES = {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}
@@ -127,7 +128,9 @@ def run_launch(
         overwrite=overwrite,
         report=report,
     )
-    status = subprocess.run(command, env=None if env is None else dict(env), check=False).returncode
+    status = subprocess.run(
+        command, env=None if env is None else dict(env), check=False, preexec_fn=die_with_parent()
+    ).returncode
     if status != 0:
         raise LaunchError(
             f"fine-tuning {model_dir} with {launch.processes} process(es) ({launch.distributed}) exited with "

@@ -4,6 +4,11 @@ predecessor is not done waits, runs of one release in two modes share nothing, e
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +25,7 @@ from graftwork.flows.watch import watch_all_tracks, watch_releases
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope
-from graftwork.storage.models import Candidate, Diff, Release
+from graftwork.storage.models import Candidate, Diff, Promotion, Release
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import CandidateKind, RecycleMode, ReleaseState
 
@@ -34,14 +39,14 @@ def _graft(*args: str, code: int = 0) -> str:
     return result.stdout if code == 0 else result.stderr + result.stdout
 
 
-def _track(folder: Path, testbed: Testbed, *, name: str, **recycle: object) -> Path:
+def _track(folder: Path, testbed: Testbed, *, name: str, steps: int = 20, **recycle: object) -> Path:
     """A track over an empty release directory, registered; returns the release directory."""
     release_dir = folder / f"{name}-releases"
     release_dir.mkdir(parents=True)
     spec = {
         "name": name,
         "source": {"kind": "local", "release_dir": str(release_dir)},
-        "finetune": {"data": str(testbed.train_data), "recipe": {"steps": 20, "seed": 0}},
+        "finetune": {"data": str(testbed.train_data), "recipe": {"steps": steps, "seed": 0}},
         "recycle": {"mode": "iterative", "alpha": 1.0, **recycle},
         "eval": {"tasks": [testbed.generate_task], "task_dirs": [str(testbed.task_dir)], "limit": 30},
         "gate": {"metrics": [{"task": testbed.generate_task, "metric": "exact_match"}], "beat_base_by": 0.0},
@@ -226,3 +231,37 @@ def test_track_add_checks_the_data_files(data_dir: Path, testbed: Testbed, tmp_p
         error = _graft("track", "add", str(path), code=1)
         assert message.format(data=data, tasks=tasks) in error and "Traceback" not in error
     assert "no tracks yet" in _graft("track", "list")
+
+
+def test_a_watcher_killed_during_its_fine_tune_is_finished_by_the_next_one(
+    data_dir: Path, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`graft track watch`, killed outright (and its Prefect server with it) while it fine-tunes: the next
+    `graft track watch` finds the run dead, runs the release again, and the registry ends as after one
+    uninterrupted run: one candidate, one Δ, one decision; the killed run's scratch folder is gone."""
+    release_dir = _track(tmp_path, testbed, name="killed", steps=300)
+    _publish(release_dir, "01-M2", testbed.releases[1])
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1", "GRAFT_DATA_DIR": str(data_dir)}
+    env.pop("PREFECT_API_URL", None)  # each watch starts (and owns) its own Prefect server, as a user's does
+    command = [str(Path(sys.executable).parent / "graft"), "track", "watch", "killed"]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(temp.glob("graft-finetune-*")):
+        assert first.poll() is None and time.monotonic() < deadline, "the watcher never started fine-tuning"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "track killed: 0 new release(s), 1 run" in again.stdout
+    assert f"release-1 (01-M2): its run (process {first.pid} on" in again.stdout + again.stderr
+    with session_scope(Workspace.from_settings().registry().engine) as session:
+        (release,) = session.scalars(select(Release))
+        assert releases.status(session, release=release).state is ReleaseState.DONE
+        candidates = list(session.scalars(select(Candidate)))
+        assert len(candidates) == 1 and len(list(session.scalars(select(Diff)))) == 1
+        assert len(list(session.scalars(select(Promotion)))) == 1
+    assert list(temp.glob("graft-finetune-*")) == []
