@@ -52,10 +52,10 @@ def test_pretraining_runs_with_pinned_kernels_and_a_failed_child_leaves_nothing(
     children: list[tuple[str, dict[str, str], subprocess.Popen[bytes]]] = []
     real_popen = subprocess.Popen
 
-    def popen(command: list[str], *, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def popen(command: list[str], *, env: dict[str, str], preexec_fn: object) -> subprocess.Popen[bytes]:
         lineage = json.loads(command[-1])["lineage"]
         script = "raise SystemExit(3)" if lineage == "control" else "import time; time.sleep(60)"
-        child = real_popen([sys.executable, "-c", script], env=env)
+        child = real_popen([sys.executable, "-c", script], env=env, preexec_fn=preexec_fn)  # type: ignore[arg-type]
         children.append((lineage, env, child))
         return child
 
