@@ -234,16 +234,19 @@ def test_track_add_checks_the_data_files(data_dir: Path, testbed: Testbed, tmp_p
 
 
 def test_a_watcher_killed_during_its_fine_tune_is_finished_by_the_next_one(
-    data_dir: Path, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, database_url: str, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`graft track watch`, killed outright (and its Prefect server with it) while it fine-tunes: the next
     `graft track watch` finds the run dead, runs the release again, and the registry ends as after one
-    uninterrupted run: one candidate, one Δ, one decision; the killed run's scratch folder is gone."""
-    release_dir = _track(tmp_path, testbed, name="killed", steps=300)
+    uninterrupted run: one candidate, one Δ, one decision; the killed run's scratch folder is gone. On
+    SQLite and on PostgreSQL."""
+    monkeypatch.setenv("GRAFT_DATABASE_URL", database_url)
+    release_dir = _track(tmp_path, testbed, name="killed", steps=200)
     _publish(release_dir, "01-M2", testbed.releases[1])
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1", "GRAFT_DATA_DIR": str(data_dir)}
+    env["GRAFT_DATABASE_URL"] = database_url
     env.pop("PREFECT_API_URL", None)  # each watch starts (and owns) its own Prefect server, as a user's does
     command = [str(Path(sys.executable).parent / "graft"), "track", "watch", "killed"]
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
