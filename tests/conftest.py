@@ -18,6 +18,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from tests.databases import database_url, postgresql_server, pytest_terminal_summary  # noqa: E402, F401
+
 if TYPE_CHECKING:
     from graftwork.tasks.evaluate import Suite
     from graftwork.tasks.testbed import Testbed

@@ -10,7 +10,6 @@ import pytest
 import yaml
 
 from graftwork.tasks.testbed import Testbed
-from tests.registry.conftest import database_url, postgresql_server  # noqa: F401  (a fresh SQLite, then PostgreSQL)
 
 
 @pytest.fixture(scope="session")

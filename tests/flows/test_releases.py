@@ -233,13 +233,13 @@ def test_track_add_checks_the_data_files(data_dir: Path, testbed: Testbed, tmp_p
     assert "no tracks yet" in _graft("track", "list")
 
 
-def test_a_watcher_killed_during_its_fine_tune_is_finished_by_the_next_one(
+def test_a_killed_watcher_is_finished_by_the_next_one(
     data_dir: Path, database_url: str, testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`graft track watch`, killed outright (and its Prefect server with it) while it fine-tunes: the next
-    `graft track watch` finds the run dead, runs the release again, and the registry ends as after one
-    uninterrupted run: one candidate, one Δ, one decision; the killed run's scratch folder is gone. On
-    SQLite and on PostgreSQL."""
+    """`graft track watch`, killed outright (and its Prefect server with it), on SQLite while it
+    fine-tunes, on PostgreSQL once its Δ is registered (while it evaluates): the next `graft track watch`
+    finds the run dead, runs the release again, and the registry ends as after one uninterrupted run:
+    one candidate, one Δ, one decision; no scratch folder is left."""
     monkeypatch.setenv("GRAFT_DATABASE_URL", database_url)
     release_dir = _track(tmp_path, testbed, name="killed", steps=200)
     _publish(release_dir, "01-M2", testbed.releases[1])
@@ -250,9 +250,17 @@ def test_a_watcher_killed_during_its_fine_tune_is_finished_by_the_next_one(
     env.pop("PREFECT_API_URL", None)  # each watch starts (and owns) its own Prefect server, as a user's does
     command = [str(Path(sys.executable).parent / "graft"), "track", "watch", "killed"]
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    during_eval = database_url.startswith("postgresql")
+
+    def reached() -> bool:
+        if not during_eval:
+            return bool(list(temp.glob("graft-finetune-*")))
+        with session_scope(Workspace.from_settings().registry().engine) as session:
+            return session.scalars(select(Diff)).first() is not None
+
     deadline = time.monotonic() + 300
-    while not list(temp.glob("graft-finetune-*")):
-        assert first.poll() is None and time.monotonic() < deadline, "the watcher never started fine-tuning"
+    while not reached():
+        assert first.poll() is None and time.monotonic() < deadline, "the watcher never reached the kill point"
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
