@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -109,22 +110,31 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
     assert "(3 of 3 releases done by an earlier run, reused)." in reused
 
 
-def test_a_demo_killed_right_after_a_diff_is_registered_ends_with_one_row_of_each(tmp_path: Path) -> None:
-    """Killed between registering M2's Δ and gating M2, the next run finishes the job with the rows of an
-    uninterrupted run: one candidate, one Δ and one decision per release."""
-    data_dir = tmp_path / "data"
+def test_a_demo_killed_in_a_fine_tune_then_after_a_diff_ends_with_one_row_of_each(tmp_path: Path) -> None:
+    """Killed during its first fine-tune, then (the next run) between registering M2's Δ and evaluating and
+    gating M2, the third run finishes the job with the rows of an uninterrupted run: one candidate, one Δ
+    and one decision per release, and no scratch folder left in the temp dir."""
+    data_dir, temp = tmp_path / "data", tmp_path / "tmp"
+    temp.mkdir()
     args = ["--fast", "--releases", "3", "--data-dir", str(data_dir)]
-    demo = subprocess.Popen([str(GRAFT), "demo", *args], stdout=subprocess.DEVNULL, env=_env())
-    deadline = time.monotonic() + 300
-    while _count(data_dir, "diffs") < 2:
-        assert demo.poll() is None and time.monotonic() < deadline, "the demo never registered M2's Δ"
-        time.sleep(0.05)
-    demo.send_signal(signal.SIGKILL)
-    demo.wait()
+
+    def kill_when(reached: Callable[[], bool]) -> None:
+        demo = subprocess.Popen([str(GRAFT), "demo", *args], stdout=subprocess.DEVNULL, env=_env(TMPDIR=str(temp)))
+        deadline = time.monotonic() + 300
+        while not reached():
+            assert demo.poll() is None and time.monotonic() < deadline, "the demo never reached the kill point"
+            time.sleep(0.05)
+        demo.send_signal(signal.SIGKILL)
+        demo.wait()
+
+    kill_when(lambda: bool(list(temp.glob("graft-finetune-*"))))
+    assert _decided(data_dir) == []
+    kill_when(lambda: _count(data_dir, "diffs") >= 2)
     assert [ref for ref, _ in _decided(data_dir)] == ["01-M1"]
-    _demo(args)
+    _demo(args, TMPDIR=str(temp))
     assert [ref for ref, _ in _decided(data_dir)] == ["01-M1", "02-M2", "03-M3"]
     assert [_count(data_dir, table) for table in ("candidates", "diffs", "promotions")] == [3, 3, 3]
+    assert list(temp.glob("graft-finetune-*")) == []
 
 
 def _servers_on(home: Path) -> list[int]:
