@@ -109,7 +109,7 @@ def describe(summary: DeltaSummary) -> str:
         f"{summary.operation}: wrote {summary.output}",
         f"  tensors {summary.tensors} in {summary.shards} shard(s); read {_gb(summary.bytes_read)}, "
         f"wrote {_gb(summary.bytes_written)} in {summary.seconds:.2f} s "
-        f"({(summary.bytes_read + summary.bytes_written) / seconds / 1e9:.2f} GB/s)",
+        f"({rate(summary.bytes_read + summary.bytes_written, seconds)})",
     ]
     if summary.rows:
         lines.append("  vocabulary rows: " + ", ".join(f"{v} {k}" for k, v in summary.rows.items()))
@@ -126,6 +126,12 @@ def _model(argument: Path) -> Path:
     from ..tasks.hub import fetch_model
 
     return fetch_model(argument)
+
+
+def rate(nbytes: int, seconds: float) -> str:
+    """Bytes per second as `2.41 GB/s`, or in MB/s below 1 GB/s (a small model's `0.00 GB/s` said nothing)."""
+    per_second = nbytes / max(seconds, 1e-9)
+    return f"{per_second / 1e9:.2f} GB/s" if per_second >= 1e9 else f"{per_second / 1e6:.1f} MB/s"
 
 
 def _gb(n: int) -> str:

@@ -186,12 +186,13 @@ def _details(session: Session, row: Artifact) -> list[str]:
         if row.finetune_run is not None:
             lines.append(_finetune_run(row.finetune_run))
         lines += [
-            f"eval {r.task} {r.metric} [{r.filter}] = {r.value:.4f} ± {r.stderr if r.stderr is not None else 'n/a'}"
-            f" (n={r.n}, lm-eval {r.harness_version})"
+            f"eval {r.task} {r.metric} [{r.filter}] = {r.value:.4f} ± "
+            f"{'n/a' if r.stderr is None else f'{r.stderr:.4f}'} (n={r.n}, lm-eval {r.harness_version})"
             for r in runs.eval_results(session, candidate=row)
         ]
     if isinstance(row, Promotion):
-        lines.append(f"from candidate-{row.from_candidate_id} by {row.actor}")
+        before = "no champion before" if row.from_candidate_id is None else f"from candidate-{row.from_candidate_id}"
+        lines.append(f"{before}, by {row.actor}")
     return lines
 
 

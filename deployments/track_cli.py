@@ -39,6 +39,8 @@ def list_() -> None:
 
     with user_errors(), session_scope(open_registry().engine) as session:
         tracks = rows.list_tracks(session)
+        if tracks:
+            say(f"{'track':<24} {'source':<10} {'mode':<10} channel")
         for track in tracks:
             try:
                 spec = spec_of(track)

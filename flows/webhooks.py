@@ -226,7 +226,7 @@ def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun)
         tracks = [] if reason else _watching(session, repo_id=event.repo_id, refs=event.new_refs)
         if not tracks:
             rows.record_delivery(session, key=key, payload=event.payload, track=None)
-            return Outcome(status="ignored", key=key, reason=reason or f"no track watches {event.repo_id}")
+            return Outcome(status="ignored", key=key, reason=reason or _unwatched(session, event))
         names = tuple(track.name for track in tracks)
         fresh = []
         for track in tracks:
@@ -248,6 +248,16 @@ def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun)
     if fresh:
         return Outcome(status="started", key=key, tracks=tuple(name for name, _ in fresh))
     return Outcome(status="duplicate", key=key, tracks=names)
+
+
+def _unwatched(session: Session, event: HubEvent) -> str:
+    """Why no track starts for a release event: no track watches the repo, or those that do watch other refs."""
+    watchers = _watching(session, repo_id=event.repo_id, refs=None)
+    if not watchers:
+        return f"no track watches {event.repo_id}"
+    refs = ", ".join(event.new_refs or []) or "no ref"
+    names = ", ".join(t.name for t in watchers)
+    return f"tracks {names} watch {event.repo_id}, but not {refs} (see their ref patterns)"
 
 
 def _not_a_release(event: HubEvent) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
+import re
 from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from graftwork.deployments.cli import app, parse_size
+from graftwork.deployments.cli import app, parse_size, rate
 from tests.conftest import VOCAB, Family
 
 runner = CliRunner()
@@ -21,7 +22,16 @@ def test_transfer_prints_a_summary(bf16_family: Family, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f"transfer: wrote {tmp_path / 'o'}" in result.stdout
     assert "tensors 21 in 1 shard(s)" in result.stdout
+    assert re.search(r" s \(\d+\.\d MB/s\)\n", result.stdout)  # a small model's rate, not "0.00 GB/s"
     assert f"vocabulary rows: {len(VOCAB)} transferred, 0 kept, 0 carried" in result.stdout
+
+
+def test_rates_read_in_the_unit_that_shows_them() -> None:
+    assert (rate(180_000, 0.04), rate(999_000_000, 1.0), rate(4_010_000_000, 1.66)) == (
+        "4.5 MB/s",
+        "999.0 MB/s",
+        "2.42 GB/s",
+    )
 
 
 def test_engine_commands_freeze_the_engine_import_and_leave_the_collector_on(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,9 @@ def _each_candidate_has_its_finetune_run(data_dir: Path, *, gate_steps: int) -> 
             assert steps == list(range(1, gate_steps + 1)) and json.loads(curve.getvalue())[-1][1] == run.final_loss
         last, run = rows.public_id(candidates[-1]), candidates[-1].finetune_run
     shown = _graft("registry", "show", last)
+    eval_line = r"\n  eval testbed_add exact_match \[none\] = \d\.\d{4} ± (\d\.\d{4}|n/a) \(n=\d+, lm-eval "
+    assert re.search(eval_line, shown)
+    assert "\n  no champion before, by gate\n" in _graft("registry", "show", "promotion-1")
     assert f"fine-tune run {run.id}: {gate_steps} steps in " in shown  # type: ignore[union-attr]
     assert f"on cpu × 1, {run.tokens} tokens" in shown  # type: ignore[union-attr]
     assert "0 missing, 0 corrupt" in _graft("registry", "verify")

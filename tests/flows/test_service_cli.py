@@ -32,7 +32,10 @@ def test_track_add_list_show(data_dir: Path, testbed: Testbed, tmp_path: Path) -
     path = write_track(tmp_path, testbed, name="bed", releases=(2,), mode="source")
     assert "added track bed (local releases, source recycling)" in _graft("track", "add", str(path))
     assert "updated track bed" in _graft("track", "add", str(path))
-    assert _graft("track", "list").split() == ["bed", "local", "source", "production"]
+    assert _graft("track", "list").splitlines() == [
+        "track                    source     mode       channel",
+        "bed                      local      source     production",
+    ]
     shown = _graft("track", "show", "bed")
     assert json.loads(shown[: shown.rindex("}") + 1])["finetune"]["recipe"]["steps"] == 30
     assert shown.rstrip().endswith("champion on production: none yet\nreleases: none yet (`graft track watch` looks)")

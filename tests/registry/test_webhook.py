@@ -172,7 +172,10 @@ def test_an_oversize_body_is_413_declared_or_streamed(hooks: Hooks) -> None:
     ("payload", "reason"),
     [
         (hub_payload("someone/unrelated-model"), "no track watches someone/unrelated-model"),
-        (hub_payload(OLMO, refs=("refs/heads/main",)), f"no track watches {OLMO}"),
+        (
+            hub_payload(OLMO, refs=("refs/heads/main",)),
+            f"tracks olmo-stage1 watch {OLMO}, but not refs/heads/main (see their ref patterns)",
+        ),
         (hub_payload("meta-llama/Llama-2-70b-hf", refs=("refs/heads/main",)), "no track watches"),
         (hub_payload(OLMO, repo_type="dataset"), "is a dataset repo"),
         (hub_payload(OLMO, action="create", scope="discussion"), "a discussion create event brings no new release"),
