@@ -3,7 +3,10 @@ over the test bed's releases."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,3 +59,15 @@ def write_track(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def kill_when(process: subprocess.Popen[bytes], reached: Callable[[], bool], *, what: str) -> None:
+    """Kill `process` outright (SIGKILL, as the OOM killer would) as soon as `reached()` says so.
+
+    Fails the test if the process ends first, or if `what` is not reached within 300 s."""
+    deadline = time.monotonic() + 300
+    while not reached():
+        assert process.poll() is None and time.monotonic() < deadline, f"the process never reached {what}"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from graftwork.flows.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, Promotion
+from tests.flows.conftest import kill_when
 
 pytestmark = pytest.mark.slow
 GRAFT = Path(sys.executable).parent / "graft"
@@ -118,18 +118,12 @@ def test_a_demo_killed_in_a_fine_tune_then_after_a_diff_ends_with_one_row_of_eac
     temp.mkdir()
     args = ["--fast", "--releases", "3", "--data-dir", str(data_dir)]
 
-    def kill_when(reached: Callable[[], bool]) -> None:
-        demo = subprocess.Popen([str(GRAFT), "demo", *args], stdout=subprocess.DEVNULL, env=_env(TMPDIR=str(temp)))
-        deadline = time.monotonic() + 300
-        while not reached():
-            assert demo.poll() is None and time.monotonic() < deadline, "the demo never reached the kill point"
-            time.sleep(0.05)
-        demo.send_signal(signal.SIGKILL)
-        demo.wait()
+    def demo() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([str(GRAFT), "demo", *args], stdout=subprocess.DEVNULL, env=_env(TMPDIR=str(temp)))
 
-    kill_when(lambda: bool(list(temp.glob("graft-finetune-*"))))
+    kill_when(demo(), lambda: bool(list(temp.glob("graft-finetune-*"))), what="its first fine-tune")
     assert _decided(data_dir) == []
-    kill_when(lambda: _count(data_dir, "diffs") >= 2)
+    kill_when(demo(), lambda: _count(data_dir, "diffs") >= 2, what="M2's registered Δ")
     assert [ref for ref, _ in _decided(data_dir)] == ["01-M1"]
     _demo(args, TMPDIR=str(temp))
     assert [ref for ref, _ in _decided(data_dir)] == ["01-M1", "02-M2", "03-M3"]

@@ -5,10 +5,8 @@ predecessor is not done waits, runs of one release in two modes share nothing, e
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, Promotion, Release
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import CandidateKind, RecycleMode, ReleaseState
+from tests.flows.conftest import kill_when
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -258,12 +257,7 @@ def test_a_killed_watcher_is_finished_by_the_next_one(
         with session_scope(Workspace.from_settings().registry().engine) as session:
             return session.scalars(select(Diff)).first() is not None
 
-    deadline = time.monotonic() + 300
-    while not reached():
-        assert first.poll() is None and time.monotonic() < deadline, "the watcher never reached the kill point"
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_when(first, reached, what="its fine-tune" if not during_eval else "its registered Δ")
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
