@@ -57,5 +57,8 @@ def test_importing_into_an_unknown_track_is_refused_and_stores_nothing(graft, di
     assert "error: no track named 'new' in the registry (tracks: demo); add it with `graft track add FILE`." in error
     assert "Traceback" not in error
     assert not list((tmp_path / "blobs" / "sha256").rglob("*"))
-    assert graft("track", "list").splitlines() == ["demo                     hub-repos  iterative  production"]
+    assert graft("track", "list").splitlines() == [
+        "track                    source     mode       channel",
+        "demo                     hub-repos  iterative  production",
+    ]
     assert graft("registry", "list").strip() == "nothing registered yet"
