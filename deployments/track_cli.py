@@ -105,12 +105,26 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
     ):
         done = watch_releases(track=name, dispatch="inline")
     say(f"track {name}: {len(done.new)} new release(s), {len(done.started)} run")
+    _say_decisions(done.started)
     if done.failed:
         err.print(f"[bold red]error:[/] track {name}: {done.failed}", highlight=False, soft_wrap=True)
     if done.waiting:
         say(f"track {name}: waiting: {done.waiting}")
     if done.failed:
         raise typer.Exit(1)
+
+
+def _say_decisions(release_ids: list[int]) -> None:
+    """One line per release that was run and gated: its decision and the gate's first reason."""
+    from ..storage import releases, runs
+    from ..storage.db import session_scope
+
+    with user_errors(), session_scope(open_registry().engine) as session:
+        for release_id in release_ids:
+            release = releases.release_of(session, release_id=release_id)
+            decided = runs.release_decision(session, release=release)
+            if decided is not None:
+                say(f"  {releases.label(release)}: {decided.decision} ({decided.reasons[0]})")
 
 
 @track_app.command("retry")

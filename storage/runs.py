@@ -168,6 +168,18 @@ def record_candidate(
     return row
 
 
+def release_decision(session: Session, *, release: Release) -> Promotion | None:
+    """The gate's newest decision on the candidate Algorithm 1 made for `release` (None before one)."""
+    query = (
+        select(Promotion)
+        .join(Candidate, Promotion.to_candidate_id == Candidate.id)
+        .where(Candidate.release_id == release.id, Candidate.kind == CandidateKind.RECYCLE)
+        .order_by(Promotion.id.desc())
+        .limit(1)
+    )
+    return session.scalars(query).one_or_none()
+
+
 def candidate_for(session: Session, *, track: Track, ref: str) -> Candidate | None:
     """The newest candidate Algorithm 1 made for the track's release published as `ref` (a branch, tag or
     folder); backports are not counted."""

@@ -39,7 +39,10 @@ def _graft(*args: str) -> str:
 def test_three_releases_go_through_the_whole_flow(data_dir: Path, testbed: Testbed, tmp_path: Path) -> None:
     track = write_track(tmp_path, testbed, name="bed", releases=(2, 3, 4))
     assert "added track bed (local releases, iterative recycling)" in _graft("track", "add", str(track))
-    assert "track bed: 3 new release(s), 3 run" in _graft("track", "watch", "bed")
+    watched = _graft("track", "watch", "bed").splitlines()
+    said = watched[watched.index("track bed: 3 new release(s), 3 run") + 1 :]
+    assert [line.split(": ")[0] for line in said] == [f"  release-{i} (0{i}-M{i + 1})" for i in (1, 2, 3)]
+    assert all(re.fullmatch(r"  release-\d \(0\d-M\d\): (promote|reject) \(.+\)", line) for line in said), said
     again = watch_releases(track="bed", dispatch="inline")
     assert (again.new, again.started, again.waiting) == ([], [], None)  # seen releases run once
 
