@@ -3,7 +3,7 @@ of the model files it holds, so that a commit that changes none of them (a READM
 
 | source | position (sorts as the source orders its releases) | content key |
 | --- | --- | --- |
-| local folder | the folder's name, digit runs by value (`step200` before `step1000`) | sha256 of each model file |
+| local folder | its name, digit runs by value (`step200` before `step1000`) | its revision (hash of its model files) |
 | Hub ref | the time of the commit the ref points to | the Hub's sha256 (LFS) or blob id of each model file |
 | Hub repo | the repo's creation time, then the commit's time | as for a ref |
 """
@@ -19,7 +19,7 @@ from typing import Literal
 from huggingface_hub import HfApi
 from huggingface_hub.hf_api import RepoFile
 
-from .refs import MODEL_PATTERNS, ReleaseRef, model_files
+from .refs import MODEL_PATTERNS, ReleaseRef
 from .translate import hub_errors
 
 Order = Literal["folder", "commit", "created"]
@@ -39,12 +39,8 @@ def release_facts(*, release: ReleaseRef, order: Order, api: HfApi | None = None
     Raises:
         HubNotFoundError, HubUnavailableError, HubPermissionError: the Hub refused or cannot be reached.
     """
-    if release.path is not None:
-        digest = hashlib.sha256()
-        for name, path in sorted(model_files(release.path).items()):
-            with path.open("rb") as f:
-                digest.update(f"{name}\0{hashlib.file_digest(f, 'sha256').hexdigest()}\n".encode())
-        return ReleaseFacts(position=natural_position(release.ref or release.path.name), content_key=digest.hexdigest())
+    if release.path is not None:  # a local release's revision is the hash of its model files already
+        return ReleaseFacts(position=natural_position(release.ref or release.path.name), content_key=release.revision)
     api = api or HfApi()
     where = f"{release.repo_id}@{release.revision}"
     with hub_errors(what=where, endpoint=api.endpoint):
