@@ -72,10 +72,10 @@ class Workspace:
     data_dir: Path
     database_url: str
     blob_url: str
-    retry_limit: int = 3
-    retry_backoff_seconds: float = 120.0
-    stale_after_seconds: float = 600.0
-    heartbeat_seconds: float = 30.0
+    retry_limit: int
+    retry_backoff_seconds: float
+    stale_after_seconds: float
+    heartbeat_seconds: float
 
     @classmethod
     def from_settings(cls, settings: GraftSettings | None = None) -> Workspace:
