@@ -342,21 +342,9 @@ def backport(
     """Apply the track's newest Δ to an older release, evaluate it against that release's base, and record
     it as a backport candidate (no training; not gated onto the channel)."""
     from ..flows.backport import backport as backport_flow
-    from ..flows.local_server import local_prefect
-    from ..flows.progress import listening
-    from ..flows.tracks import load_spec
-    from .console import open_registry
+    from .console import track_flows
 
-    settings = GraftSettings()
-    with user_errors():
-        load_spec(open_registry(), track=track)
-    home, timeout = settings.data_dir / "prefect", settings.prefect_startup_timeout
-    with (
-        user_errors(),
-        local_prefect(home=home, startup_timeout=timeout, say=say),
-        live_progress() as listener,
-        listening(listener),
-    ):
+    with track_flows(track):
         candidate = backport_flow(track=track, to=to, alpha=alpha)
     say(f"backported the newest Δ of {track} onto {to}: candidate-{candidate}")
 

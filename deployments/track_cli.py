@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .console import err, live_progress, open_registry, say, user_errors
+from .console import err, open_registry, say, track_flows, user_errors
 
 track_app = typer.Typer(help="Tracks: continuous-development lines declared in YAML.", no_args_is_help=True)
 
@@ -87,22 +87,9 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
     The runs go to the Prefect server PREFECT_API_URL names, else to one started for the command on the
     data dir's own Prefect database (the one `graft ui` serves).
     """
-    from ..flows.local_server import local_prefect
-    from ..flows.progress import listening
-    from ..flows.settings import GraftSettings
-    from ..flows.tracks import load_spec
     from ..flows.watch import watch_releases
 
-    settings = GraftSettings()
-    home, timeout = settings.data_dir / "prefect", settings.prefect_startup_timeout
-    with user_errors():
-        load_spec(open_registry(), track=name)  # an unknown track is refused before any server starts
-    with (
-        user_errors(),
-        local_prefect(home=home, startup_timeout=timeout, say=say),
-        live_progress() as listener,
-        listening(listener),
-    ):
+    with track_flows(name):
         done = watch_releases(track=name, dispatch="inline")
     say(f"track {name}: {len(done.new)} new release(s), {len(done.started)} run")
     _say_decisions(done.started)
@@ -116,12 +103,13 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
 
 def _say_decisions(release_ids: list[int]) -> None:
     """One line per release that was run and gated: its decision and the gate's first reason."""
+    from ..storage import registry as rows
     from ..storage import releases, runs
     from ..storage.db import session_scope
 
     with user_errors(), session_scope(open_registry().engine) as session:
         for release_id in release_ids:
-            release = releases.release_of(session, release_id=release_id)
+            release = rows.get_release(session, release_id=release_id)
             decided = runs.release_decision(session, release=release)
             if decided is not None:
                 say(f"  {releases.label(release)}: {decided.decision} ({decided.reasons[0]})")

@@ -18,6 +18,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
+from ..storage import registry as rows
 from ..storage import releases
 from ..storage.db import session_scope
 from ..terms import ReleaseState
@@ -39,7 +40,7 @@ def release_run(where: Workspace, *, release_id: int) -> Iterator[None]:
     runner = f"{socket.gethostname()}:{os.getpid()}"
     run_id = flow_run.get_id()
     with session_scope(where.registry().engine) as session:
-        release = releases.release_of(session, release_id=release_id)
+        release = rows.get_release(session, release_id=release_id)
         releases.check_order(session, release=release)
         releases.mark(session, release=release, state=ReleaseState.RUNNING, runner=runner, flow_run_id=run_id)
     stop = threading.Event()
@@ -60,12 +61,12 @@ def release_run(where: Workspace, *, release_id: int) -> Iterator[None]:
 def _beat(where: Workspace, release_id: int, stop: threading.Event) -> None:
     while not stop.wait(where.heartbeat_seconds):
         with session_scope(where.registry().engine) as session:
-            releases.beat(session, release=releases.release_of(session, release_id=release_id))
+            releases.beat(session, release=rows.get_release(session, release_id=release_id))
 
 
 def _end(where: Workspace, release_id: int, *, failure: str | None, died: bool) -> None:
     with session_scope(where.registry().engine) as session:
-        release = releases.release_of(session, release_id=release_id)
+        release = rows.get_release(session, release_id=release_id)
         if failure is None:
             releases.mark(session, release=release, state=ReleaseState.DONE)
         else:

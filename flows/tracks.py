@@ -47,6 +47,8 @@ from ..tasks.training.launch import Launch
 from ..terms import CarryRule, RecycleMode, SourceKind
 
 TAG_FIELDS = frozenset({"track", "release"})
+BRANCH_AND_TAG_PREFIXES = ("refs/heads/", "refs/tags/")
+"""How the Hub names the refs that can hold a release; pull requests (`refs/pr/*`) and others cannot."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _ENUM_REPR = re.compile(r"<\w+\.\w+: ('[^']*')>")  # pydantic names a Literal enum tag as <SourceKind.LOCAL: 'local'>
 
@@ -95,7 +97,7 @@ class HubRefsSource(_Spec):
 
 
 def _short_ref(ref: str) -> str:
-    for prefix in ("refs/heads/", "refs/tags/"):
+    for prefix in BRANCH_AND_TAG_PREFIXES:
         if ref.startswith(prefix):
             return ref.removeprefix(prefix)
     return ref

@@ -151,9 +151,8 @@ def next_release(where: Workspace, track: str) -> tuple[int, str, int] | str:
     """(id, sha, attempt) of the release to start now, or why none can start (empty: all are done)."""
     with session_scope(where.registry().engine) as session:
         row = rows.get_track(session, name=track)
-        ready = releases.dispatchable(session, track=row, policy=where.retry_policy(), now=datetime.now(UTC))
-        if ready:
-            release = ready[0]
+        release = releases.next_to_run(session, track=row, policy=where.retry_policy(), now=datetime.now(UTC))
+        if release is not None:
             return release.id, release.revision, releases.status(session, release=release).attempts + 1
         return _waiting(session, track=row, policy=where.retry_policy())
 
@@ -184,11 +183,11 @@ def dispatch_run(where: Workspace, track: str, release_id: int, sha: str, attemp
     except Exception as e:
         why = f"its dispatch failed: {why_not_started(e, deployment=RECYCLE_DEPLOYMENT)}"
         with session_scope(where.registry().engine) as session:
-            release = releases.release_of(session, release_id=release_id)
+            release = rows.get_release(session, release_id=release_id)
             releases.fail(session, release=release, detail=why, policy=where.retry_policy(), died=False, counts=True)
         return f"release-{release_id}: {why}"
     with session_scope(where.registry().engine) as session:
-        release = releases.release_of(session, release_id=release_id)
+        release = rows.get_release(session, release_id=release_id)
         releases.mark(session, release=release, state=ReleaseState.DISPATCHED, flow_run_id=str(run.id))
     return None
 

@@ -28,7 +28,7 @@ from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Track
 from .lifecycle import WATCH_DEPLOYMENT, why_not_started
-from .tracks import spec_of
+from .tracks import BRANCH_AND_TAG_PREFIXES, spec_of
 
 StartRun = Callable[[str, str], None]
 """Starts a track's run: called with the track name and an idempotency key."""
@@ -156,7 +156,7 @@ def _finite(number: str) -> float:
 def release_refs(refs: Collection[str]) -> list[str]:
     """The refs that can hold a release: branches and tags (`refs/heads/*`, `refs/tags/*`, or a bare
     name), not pull requests (`refs/pr/*`) or the Hub's own (`refs/convert/*`)."""
-    return [ref for ref in refs if ref.startswith(("refs/heads/", "refs/tags/")) or not ref.startswith("refs/")]
+    return [ref for ref in refs if ref.startswith(BRANCH_AND_TAG_PREFIXES) or not ref.startswith("refs/")]
 
 
 def delivery_key(event: HubEvent) -> str:

@@ -149,23 +149,22 @@ def describe(row: ReleaseStatus, *, policy: RetryPolicy) -> str:
     return what
 
 
-def dispatchable(session: Session, *, track: Track, policy: RetryPolicy, now: datetime) -> list[Release]:
-    """The releases a watcher pass may start now, in order: each one's predecessor is done (or it has
-    none), and it is new, or failed with runs left and its backoff over. A release that may not start
-    blocks those after it (they carry from it)."""
-    ready = []
+def next_to_run(session: Session, *, track: Track, policy: RetryPolicy, now: datetime) -> Release | None:
+    """The release a watcher pass may start now: the first in the track's order that is not finished, if
+    it is new, or failed with runs left and its backoff over. None while that one runs or waits: the
+    releases after it carry from it, so they wait too."""
     for release in in_order(session, track=track):
         row = status(session, release=release)
         if row.state in FINISHED:
             continue
-        waiting = row.state in LIVE or (row.state is ReleaseState.FAILED and row.attempts >= policy.limit)
-        if waiting:
-            break
-        if row.state is ReleaseState.FAILED and row.retry_at is not None and row.retry_at > now:
-            break
-        ready.append(release)
-        break  # the next release carries from this one: it waits until this one is done
-    return ready
+        if row.state in LIVE:
+            return None
+        if row.state is ReleaseState.FAILED:
+            spent = row.attempts >= policy.limit
+            if spent or (row.retry_at is not None and row.retry_at > now):
+                return None
+        return release
+    return None
 
 
 def mark(
@@ -228,15 +227,3 @@ def retry(session: Session, *, release: Release) -> ReleaseStatus:
     row.state, row.attempts, row.retry_at, row.detail = ReleaseState.DISCOVERED, 0, None, "retried by hand"
     session.flush()
     return row
-
-
-def release_of(session: Session, *, release_id: int) -> Release:
-    """A release by id.
-
-    Raises:
-        NotFoundError: there is none.
-    """
-    release = session.get(Release, release_id)
-    if release is None:
-        raise NotFoundError(f"no release with id {release_id} in the registry.", ref=f"release-{release_id}")
-    return release

@@ -66,7 +66,7 @@ def carry(session: Session, *, release: Release, mode: RecycleMode, rule: CarryR
         if imported is None:
             return Carry(None, "none: the track's first release is fine-tuned from its base (Algorithm 1)")
         return Carry(imported, f"{public_id(imported)}, the Δ imported for the track (source mode)")
-    delta = session.scalars(select(Diff).where(Diff.candidate_id == holder.id).order_by(Diff.id)).first()
+    delta = _delta_of(session, candidate=holder)
     if delta is None:
         raise ReleaseOrderError(
             f"candidate-{holder.id} of {releases.label(holder.release)} has no registered Δ yet; its run stopped "
@@ -84,9 +84,12 @@ def carry(session: Session, *, release: Release, mode: RecycleMode, rule: CarryR
 def recycled_delta(session: Session, *, release: Release) -> Diff | None:
     """The Δ registered from the candidate Algorithm 1 made for `release` (None before it is registered)."""
     holder = _recycled(session, release=release)
-    if holder is None:
-        return None
-    return session.scalars(select(Diff).where(Diff.candidate_id == holder.id).order_by(Diff.id)).first()
+    return None if holder is None else _delta_of(session, candidate=holder)
+
+
+def _delta_of(session: Session, *, candidate: Candidate) -> Diff | None:
+    """The Δ registered from `candidate` (M* − M), if it is registered yet."""
+    return session.scalars(select(Diff).where(Diff.candidate_id == candidate.id).order_by(Diff.id)).first()
 
 
 def _recycled(session: Session, *, release: Release) -> Candidate | None:

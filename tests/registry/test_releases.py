@@ -37,11 +37,11 @@ def test_releases_run_in_their_sources_order_one_after_the_other(registry: Regis
         late, early = _record(session, track, _found("02-b", "002-b", "b"), _found("01-a", "001-a", "a"))
         assert releases.in_order(session, track=track) == [early, late]
         now = datetime.now(UTC)
-        assert releases.dispatchable(session, track=track, policy=POLICY, now=now) == [early]
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=now) == early
         releases.mark(session, release=early, state=ReleaseState.RUNNING, runner="h:1")
-        assert releases.dispatchable(session, track=track, policy=POLICY, now=now) == []  # `late` waits
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=now) is None  # `late` waits
         releases.mark(session, release=early, state=ReleaseState.DONE)
-        assert releases.dispatchable(session, track=track, policy=POLICY, now=now) == [late]
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=now) == late
 
 
 def test_an_unchanged_release_is_skipped_and_a_failed_one_waits_its_backoff_up_to_the_limit(
@@ -58,15 +58,15 @@ def test_an_unchanged_release_is_skipped_and_a_failed_one_waits_its_backoff_up_t
         releases.mark(session, release=first, state=ReleaseState.RUNNING, runner="h:1")
         row = releases.fail(session, release=first, detail="boom", policy=POLICY, died=False)
         assert row.retry_at is not None and row.retry_at - datetime.now(UTC) > timedelta(minutes=1)
-        assert releases.dispatchable(session, track=track, policy=POLICY, now=datetime.now(UTC)) == []
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=datetime.now(UTC)) is None
         later = datetime.now(UTC) + timedelta(minutes=3)
-        assert releases.dispatchable(session, track=track, policy=POLICY, now=later) == [first]
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=later) == first
         releases.mark(session, release=first, state=ReleaseState.RUNNING, runner="h:2")
         row = releases.fail(session, release=first, detail="boom again", policy=POLICY, died=True)
         assert row.attempts == 2 and row.retry_at is not None and row.retry_at <= datetime.now(UTC)
-        assert releases.dispatchable(session, track=track, policy=POLICY, now=later) == []  # the limit: 2 runs
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=later) is None  # the limit: 2 runs
         releases.retry(session, release=first)
-        assert releases.dispatchable(session, track=track, policy=POLICY, now=datetime.now(UTC)) == [first]
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=datetime.now(UTC)) == first
         with pytest.raises(NotFoundError, match=r"release-\d+ \(02\) is skipped: there is nothing to retry"):
             releases.retry(session, release=same)
 
