@@ -30,7 +30,8 @@ from graftwork.tasks import engine  # noqa: E402
 from graftwork.tasks.evaluate import Suite, evaluate  # noqa: E402
 from graftwork.tasks.testbed import Testbed, build_testbed  # noqa: E402
 from graftwork.tasks.testbed.shipped import differences, unexplained  # noqa: E402
-from graftwork.tasks.training.finetune import Recipe, finetune  # noqa: E402
+from graftwork.tasks.training.finetune import finetune  # noqa: E402
+from graftwork.tasks.training.recipe import Recipe  # noqa: E402
 
 STRONG_GAIN = 20.0  # points a strong base must gain from M_i + Δ_{i−1}, with no training
 WEAK_GAIN = 10.0  # points a weak base (M1) or the control lineage must stay under

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import ModelFolderError
 
 PACKAGE = "graftwork.deployments"
-ACCELERATE_CONFIGS = {"fsdp": "fsdp.yaml", "deepspeed": "deepspeed_zero3.yaml"}
+ACCELERATE_CONFIGS = {"ddp": "ddp.yaml", "fsdp": "fsdp.yaml", "deepspeed": "deepspeed_zero3.yaml"}
 
 
 def shipped_file(*parts: str) -> Path:
@@ -28,5 +28,5 @@ def shipped_file(*parts: str) -> Path:
 
 
 def accelerate_config(kind: str) -> Path:
-    """The shipped accelerate config for a kind of distribution (`fsdp` or `deepspeed`)."""
+    """The shipped accelerate config for a kind of distribution (`ddp`, `fsdp` or `deepspeed`)."""
     return shipped_file("accelerate", ACCELERATE_CONFIGS[kind])

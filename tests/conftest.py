@@ -213,7 +213,8 @@ def testbed_suite(testbed: Testbed) -> Suite:
 @pytest.fixture(scope="session")
 def finetuned_m4(testbed: Testbed, testbed_suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> FinetuneResult:
     """FT(M4): 100 steps of the default recipe, evaluated every 50 steps."""
-    from graftwork.tasks.training.finetune import Recipe, finetune
+    from graftwork.tasks.training.finetune import finetune
+    from graftwork.tasks.training.recipe import Recipe
 
     return finetune(
         model_dir=testbed.releases[-1],

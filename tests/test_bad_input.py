@@ -211,7 +211,7 @@ def test_a_killed_fine_tune_leaves_nothing_in_the_temp_dir(tmp_path: Path, monke
     temp.mkdir()
     env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
     job = (
-        "from pathlib import Path; from graftwork.tasks.training.finetune import Recipe, finetune; "
+        "from pathlib import Path; from graftwork.tasks.training.finetune import finetune; from graftwork.tasks.training.recipe import Recipe; "
         f"finetune(model_dir=Path({str(BED / 'releases' / 'M1')!r}), data=Path({str(BED / 'data' / 'train.jsonl')!r}),"
         f" recipe=Recipe(steps=100000), out_dir=Path({str(tmp_path / 'killed')!r}))"
     )
@@ -224,7 +224,8 @@ def test_a_killed_fine_tune_leaves_nothing_in_the_temp_dir(tmp_path: Path, monke
     child.wait()
     assert [p.name.split("-")[2] for p in temp.glob("graft-finetune-*")] == [str(child.pid)]
 
-    from graftwork.tasks.training.finetune import Recipe, finetune
+    from graftwork.tasks.training.finetune import finetune
+    from graftwork.tasks.training.recipe import Recipe
 
     monkeypatch.setattr("tempfile.tempdir", str(temp))
     finetune(

@@ -14,11 +14,11 @@ from graftwork.tasks.training.finetune import (
     FinetuneConfigError,
     FinetuneDataError,
     FinetuneResult,
-    Recipe,
     finetune,
     read_pairs,
     tokenize_pair,
 )
+from graftwork.tasks.training.recipe import Recipe
 from tests.conftest import bits_equal, load_state
 
 
@@ -130,7 +130,7 @@ def test_bf16_on_a_gpu_learns_and_keeps_the_bases_dtype(testbed: Testbed, testbe
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
     base = load_state(testbed.releases[-1])
     assert all(v.dtype == base[k].dtype for k, v in load_state(result.out_dir).items())
-    (record,) = evaluate(model_dir=result.out_dir, suite=testbed_suite, device="cuda")
+    (record,) = evaluate(model_dir=result.out_dir, suite=testbed_suite.model_copy(update={"device": "cuda"}))
     assert record.value >= 0.5
 
 

@@ -15,10 +15,12 @@ from accelerate.commands.launch import launch_command_parser
 from graftwork.errors import LaunchConfigError, LaunchError
 from graftwork.tasks.training import finetune
 from graftwork.tasks.training.launch import Launch, launch_command, run_launch
+from graftwork.tasks.training.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 FSDP = ROOT / "deployments/accelerate/fsdp.yaml"
 DEEPSPEED = ROOT / "deployments/accelerate/deepspeed_zero3.yaml"
+DDP = ROOT / "deployments/accelerate/ddp.yaml"
 PATHS = {
     "model_dir": Path("/data/models/base"),
     "data": Path("/data/train.jsonl"),
@@ -42,8 +44,10 @@ def test_one_process_runs_without_accelerate() -> None:
     assert launch_command(launch=Launch(), overwrite=True, **PATHS) == [sys.executable, *SCRIPT, "--overwrite"]
 
 
-@pytest.mark.parametrize(("distributed", "config"), [("fsdp", FSDP), ("deepspeed", DEEPSPEED)])
-def test_accelerate_accepts_the_launch_and_the_config(distributed: Literal["fsdp", "deepspeed"], config: Path) -> None:
+@pytest.mark.parametrize(("distributed", "config"), [("ddp", DDP), ("fsdp", FSDP), ("deepspeed", DEEPSPEED)])
+def test_accelerate_accepts_the_launch_and_the_config(
+    distributed: Literal["ddp", "fsdp", "deepspeed"], config: Path
+) -> None:
     """accelerate's own parser takes the command, and the launch's process count overrides the config's."""
     command = launch_command(launch=Launch(processes=2, distributed=distributed, config=config), **PATHS)
     args = launch_command_parser().parse_args(command[3:])
@@ -72,7 +76,7 @@ def test_finetune_main_takes_the_script_arguments(tmp_path: Path, monkeypatch: p
     assert seen == {
         "model_dir": PATHS["model_dir"],
         "data": PATHS["data"],
-        "recipe": finetune.Recipe(steps=3, precision="bf16"),
+        "recipe": Recipe(steps=3, precision="bf16"),
         "out_dir": PATHS["out_dir"],
         "overwrite": False,
     }

@@ -22,42 +22,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import PrinterCallback, TrainerCallback
 
 from ...errors import FinetuneConfigError, FinetuneDataError, ModelFolderError
 from ...fs import atomic_output_dir, scratch_dir, write_text_atomic
 from ..evaluate import EvalRecord, Suite, evaluate_model
 from ..io.checkpoints import GENERATION_CONFIG
+from .candidate import folder_dtype, load_dtype, with_adapter, write_candidate
+from .recipe import Recipe
 
 IGNORE = -100
 
 SCRATCH_PREFIX = "graft-finetune-"
 """The trainer's scratch folders in the temp dir: `graft-finetune-<pid>-<random>`."""
-
-
-class Recipe(BaseModel):
-    """How to fine-tune. Frozen: a recipe is part of a track's identity."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    steps: int = Field(100, ge=0, description="Optimizer steps; 0 writes the model unchanged.")
-    learning_rate: float = Field(1e-3, gt=0)
-    schedule: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "cosine"
-    warmup_steps: int = Field(10, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(32, ge=1, description="Examples per device per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    seq_len: int = Field(64, ge=2, description="Tokens per example; longer examples are cut from the right.")
-    completion_only: bool = Field(True, description="Put the loss on the completion only, not the prompt.")
-    chat_template: bool = Field(False, description="Format each pair with the tokenizer's chat template.")
-    seed: int = 0
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Mixed-precision compute dtype.")
-    deterministic: bool = Field(True, description="Deterministic kernels (torch.use_deterministic_algorithms).")
 
 
 @dataclass(frozen=True)
@@ -190,8 +171,10 @@ def finetune(
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     examples = [tokenize_pair(tokenizer=tokenizer, recipe=recipe, **p) for p in pairs]
     torch.manual_seed(recipe.seed)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    saved_dtype = _folder_dtype(model_dir)
+    base_dtype = folder_dtype(model_dir)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=load_dtype(recipe=recipe))
+    if recipe.peft is not None:
+        model = with_adapter(model, lora=recipe.peft)
     curves = _Curves(eval_every=eval_every, suite=eval_suite, tokenizer=tokenizer, progress=progress)
     with scratch_dir(prefix=SCRATCH_PREFIX) as scratch:
         args = TrainingArguments(
@@ -209,11 +192,14 @@ def finetune(
             full_determinism=recipe.deterministic,
             bf16=recipe.precision == "bf16",
             fp16=recipe.precision == "fp16",
+            activation_checkpointing=recipe.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False},
             logging_steps=1,
             save_strategy="no",
             report_to=[],
             disable_tqdm=True,
             dataloader_num_workers=0,
+            use_cpu=not torch.cuda.is_available(),
             dataloader_pin_memory=torch.cuda.is_available(),
             include_num_input_tokens_seen="non_padding",
         )
@@ -230,17 +216,12 @@ def finetune(
             trainer.train()
         else:
             curves.evaluate(model, 0)
-        # Every rank takes part in saving (FSDP gathers the weights); only the main process publishes.
-        # A single process saves in the base's dtype; sharded runs save what their config gathers.
+        # Every rank takes part in saving (FSDP and ZeRO-3 gather the weights); only the main process publishes.
         staged = scratch / "model"
-        if args.world_size == 1:
-            model.to(saved_dtype)
         trainer.save_model(str(staged))
         if trainer.is_world_process_zero():
             with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
-                for f in staged.iterdir():
-                    if f.name != "training_args.bin":
-                        shutil.move(str(f), tmp / f.name)
+                write_candidate(staged=staged, start=model_dir, dtype=base_dtype, out=tmp)
                 tokenizer.save_pretrained(str(tmp))
                 if (model_dir / GENERATION_CONFIG).is_file():
                     shutil.copyfile(model_dir / GENERATION_CONFIG, tmp / GENERATION_CONFIG)
@@ -255,12 +236,6 @@ def finetune(
         started_at=started_at,
         finished_at=datetime.now(UTC),
     )
-
-
-def _folder_dtype(model_dir: Path) -> torch.dtype:
-    config = json.loads((model_dir / "config.json").read_text())
-    name = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return getattr(torch, str(name), torch.float32)
 
 
 class _Collator:
@@ -297,7 +272,8 @@ class _Curves(TrainerCallback):
 
     def evaluate(self, model: Any, step: int) -> None:
         if self.eval_every is not None and self.suite is not None:
-            records = evaluate_model(model=model, tokenizer=self.tokenizer, suite=self.suite)
+            plain = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA run's PeftModel
+            records = evaluate_model(model=plain, tokenizer=self.tokenizer, suite=self.suite)
             self.evals.append((step, tuple(records)))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:

@@ -1,9 +1,10 @@
 """Multi-GPU fine-tuning: run the fine-tuning module under `accelerate launch` when a recipe asks for
 several processes.
 
-One process runs `python -m graftwork.tasks.training.finetune` as it is; more run it under accelerate with an
-FSDP or a DeepSpeed ZeRO-3 config (`deployments/accelerate/fsdp.yaml`, `deployments/accelerate/deepspeed_zero3.yaml`),
-whose `num_processes` is overridden by the launch's own::
+One process runs `python -m graftwork.tasks.training.finetune` as it is; more run it under accelerate with a
+DDP, an FSDP or a DeepSpeed ZeRO-3 config (`deployments/accelerate/ddp.yaml`, `fsdp.yaml`, `deepspeed_zero3.yaml`),
+whose `num_processes` is overridden by the launch's own. On a machine without CUDA the processes train on the
+CPU and talk over gloo (DDP only: accelerate shards with FSDP or ZeRO-3 on accelerators alone)::
 
     python -m accelerate.commands.launch --config_file deployments/accelerate/fsdp.yaml --num_processes 2 \\
         -m graftwork.tasks.training.finetune --model-dir BASE --data train.jsonl --recipe recipe.json --out OUT
@@ -24,7 +25,7 @@ from ...errors import LaunchConfigError, LaunchError
 from ...fs import die_with_parent
 
 # The `distributed_type` an accelerate config must declare for each kind of launch.
-DISTRIBUTED_TYPES = {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}
+DISTRIBUTED_TYPES = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}
 
 
 class Launch(BaseModel):
@@ -33,7 +34,9 @@ class Launch(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     processes: int = Field(1, ge=1, description="Training processes, one per GPU; 1 runs without accelerate.")
-    distributed: Literal["fsdp", "deepspeed"] = Field("fsdp", description="FSDP, or DeepSpeed ZeRO-3.")
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "fsdp", description="DDP (a full copy per GPU), FSDP, or DeepSpeed ZeRO-3 (both shard the model)."
+    )
     config: Path | None = Field(
         None, description="The accelerate config file; needed when processes > 1 (deployments/accelerate/*.yaml)."
     )

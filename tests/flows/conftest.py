@@ -35,9 +35,17 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_server: No
 
 
 def write_track(
-    folder: Path, testbed: Testbed, *, name: str, releases: tuple[int, ...], mode: str = "iterative", steps: int = 30
+    folder: Path,
+    testbed: Testbed,
+    *,
+    name: str,
+    releases: tuple[int, ...],
+    mode: str = "iterative",
+    steps: int = 30,
+    recipe: dict[str, object] | None = None,
 ) -> Path:
-    """A track file whose release dir holds the test bed's releases M_i (1-based), in that order."""
+    """A track file whose release dir holds the test bed's releases M_i (1-based), in that order; `recipe`
+    adds to (or overrides) the recipe's fields."""
     release_dir = folder / f"{name}-releases"
     release_dir.mkdir(parents=True)
     for n, i in enumerate(releases, 1):
@@ -45,7 +53,7 @@ def write_track(
     spec = {
         "name": name,
         "source": {"kind": "local", "release_dir": str(release_dir)},
-        "finetune": {"data": str(testbed.train_data), "recipe": {"steps": steps, "seed": 0}},
+        "finetune": {"data": str(testbed.train_data), "recipe": {"steps": steps, "seed": 0, **(recipe or {})}},
         "recycle": {"mode": mode, "alpha": 1.0},
         "eval": {
             "name": "testbed",

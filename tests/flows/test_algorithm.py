@@ -107,6 +107,25 @@ def _each_candidate_has_its_finetune_run(data_dir: Path, *, gate_steps: int) -> 
     assert "removed 0 orphan blob(s)" in _graft("registry", "gc", "--grace-hours", "0")
 
 
+def test_a_lora_track_runs_algorithm_1_on_full_candidates(data_dir: Path, testbed: Testbed, tmp_path: Path) -> None:
+    """With a LoRA + gradient-checkpointing recipe each candidate is a full model, so Δ^iter is a full diff that
+    the next release carries: the same chain of diffs and candidates as a full fine-tune's."""
+    lora = {"peft": {"r": 4, "alpha": 8}, "gradient_checkpointing": True, "learning_rate": 1e-2}
+    track = write_track(tmp_path, testbed, name="lora", releases=(2, 3), steps=10, recipe=lora)
+    _graft("track", "add", str(track))
+    watched = _graft("track", "watch", "lora")
+    assert "track lora: 2 new release(s), 2 run" in watched
+    with session_scope(Workspace.from_settings().registry().engine) as session:
+        candidates = list(session.scalars(select(Candidate).order_by(Candidate.id)))
+        diffs = list(session.scalars(select(Diff).order_by(Diff.id)))
+        assert [c.mode for c in candidates] == ["none", "iterative"]
+        assert [d.parent_id for d in diffs] == [None, diffs[0].id]
+        assert candidates[1].source_diff_id == diffs[0].id
+        assert [c.finetune_run.recipe["peft"]["r"] for c in candidates] == [4, 4]  # type: ignore[union-attr]
+        assert all(d.raw_bytes > 0.5 * sum(p.stat().st_size for p in testbed.releases[1].glob("*.safetensors"))
+                   for d in diffs)  # fmt: skip
+
+
 def test_an_unknown_recycle_mode_is_refused_before_the_run_starts(data_dir: Path) -> None:
     with pytest.raises(ParameterTypeError, match=r"mode.*Input should be 'iterative', 'source' or 'none'"):
         recycle.recycle_then_finetune(track="bed", release_id=1, mode="iterativ")  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ import yaml
 
 from graftwork.errors import TrackError
 from graftwork.flows.tracks import HubRefsSource, LocalSource, load_track
+from graftwork.tasks.testbed import Testbed
 from graftwork.terms import RecycleMode
 
 TRACKS = Path(__file__).parents[2] / "deployments" / "tracks"
@@ -86,21 +87,24 @@ def test_a_missing_or_non_yaml_file_is_a_clear_error(tmp_path: Path) -> None:
         load_track(tmp_path / "list.yaml")
 
 
-def test_a_multi_gpu_track_fine_tunes_through_accelerate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_a_multi_process_track_fine_tunes_through_accelerate(tmp_path: Path, testbed: Testbed) -> None:
+    """A track asking for 2 DDP processes fine-tunes under `accelerate launch` with the shipped ddp.yaml, for
+    real (gloo on the CPU): the candidate is written once and the run's report says 2 processes."""
     from graftwork.flows import recycle
-    from graftwork.flows.shipped import accelerate_config
     from graftwork.tasks.hub import ReleaseRef
 
-    spec = load_track(_write(tmp_path, {**GOOD, "finetune": {"data": "d.jsonl", "launch": {"processes": 2}}}))
-    launched: list[dict[str, object]] = []
-    monkeypatch.setattr(recycle, "run_launch", lambda **kwargs: launched.append(kwargs))
+    recipe = {"steps": 2, "batch_size": 4}
+    launch = {"processes": 2, "distributed": "ddp"}
+    spec = load_track(
+        _write(tmp_path, {**GOOD, "finetune": {"data": str(testbed.train_data), "recipe": recipe, "launch": launch}})
+    )
     plan = recycle.Plan(
         "t", 1, ReleaseRef(repo_id="o/m", revision="a" * 40), None, "none: plain", RecycleMode.NONE, tmp_path / "work"
     )
     plan.work.mkdir()
-    out = recycle.fine_tune.fn(plan, tmp_path / "base", spec)
-    [call] = launched
-    assert call["launch"].config == accelerate_config("fsdp") and call["launch"].config.is_file()
-    assert call["launch"].processes == 2
-    assert (call["model_dir"], call["out_dir"], call["data"]) == (tmp_path / "base", out, tmp_path / "d.jsonl")
-    assert json.loads(call["recipe_json"].read_text()) == spec.finetune.recipe.model_dump(mode="json")
+    out = recycle.fine_tune.fn(plan, testbed.releases[0], spec)
+    report = json.loads((plan.work / "finetune.json").read_text())
+    assert (report["out_dir"], report["processes"]) == (str(out), 2)
+    assert [step for step, _ in report["loss_curve"]] == [1, 2]
+    assert json.loads((plan.work / "recipe.json").read_text()) == spec.finetune.recipe.model_dump(mode="json")
