@@ -54,8 +54,9 @@ def test_accelerate_accepts_the_launch_and_the_config(
     assert (args.config_file, args.num_processes, args.module) == (str(config), 2, True)
     assert (args.training_script, args.training_script_args) == ("graftwork.tasks.training.finetune", SCRIPT[2:])
     cluster = load_config_from_file(str(config))
-    assert cluster.distributed_type.value == {"fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[distributed]
-    assert (cluster.num_machines, cluster.mixed_precision) == (1, "bf16")
+    assert cluster.distributed_type.value == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[distributed]
+    # DDP computes in the recipe's precision; the sharded kinds keep fp32 master shards and compute in bf16.
+    assert (cluster.num_machines, cluster.mixed_precision) == (1, "no" if distributed == "ddp" else "bf16")
     assert isinstance(cluster.num_processes, int) and cluster.num_processes > 2
 
 
