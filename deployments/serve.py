@@ -59,7 +59,6 @@ def recycle_deployment() -> RunnerDeployment:
         RunnerDeployment,
         recycle_then_finetune.to_deployment(
             name="recycle-then-finetune",
-            concurrency_limit=1,
             tags=["graftwork"],
             entrypoint_type=EntrypointType.MODULE_PATH,
         ),

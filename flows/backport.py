@@ -14,6 +14,7 @@ from ..storage import registry as rows
 from ..storage import releases, runs
 from ..storage.db import session_scope
 from ..tasks.evaluate import EvalRecord
+from ..tasks.training.gpus import gpu_lease
 from ..terms import CandidateKind, EvalSubject, RecycleMode, ReleaseState
 from .recycle import Plan, carry_over, fetch, release_ref, run_eval, score_of
 from .settings import Workspace
@@ -83,10 +84,11 @@ def backport(track: str, to: str, alpha: float | None = None, data_dir: Path | N
     the_plan = backport_plan(where, track, to, scale)
     base = fetch(the_plan)
     model = carry_over(where, the_plan, base, scale)
-    scores = {
-        EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, model, spec),
-        EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec),
-    }
+    with gpu_lease(count=1) as gpus:
+        scores = {
+            EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, model, spec, gpus),
+            EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec, gpus),
+        }
     candidate_id = record_backport(where, the_plan, scale, model, scores)
     get_run_logger().info(
         "%s: backported %s onto %s as candidate-%d", track, the_plan.carried_diff, the_plan.label, candidate_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..tasks.evaluate import EvalRecord, evaluate
 from ..tasks.gate import Decision, decide
 from ..tasks.hub import ReleaseRef, download, publish
 from ..tasks.training.finetune import finetune
+from ..tasks.training.gpus import gpu_env, gpu_lease, pin
 from ..tasks.training.launch import run_launch
 from ..terms import EvalSubject, GateDecision, RecycleMode
 from .lifecycle import release_run, start_next_pass
@@ -112,14 +114,16 @@ def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Pa
 
 
 @task
-def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec) -> Path:
+def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int]) -> Path:
     """The track's recipe on `start`, in this process, or under `accelerate launch` when the track asks
-    for several GPU processes. The run's report (loss curve, tokens, device) is kept beside the candidate."""
+    for several GPU processes, on the leased `gpus` (none on a CPU worker). The run's report (loss curve,
+    tokens, device) is kept beside the candidate."""
     out, report = the_plan.work / "candidate", the_plan.work / "finetune.json"
     if out.is_dir() and report.is_file():
         return out
     launch = spec.finetune.launch
     if launch.processes == 1:
+        pin(gpus)
         with progress_artifact(key=_key(the_plan, "finetune"), description=f"{the_plan.label}: fine-tune") as progress:
             result = finetune(
                 model_dir=start,
@@ -137,7 +141,7 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec) -> Path:
     write_text_atomic(recipe, spec.finetune.recipe.model_dump_json())
     run_launch(
         launch=launch, model_dir=start, data=spec.finetune.data, recipe_json=recipe, out_dir=out, overwrite=True,
-        report=report,
+        report=report, env={**os.environ, **gpu_env(gpus)},
     )  # fmt: skip
     return out
 
@@ -196,12 +200,13 @@ def new_diff(where: Workspace, the_plan: Plan, candidate: Path, base: Path, cand
 
 
 @task
-def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec) -> list[EvalRecord]:
-    """The track's eval suite on one model folder (kept in the working folder once done)."""
+def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec, gpus: list[int]) -> list[EvalRecord]:
+    """The track's eval suite on one model folder, on the leased `gpus` (kept in the working folder once done)."""
     saved = the_plan.work / "evals" / f"{subject}.json"
     if saved.is_file():
         return [EvalRecord.model_validate(r) for r in json.loads(saved.read_text())]
     what = f"{the_plan.label}: evaluate {subject}"
+    pin(gpus)
     with progress_artifact(key=_key(the_plan, f"eval-{subject}"), description=what) as report:
         records = evaluate(model_dir=model, suite=spec.eval, progress=report)
     write_text_atomic(saved, json.dumps([r.model_dump(mode="json") for r in records]))
@@ -288,15 +293,17 @@ def _recycle(
     the_plan = plan(where, track, release_id, spec, mode)
     base = fetch(the_plan)
     start = base if the_plan.carried_diff is None else carry_over(where, the_plan, base, spec.recycle.alpha)
-    candidate = fine_tune(the_plan, start, spec)
+    with gpu_lease(count=spec.finetune.launch.processes) as gpus:
+        candidate = fine_tune(the_plan, start, spec, gpus)
     candidate_id = record_candidate(where, the_plan, spec, candidate)
     diff_id = new_diff(where, the_plan, candidate, base, candidate_id)
-    scores = {
-        EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, candidate, spec),
-        EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec),
-    }
-    if the_plan.carried_diff is not None:
-        scores[EvalSubject.TRANSFERRED] = run_eval(the_plan, EvalSubject.TRANSFERRED, start, spec)
+    with gpu_lease(count=1) as gpus:
+        scores = {
+            EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, candidate, spec, gpus),
+            EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec, gpus),
+        }
+        if the_plan.carried_diff is not None:
+            scores[EvalSubject.TRANSFERRED] = run_eval(the_plan, EvalSubject.TRANSFERRED, start, spec, gpus)
     outcome = gate_and_promote(where, spec, candidate_id, scores)
     if outcome.decision.promote and spec.publish is not None:
         tag = spec.publish.tag_format.format(track=track, release=the_plan.release.revision[:12])

@@ -38,6 +38,10 @@ def test_prefect_yaml_names_real_entrypoints() -> None:
     assert {d["name"] for d in config["deployments"]} == served  # prefect.yaml declares what serve serves
     by_name = {d["name"]: d for d in config["deployments"]}
     assert by_name["recycle-then-finetune"]["work_pool"]["name"] == "gpu"
+    # The gpu pool's limit (one run per GPU) governs: a deployment limit of 1 would run one track at a time.
+    assert "concurrency_limit" not in by_name["recycle-then-finetune"]
+    built = {d.name: d for d in build_deployments(watch_every=timedelta(minutes=60))}
+    assert built["recycle-then-finetune"].concurrency_limit is None
     assert by_name["watch-all"]["schedules"] and by_name["watch-releases"]["parameters"] == {"dispatch": "deployment"}
 
 

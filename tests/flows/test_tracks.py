@@ -103,7 +103,7 @@ def test_a_multi_process_track_fine_tunes_through_accelerate(tmp_path: Path, tes
         "t", 1, ReleaseRef(repo_id="o/m", revision="a" * 40), None, "none: plain", RecycleMode.NONE, tmp_path / "work"
     )
     plan.work.mkdir()
-    out = recycle.fine_tune.fn(plan, testbed.releases[0], spec)
+    out = recycle.fine_tune.fn(plan, testbed.releases[0], spec, [])
     report = json.loads((plan.work / "finetune.json").read_text())
     assert (report["out_dir"], report["processes"]) == (str(out), 2)
     assert [step for step, _ in report["loss_curve"]] == [1, 2]

@@ -1,0 +1,58 @@
+"""GPU leases: concurrent runs on one worker get disjoint GPUs, wait for free ones, and free them when they end
+or die. Simulated GPU counts stand in for CUDA; the locks, processes and environment are real."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from graftwork.errors import LaunchConfigError
+from graftwork.tasks.training.gpus import gpu_env, gpu_lease
+
+
+def test_runs_on_one_worker_get_disjoint_gpus_and_wait_for_free_ones(tmp_path: Path) -> None:
+    locks = tmp_path / "gpus"
+    took: list[list[int]] = []
+    with gpu_lease(count=1, lock_dir=locks, total=4) as first, gpu_lease(count=2, lock_dir=locks, total=4) as second:
+        assert (first, second) == ([0], [1, 2])
+        assert gpu_env(second) == {"CUDA_VISIBLE_DEVICES": "1,2"}
+
+        def third() -> None:
+            with gpu_lease(count=2, lock_dir=locks, total=4, poll_seconds=0.05) as ids:
+                took.append(ids)
+
+        waiting = threading.Thread(target=third)
+        waiting.start()
+        time.sleep(0.3)
+        assert took == []  # only GPU 3 is free: a 2-GPU run waits
+    waiting.join(timeout=10)
+    assert took == [[0, 1]]
+
+
+def test_a_killed_run_frees_its_gpus(tmp_path: Path) -> None:
+    locks = tmp_path / "gpus"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from graftwork.tasks.training.gpus import gpu_lease\n"
+         f"with gpu_lease(count=2, lock_dir=Path({str(locks)!r}), total=2):\n"
+         "    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    holder.kill()
+    holder.wait()
+    with gpu_lease(count=2, lock_dir=locks, total=2, poll_seconds=0.05) as ids:
+        assert ids == [0, 1]
+
+
+def test_no_gpus_means_no_pinning_and_too_many_is_refused(tmp_path: Path) -> None:
+    with gpu_lease(count=8, lock_dir=tmp_path, total=0) as ids:
+        assert ids == [] and gpu_env(ids) == {}
+    too_many = gpu_lease(count=4, lock_dir=tmp_path, total=2)
+    with pytest.raises(LaunchConfigError, match="the run needs 4 GPUs and this worker has 2; lower the track's"):
+        too_many.__enter__()
