@@ -34,7 +34,7 @@ from ..tasks.training.launch import run_launch
 from ..terms import EvalSubject, GateDecision, RecycleMode
 from .lifecycle import release_run, start_next_pass
 from .progress import progress_artifact
-from .registry import export_diff, register_diff
+from .registry import register_diff, streamed_diff
 from .report import report_run
 from .settings import Workspace
 from .shipped import accelerate_config
@@ -100,16 +100,20 @@ def fetch(the_plan: Plan) -> Path:
 
 @task
 def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Path:
-    """base + alpha·Δ, with Δ exported from the registry."""
+    """base + alpha·Δ, with Δ streamed from the registry (one shard on scratch disk at a time)."""
     out = the_plan.work / "transferred"
     if out.is_dir():
         return out
     assert the_plan.carried_diff is not None
-    diff_dir = export_diff(
-        where.registry(), ref=the_plan.carried_diff, out=the_plan.work / "carried-diff", overwrite=True
-    )
-    with progress_artifact(key=_key(the_plan, "transfer"), description=f"{the_plan.label}: base + α·Δ") as report:
-        engine.apply(diff=diff_dir, target=base, out=out, alpha=alpha, progress=report)
+    what = f"{the_plan.label}: base + α·Δ"
+    with (
+        streamed_diff(where.registry(), ref=the_plan.carried_diff, scratch=the_plan.work / "carried-diff") as (
+            diff,
+            reader,
+        ),
+        progress_artifact(key=_key(the_plan, "transfer"), description=what) as report,
+    ):
+        engine.apply(diff=diff, reader=reader, target=base, out=out, alpha=alpha, progress=report)
     return out
 
 

@@ -9,8 +9,11 @@ points at a missing or partial blob.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,9 +22,11 @@ from ..errors import BlobCorruptError, BlobMissingError, BlobStoreError, CodecEr
 from ..fs import Say, atomic_output_dir, megabytes
 from ..storage import Registry
 from ..storage import registry as rows
+from ..storage.blobs import CHUNK
 from ..storage.db import session_scope
-from ..tasks.io.codec import CODEC, decode_file, encode_file
-from ..tasks.io.difffolder import open_diff_folder
+from ..tasks.io.codec import CODEC, decode_file, encode_file, raw_prefix
+from ..tasks.io.difffolder import DiffFolder, open_diff_folder
+from ..tasks.io.stfile import OnDemandReader, TensorInfo, parse_header
 
 
 @dataclass(frozen=True)
@@ -106,20 +111,75 @@ def export_diff(registry: Registry, *, ref: str, out: Path, overwrite: bool = Fa
         diff = rows.get_diff(session, ref=ref)
         files = [(f.path, f.blob_sha256) for f in diff.files]
         diff_id = rows.public_id(diff)
-    with atomic_output_dir(out, overwrite=overwrite) as tmp, tempfile.TemporaryDirectory() as scratch:
-        encoded = Path(scratch) / "blob"
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
         for path, sha in files:
-            with encoded.open("wb") as dst:
-                registry.store.read_into(sha, dst, owner=f"{diff_id}:{path}")
-            target = tmp / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with encoded.open("rb") as src, target.open("wb") as dst:
-                try:
-                    decode_file(src=src, dst=dst)
-                except CodecError as e:
-                    raise CodecError(f"blob {sha} of {diff_id}:{path}: {e}", what=f"{diff_id}:{path}") from e
+            (tmp / path).parent.mkdir(parents=True, exist_ok=True)
+            _decode_blob(registry, sha=sha, owner=f"{diff_id}:{path}", target=tmp / path)
         open_diff_folder(tmp)
     return Path(out).resolve()
+
+
+@contextmanager
+def streamed_diff(registry: Registry, *, ref: str, scratch: Path) -> Iterator[tuple[DiffFolder, OnDemandReader]]:
+    """A registered diff, opened for `engine.apply` without exporting it: the block gets the diff folder and
+    the reader to apply it with.
+
+    Its small files (manifest, shard index, tokenizers) are decoded into the folder `scratch`, its shards'
+    headers are read from the first frames of their blobs, and each shard is decoded into `scratch` when the
+    engine first reads it, the one before it removed: scratch holds one shard at a time, not the whole Δ.
+    `scratch` is removed when the block ends.
+
+    Raises:
+        NotFoundError: `ref` names no diff.
+        BlobMissingError, BlobCorruptError, CodecError: as `export_diff` (from the block, for the shards).
+        ModelFolderError: the stored files do not make a diff folder.
+    """
+    with session_scope(registry.engine) as session:
+        diff = rows.get_diff(session, ref=ref)
+        files = {f.path: f.blob_sha256 for f in diff.files}
+        diff_id = rows.public_id(diff)
+    shards = {path for path in files if path.endswith(".safetensors")}
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        for path in files.keys() - shards:
+            (scratch / path).parent.mkdir(parents=True, exist_ok=True)
+            _decode_blob(registry, sha=files[path], owner=f"{diff_id}:{path}", target=scratch / path)
+
+        def header(shard: Path) -> list[TensorInfo]:
+            with registry.store.reading(files[shard.name], owner=f"{diff_id}:{shard.name}") as src:
+                size, read = raw_prefix(src=src)
+                return parse_header(read=read, path=shard, size=size)[0]
+
+        def make(shard: Path) -> None:
+            _decode_blob(registry, sha=files[shard.name], owner=f"{diff_id}:{shard.name}", target=shard)
+
+        reader = OnDemandReader(made={scratch / path for path in shards}, make=make)
+        try:
+            yield open_diff_folder(scratch, headers=header), reader
+        finally:
+            reader.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _decode_blob(registry: Registry, *, sha: str, owner: str, target: Path) -> None:
+    """Decode blob `sha` of `owner` into the file `target`, straight from the store.
+
+    Raises:
+        BlobMissingError, BlobStoreError: the blob cannot be read.
+        BlobCorruptError: its bytes are not the ones it is named by (also when they do not decode).
+        CodecError: its bytes are right but do not decode to what was stored.
+    """
+    failure = None
+    with registry.store.reading(sha, owner=owner) as src, target.open("wb") as dst:
+        try:
+            decode_file(src=src, dst=dst)
+        except CodecError as e:
+            failure = e
+            while src.read(CHUNK):  # hash the rest: a damaged blob is a BlobCorruptError, raised as the block ends
+                pass
+    if failure is not None:
+        raise CodecError(f"blob {sha} of {owner}: {failure}", what=owner) from failure
 
 
 @dataclass

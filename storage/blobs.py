@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -107,14 +108,23 @@ class BlobStore:
             BlobCorruptError: the bytes do not hash to `sha256`.
             BlobStoreError: the blob's path is a folder.
         """
-        digest = hashlib.sha256()
-        size = 0
+        with self.reading(sha256, owner=owner) as src:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+            return src.size
+
+    @contextmanager
+    def reading(self, sha256: str, *, owner: str) -> Iterator[HashingReader]:
+        """Blob `sha256` open for reading, for a reader that streams it (a decoder); once the block has read it
+        to its end, its bytes are checked against its name.
+
+        Raises:
+            BlobMissingError, BlobStoreError: as :meth:`read_into`, when the blob is opened or read.
+            BlobCorruptError: at the end of a block that read the whole blob, when the bytes do not hash to
+                `sha256`.
+        """
         try:
-            with self.fs.open(self.path(sha256), "rb") as src:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    dst.write(chunk)
-                    size += len(chunk)
+            opened = self.fs.open(self.path(sha256), "rb")
         except IsADirectoryError:
             raise BlobStoreError(
                 f"blob {sha256} of {owner} is a folder in the blob store {self.url}, not a file: "
@@ -128,14 +138,16 @@ class BlobStore:
                 blob=sha256,
                 owner=owner,
             ) from e
-        if digest.hexdigest() != sha256:
+        with opened as src:
+            reader = HashingReader(src)
+            yield reader
+        if reader.ended and reader.sha256 != sha256:
             raise BlobCorruptError(
                 f"blob {sha256} of {owner} is corrupt in the blob store {self.url}: its bytes hash to "
-                f"{digest.hexdigest()}. Restore it from a backup or re-register what it held.",
+                f"{reader.sha256}. Restore it from a backup or re-register what it held.",
                 blob=sha256,
                 owner=owner,
             )
-        return size
 
     def verify(self, sha256: str, *, owner: str) -> None:
         """Re-hash blob `sha256`.
@@ -165,6 +177,26 @@ class BlobStore:
         path = f"{self.root}/tmp/{name}"
         if self.fs.exists(path):
             self.fs.rm(path)
+
+
+class HashingReader:
+    """A binary file's `read`, hashing what it returns; `ended` once a read found the end of the file."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src, self._digest = src, hashlib.sha256()
+        self.size, self.ended = 0, False
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._src.read(n)
+        self._digest.update(data)
+        self.size += len(data)
+        self.ended = self.ended or not data or (n >= 0 and len(data) < n) or n < 0
+        return data
+
+    @property
+    def sha256(self) -> str:
+        """The hash of the bytes read so far."""
+        return self._digest.hexdigest()
 
 
 class _Discard:

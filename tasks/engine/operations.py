@@ -19,7 +19,7 @@ from typing import Literal
 
 from ...fs import atomic_output_dir, copy_files, write_json
 from ..io.checkpoints import GENERATION_CONFIG, ModelFolder, open_model_folder
-from ..io.difffolder import DIFF_PREFIX, open_diff_folder, tokenizer_folder, write_manifest
+from ..io.difffolder import DIFF_PREFIX, DiffFolder, open_diff_folder, tokenizer_folder, write_manifest
 from ..io.shards import DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter
 from ..io.stfile import DTYPE_CODES, TensorReader, numel
 from .checks import check_architectures, check_diff_architecture, check_tensors
@@ -197,7 +197,7 @@ def transfer(
 
 def apply(
     *,
-    diff: Path,
+    diff: Path | DiffFolder,
     target: Path,
     out: Path,
     alpha: float = 1.0,
@@ -205,12 +205,15 @@ def apply(
     overwrite: bool = False,
     durable: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    reader: TensorReader | None = None,
     progress: ProgressFn | None = None,
 ) -> DeltaSummary:
     """Write `target + alpha·Δ` as a model folder, Δ read from a diff folder.
 
     Computed in float64 and rounded once to the target's dtype; `apply(diff(m', m), m)` gives m'
-    back bit for bit.
+    back bit for bit. Tensors are taken in the diff's shard order, so that `diff` may be an opened diff
+    folder whose shards `reader` makes as they are read, one at a time (a registered diff streamed from the
+    blob store: `graftwork.flows.registry.streamed_diff`); by default Δ is read from a folder's files.
     The output is atomic: nothing appears at `out` until it is complete. With `durable` it is also
     fsynced before this returns (survives a power loss, at the cost of waiting for the disk).
 
@@ -224,10 +227,11 @@ def apply(
     """
     start = time.perf_counter()
     with _inputs(out, overwrite=overwrite, durable=durable) as (tmp, scratch):
-        df = open_diff_folder(diff)
+        df = diff if isinstance(diff, DiffFolder) else open_diff_folder(diff)
         tg = open_model_folder(target, allow_pickle=allow_pickle, scratch=scratch)
         check_diff_architecture(df, tg)
         names = check_tensors({"target": tg.tensors, "diff": df.tensors})
+        names.sort(key=lambda n: (df.tensors[n].path.name, df.tensors[n].start))
         vocab = df.manifest.get("vocab") or {}
         plan = row_plan(
             tg,
@@ -250,6 +254,7 @@ def apply(
             metadata=metadata,
             durable=durable,
             progress=progress,
+            reader=reader,
         )
         _write_model_files(tmp, target=tg, plan=plan, finetuned_tokenizer=df.tokenizer_files("finetuned"))
     return _shift_summary("apply", out, jobs, writer, read, plan, start)
@@ -278,6 +283,7 @@ def _stream(
     metadata: dict[str, str],
     durable: bool,
     progress: ProgressFn | None,
+    reader: TensorReader | None = None,
 ) -> tuple[int, ShardedWriter]:
     planned = [PlannedTensor(j.name, j.out_shape, numel(j.out_shape) * j.out_dtype.itemsize) for j in jobs]
     writer = ShardedWriter(
@@ -285,7 +291,7 @@ def _stream(
     )
     total = sum(i.nbytes for j in jobs for i in j.inputs)
     report = None if progress is None else (lambda done: progress(done, total))
-    reader = TensorReader()
+    reader = TensorReader() if reader is None else reader
     try:
         read = run_jobs(jobs, reader, writer, progress=report)
     finally:

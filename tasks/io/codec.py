@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import BinaryIO, Generic, Protocol, TypeVar
 
 import zstandard
 
@@ -80,6 +80,12 @@ class DecodeStats:
     stored_bytes: int
     raw_sha256: str
     seconds: float
+
+
+class Readable(Protocol):
+    """What a decoder reads a stream from: a binary file, or anything with its `read`."""
+
+    def read(self, n: int, /) -> bytes: ...
 
 
 def encode_file(
@@ -141,7 +147,7 @@ def encode_file(
     )
 
 
-def decode_file(*, src: BinaryIO, dst: BinaryIO, threads: int = 0) -> DecodeStats:
+def decode_file(*, src: Readable, dst: BinaryIO, threads: int = 0) -> DecodeStats:
     """Decode a stream written by :func:`encode_file` from `src` into `dst`, and verify it.
 
     The bytes are written as they are decoded; the raw size and sha256 recorded in the stream are
@@ -162,27 +168,10 @@ def decode_file(*, src: BinaryIO, dst: BinaryIO, threads: int = 0) -> DecodeStat
     written = 0
 
     def decompress(index: int, item_size: int, length: int, data: bytes) -> bytes | memoryview:
-        try:
-            raw = decompressors.get().decompress(data, max_output_size=length)
-        except zstandard.ZstdError as exc:
-            raise CodecError(
-                f"frame {index} of {total} is corrupt ({exc}); {_RESTORE}", what=f"frame {index}"
-            ) from None
-        if len(raw) != length:
-            raise CodecError(
-                f"frame {index} of {total} decodes to {len(raw)} bytes, not {length}; {_RESTORE}", what=f"frame {index}"
-            )
-        return raw if item_size == 1 else from_planes(raw, item_size)
+        return _decompress(decompressors.get(), data, index=index, total=total, item_size=item_size, length=length)
 
     def submit(pool: ThreadPoolExecutor, index: int, item_size: int, length: int) -> Future[bytes | memoryview]:
-        raw_len, stored_len = _FRAME.unpack(reader.read(_FRAME.size, f"the header of frame {index} of {total}"))
-        if raw_len != length:
-            raise CodecError(
-                f"frame {index} of {total} says it holds {raw_len} bytes but the stream's layout says "
-                f"{length}; {_RESTORE}",
-                what=f"frame {index}",
-            )
-        data = reader.read(stored_len, f"frame {index} of {total}")
+        data = _frame_data(reader, index=index, total=total, length=length)
         return pool.submit(decompress, index, item_size, length, data)
 
     for raw in _ordered(jobs, submit, threads=threads):
@@ -210,13 +199,68 @@ def decode_file(*, src: BinaryIO, dst: BinaryIO, threads: int = 0) -> DecodeStat
     )
 
 
+def raw_prefix(*, src: Readable) -> tuple[int, Callable[[int], bytes]]:
+    """The raw size of the stream in `src`, and a `read(n)` of its first raw bytes, decoded a frame at a time
+    as far as the reads go (a file's header, without decoding the file). Nothing is verified beyond the frames
+    read: :func:`decode_file` checks the whole stream.
+
+    Raises:
+        CodecError: the stream is not a Graftwork codec stream, or is damaged where it is read (also from `read`).
+    """
+    reader = _Reader(src)
+    raw_size, frame_size, segments = _read_header(reader)
+    jobs = _frame_jobs(segments, frame_size)
+    decompressor = zstandard.ZstdDecompressor()
+    decoded = bytearray()
+    frames = iter(enumerate(jobs, start=1))
+
+    def read(n: int) -> bytes:
+        while len(decoded) < n and (frame := next(frames, None)) is not None:
+            index, (item_size, length) = frame
+            data = _frame_data(reader, index=index, total=len(jobs), length=length)
+            decoded.extend(
+                _decompress(decompressor, data, index=index, total=len(jobs), item_size=item_size, length=length)
+            )
+        out = bytes(decoded[:n])
+        del decoded[:n]
+        return out
+
+    return raw_size, read
+
+
+def _frame_data(reader: _Reader, *, index: int, total: int, length: int) -> bytes:
+    """The stored bytes of frame `index`, once its header agrees with the stream's layout."""
+    raw_len, stored_len = _FRAME.unpack(reader.read(_FRAME.size, f"the header of frame {index} of {total}"))
+    if raw_len != length:
+        raise CodecError(
+            f"frame {index} of {total} says it holds {raw_len} bytes but the stream's layout says {length}; {_RESTORE}",
+            what=f"frame {index}",
+        )
+    return reader.read(stored_len, f"frame {index} of {total}")
+
+
+def _decompress(
+    decompressor: zstandard.ZstdDecompressor, data: bytes, *, index: int, total: int, item_size: int, length: int
+) -> bytes | memoryview:
+    """The raw bytes of one frame (its byte planes put back together)."""
+    try:
+        raw = decompressor.decompress(data, max_output_size=length)
+    except zstandard.ZstdError as exc:
+        raise CodecError(f"frame {index} of {total} is corrupt ({exc}); {_RESTORE}", what=f"frame {index}") from None
+    if len(raw) != length:
+        raise CodecError(
+            f"frame {index} of {total} decodes to {len(raw)} bytes, not {length}; {_RESTORE}", what=f"frame {index}"
+        )
+    return raw if item_size == 1 else from_planes(raw, item_size)
+
+
 _RESTORE = "the stored blob is damaged; restore it from another copy or register the diff again."
 
 
 class _Reader:
     """Reads exact byte counts from a stream, counting them, and names what a short read cut off."""
 
-    def __init__(self, src: BinaryIO) -> None:
+    def __init__(self, src: Readable) -> None:
         self._src = src
         self.count = 0
 

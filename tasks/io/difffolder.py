@@ -11,6 +11,7 @@ base_tokenizer/, finetuned_tokenizer/   the inputs' tokenizers, for aligning and
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,8 +97,11 @@ def tokenizer_folder(role: str) -> str:
     return f"{role}_tokenizer"
 
 
-def open_diff_folder(path: Path) -> DiffFolder:
+def open_diff_folder(path: Path, *, headers: Callable[[Path], list[TensorInfo]] | None = None) -> DiffFolder:
     """Open a diff folder written by `graft diff` (or exported by the registry).
+
+    `headers` gives a shard's tensors when its file is not there yet (a registered diff streamed from the blob
+    store, whose shards are decoded as they are read); by default they are read from the shards' files.
 
     Raises:
         ModelFolderError: the folder, its manifest (`DiffManifest`: the message names each wrong field) or
@@ -140,9 +144,9 @@ def open_diff_folder(path: Path) -> DiffFolder:
         raise ModelFolderError(f"{path}: cannot read the shard index {index_path.name}: {exc}", path=path) from None
     tensors: dict[str, TensorInfo] = {}
     for shard in dict.fromkeys(weight_map.values()):
-        if not (path / shard).is_file():
+        if headers is None and not (path / shard).is_file():
             raise ModelFolderError(f"{path}: shard {shard} listed in {index_path.name} is missing.", path=path)
-        tensors.update((i.name, i) for i in read_header(path / shard)[0])
+        tensors.update((i.name, i) for i in (headers or _file_header)(path / shard))
     expected = set(manifest.get("tensors", {}))
     if set(tensors) != expected:
         raise ModelFolderError(
@@ -151,6 +155,10 @@ def open_diff_folder(path: Path) -> DiffFolder:
             path=path,
         )
     return DiffFolder(path=path, manifest=manifest, tensors=tensors)
+
+
+def _file_header(path: Path) -> list[TensorInfo]:
+    return read_header(path)[0]
 
 
 def write_manifest(

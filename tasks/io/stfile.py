@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import struct
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,18 +99,27 @@ def read_header(path: Path) -> tuple[list[TensorInfo], dict[str, str]]:
     Raises:
         ModelFolderError: the file is truncated or its header is not valid safetensors.
     """
-    size = path.stat().st_size
     with path.open("rb") as f:
-        raw_len = f.read(8)
-        if len(raw_len) < 8:
-            raise ModelFolderError(f"{path} is not a safetensors file: it is {size} bytes long.", path=path)
-        (hlen,) = struct.unpack("<Q", raw_len)
-        if hlen > min(_MAX_HEADER, size - 8):
-            raise ModelFolderError(f"{path} has a corrupt safetensors header length ({hlen}).", path=path)
-        try:
-            header = json.loads(f.read(hlen))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFolderError(f"{path} has a safetensors header that is not JSON: {exc}", path=path) from None
+        return parse_header(read=f.read, path=path, size=path.stat().st_size)
+
+
+def parse_header(*, read: Callable[[int], bytes], path: Path, size: int) -> tuple[list[TensorInfo], dict[str, str]]:
+    """Parse the header of the safetensors file of `size` bytes that will be at `path`, its first bytes given
+    by `read(n)` (a file's `read`, or a decoder's, before the file is written).
+
+    Raises:
+        ModelFolderError: the header is not valid safetensors for a file of `size` bytes.
+    """
+    raw_len = read(8)
+    if len(raw_len) < 8:
+        raise ModelFolderError(f"{path} is not a safetensors file: it is {size} bytes long.", path=path)
+    (hlen,) = struct.unpack("<Q", raw_len)
+    if hlen > min(_MAX_HEADER, size - 8):
+        raise ModelFolderError(f"{path} has a corrupt safetensors header length ({hlen}).", path=path)
+    try:
+        header = json.loads(read(hlen))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"{path} has a safetensors header that is not JSON: {exc}", path=path) from None
     if not isinstance(header, dict):
         raise ModelFolderError(f"{path} has a safetensors header that is not a JSON object.", path=path)
     metadata = header.pop("__metadata__", None) or {}
@@ -189,6 +199,44 @@ class TensorReader:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+class OnDemandReader(TensorReader):
+    """A tensor reader over some files that are made when they are first read (a registered diff's shards,
+    decoded from the blob store), one at a time: making one removes the one made before, so a reader that goes
+    through them in order has only one on disk. Other files are read as they are. Tensors already returned stay
+    valid (their pages stay mapped)."""
+
+    def __init__(self, *, made: Collection[Path], make: Callable[[Path], None]) -> None:
+        super().__init__()
+        self._made, self._make = frozenset(made), make
+        self._current: Path | None = None
+
+    def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
+        """As :meth:`TensorReader.read_rows`, making `info.path` first when it is one of the made files and not
+        the one at hand.
+
+        Raises:
+            Whatever `make` raises, and what :meth:`TensorReader.read_rows` raises.
+        """
+        if info.path in self._made and info.path != self._current:
+            self._drop()
+            self._make(info.path)
+            self._current = info.path
+        return super().read_rows(info, start, stop)
+
+    def close(self) -> None:
+        """Close the files and remove the one made last."""
+        super().close()
+        self._drop()
+
+    def _drop(self) -> None:
+        if self._current is not None:
+            fd = self._fds.pop(self._current, None)
+            if fd is not None:
+                os.close(fd)
+            self._current.unlink(missing_ok=True)
+            self._current = None
 
 
 class ShardWriter:
