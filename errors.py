@@ -166,6 +166,18 @@ class LaunchConfigError(GraftError, ValueError):
     path: Path | str | None
 
 
+class PlanModelError(GraftError, LookupError):
+    """The config of the model a track's fine-tune would train cannot be found, so it cannot be planned."""
+
+    track: str | None
+
+
+class GpuFitError(GraftError, ValueError):
+    """A track's fine-tune needs more GPU memory per process (or more GPUs) than the pool has."""
+
+    track: str | None
+
+
 class LaunchError(GraftError, ChildProcessError):
     """A fine-tuning launch exited with a non-zero status."""
 
@@ -175,6 +187,12 @@ class LaunchError(GraftError, ChildProcessError):
 
 class SuiteError(GraftError, ValueError):
     """A suite file is malformed or names tasks lm-eval cannot find."""
+
+    suite: str | None
+
+
+class EvalBackendError(GraftError, RuntimeError):
+    """This machine cannot run a suite the way its settings ask: no such CUDA device, or no vLLM installed."""
 
     suite: str | None
 

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from ..flows.settings import GraftSettings
 from .console import err, live_progress, say, user_errors
+from .plan_cli import plan
 from .registry_cli import db_app, registry_app
 from .testbed_cli import app as testbed_app
 from .track_cli import track_app
@@ -34,6 +35,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(testbed_app)
 app.add_typer(track_app, name="track")
 app.command("webhook")(webhook)
+app.command("plan")(plan)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 

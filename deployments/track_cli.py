@@ -9,13 +9,18 @@ from typing import Annotated
 import typer
 
 from .console import err, open_registry, say, track_flows, user_errors
+from .plan_cli import Model, check_track
 
 track_app = typer.Typer(help="Tracks: continuous-development lines declared in YAML.", no_args_is_help=True)
 
 
 @track_app.command("add")
-def add(file: Annotated[Path, typer.Argument(help="A track YAML file (see deployments/tracks/).")]) -> None:
-    """Validate a track file and its data files, and register it (again: its spec is replaced)."""
+def add(
+    file: Annotated[Path, typer.Argument(help="A track YAML file (see deployments/tracks/).")],
+    model: Model = None,
+) -> None:
+    """Validate a track file and its data files, check that its fine-tune fits the pool's GPUs (see `graft plan`),
+    and register it (again: its spec is replaced)."""
     from ..flows.tracks import check_files, load_track
     from ..storage import registry as rows
     from ..storage.db import session_scope
@@ -23,6 +28,7 @@ def add(file: Annotated[Path, typer.Argument(help="A track YAML file (see deploy
     with user_errors():
         spec = load_track(file)
         check_files(spec)
+        check_track(spec, model=model)
         with session_scope(open_registry().engine) as session:
             _, new = rows.save_track(session, name=spec.name, spec=spec.model_dump(mode="json"))
     verb = "added" if new else "updated"

@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
-# Graftwork's GPU image: the gpu pool's worker (transfer, fine-tuning on one or many GPUs, evaluation) on a
-# CUDA PyTorch base, with the `gpu` extras (DeepSpeed) and, when asked for, flash-attention. Build from the
-# repository root:
+# Graftwork's GPU image: the gpu pool's worker (transfer, fine-tuning on one or many GPUs, evaluation on the
+# GPU) on a CUDA PyTorch base, with the `gpu` extra (DeepSpeed), `eval-extras` (what IFEval's and MATH's
+# checkers import: the paper's suite, deployments/suites/paper.yaml) and, when asked for, flash-attention.
+# The `vllm` extra is not installed: vLLM 0.22.1 pins torch 2.11.0 (this base has 2.13.0) and setuptools < 82.
+# Build from the repository root:
 #   docker build -f docker/gpu.Dockerfile -t graftwork-gpu:0.1.0 .
 #   docker build -f docker/gpu.Dockerfile --build-arg FLASH_ATTENTION=true -t graftwork-gpu:0.1.0-fa .
 # The build stage is the base's -devel image (nvcc, for DeepSpeed and flash-attention); the final stage
@@ -9,7 +11,7 @@
 
 FROM pytorch/pytorch:2.13.0-cuda13.0-cudnn9-devel AS build
 ARG FLASH_ATTENTION=false
-ARG EXTRAS=gpu,s3
+ARG EXTRAS=gpu,s3,eval-extras
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH

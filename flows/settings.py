@@ -48,6 +48,15 @@ class GraftSettings(BaseSettings):
         default=600.0, gt=0, description="A run that has not reported for this long has died (and is run again)."
     )
     heartbeat_seconds: float = Field(default=30.0, gt=0, description="How often a running release reports.")
+    pool_gpus: int = Field(
+        default=8, ge=1, description="GPUs of one GPU-pool worker: the most processes a track's fine-tune may launch."
+    )
+    pool_gpu_memory_gib: float = Field(
+        default=80.0,
+        gt=0,
+        description="Memory of each of those GPUs, GiB: a track's fine-tune fits when each process needs less "
+        "(`graft plan` shows the figures; `graft track add` refuses a track that does not fit).",
+    )
     webhook_secret: SecretStr | None = Field(
         default=None,
         description="The secret the Hub sends in X-Webhook-Secret; `graft webhook` refuses to start without it.",

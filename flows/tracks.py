@@ -11,9 +11,15 @@ finetune:
   recipe: {steps: 100, learning_rate: 1.0e-3}
   launch: {processes: 1}           # > 1: accelerate with distributed: fsdp | deepspeed
 recycle: {mode: iterative, carry: previous, alpha: 1.0}   # iterative | source | none; previous | champion
-eval:                              # an lm-eval suite: task names and local task folders
+eval:                              # an lm-eval suite: task names and local task folders, and how to run it
   tasks: [testbed_addition]
   task_dirs: [tasks/]
+  device: auto                     #   auto | cpu | cuda | cuda:N
+  batch_size: 64                   #   N | auto | auto:N
+  backend: hf                      #   hf | vllm (the `vllm` extra)
+  dtype: auto                      #   auto | bfloat16 | float16 | float32
+# or a suite file, whose fields the track's own override:
+#   eval: {suite: ../suites/paper.yaml, device: cuda, batch_size: auto, dtype: bfloat16}
 gate:
   metrics: [{task: testbed_addition, metric: exact_match}]
   min_primary: 0.5
@@ -35,15 +41,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import TrackError
+from ..errors import SuiteError, TrackError
 from ..storage import Registry
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Track
-from ..tasks.evaluate import Suite
+from ..tasks.evaluate import Suite, load_suite
 from ..tasks.gate import GateRules
-from ..tasks.training.finetune import Recipe, read_pairs
+from ..tasks.training.finetune import read_pairs
 from ..tasks.training.launch import Launch
+from ..tasks.training.recipe import Recipe
 from ..terms import CarryRule, RecycleMode, SourceKind
 
 TAG_FIELDS = frozenset({"track", "release"})
@@ -189,21 +196,40 @@ class TrackSpec(_Spec):
 
 
 def parse_track(data: Any, *, base_dir: Path, origin: str) -> TrackSpec:
-    """Validate a track given as plain data; relative paths are resolved against `base_dir`.
+    """Validate a track given as plain data; relative paths are resolved against `base_dir`, and an
+    `eval: {suite: FILE}` is read into the track (the spec holds the whole suite, not the file's name).
 
     Raises:
-        TrackError: naming each invalid field and the reason.
+        TrackError: naming each invalid field and the reason, or the suite file and what is wrong with it.
     """
     if not isinstance(data, dict):
         raise TrackError(f"{origin}: a track is a mapping of fields, not {type(data).__name__}.", track=origin)
     try:
-        spec = TrackSpec.model_validate(data)
+        spec = TrackSpec.model_validate(_with_suite_file(data, base_dir=base_dir, origin=origin))
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'track'}: {_plain(err['msg'])}" for err in e.errors()
         )
         raise TrackError(f"{origin} is not a valid track: {problems}", track=origin) from None
     return _resolved(spec, base_dir.resolve())
+
+
+def _with_suite_file(data: dict[str, Any], *, base_dir: Path, origin: str) -> dict[str, Any]:
+    """The track's data with `eval: {suite: FILE, ...}` replaced by the suite FILE (relative to `base_dir`)
+    read and overridden by the other fields of `eval`.
+
+    Raises:
+        TrackError: the suite file cannot be read or is not a suite.
+    """
+    given = data.get("eval")
+    if not isinstance(given, dict) or "suite" not in given:
+        return data
+    overrides = {k: v for k, v in given.items() if k != "suite"}
+    try:
+        suite = load_suite(path=base_dir / Path(str(given["suite"])).expanduser())
+    except SuiteError as e:
+        raise TrackError(f"{origin}: eval.suite: {e}", track=origin) from None
+    return {**data, "eval": {**suite.model_dump(mode="json"), **overrides}}
 
 
 def _plain(message: str) -> str:

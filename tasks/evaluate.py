@@ -1,6 +1,7 @@
 """Evaluation: a model folder and a suite in, plain records out, through `lm_eval.simple_evaluate`.
 
-A suite names lm-eval tasks and, optionally, local task folders (YAML + data). The task index is built
+A suite names lm-eval tasks and, optionally, local task folders (YAML + data), and how to run them: on
+which device, in which batch size and dtype, through transformers (`hf`) or vLLM. The task index is built
 from the local folders only unless the suite asks for lm-eval's built-in tasks, so a local suite starts
 in a fraction of a second and never touches the network.
 """
@@ -10,22 +11,28 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from collections.abc import Callable
 from importlib.metadata import version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import ModelFolderError, SuiteError
+from ..errors import EvalBackendError, ModelFolderError, SuiteError
 
 OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 Backend = Literal["hf", "vllm"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+AUTO_BATCH = re.compile(r"^auto(:[1-9][0-9]*)?$")
 
 
 class Suite(BaseModel):
-    """What to evaluate: lm-eval task names, where local task YAMLs live, and how."""
+    """What to evaluate (lm-eval task names, where local task YAMLs live), with which prompts, and how to run
+    it on the machine that evaluates."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -36,6 +43,37 @@ class Suite(BaseModel):
     num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples; None keeps each task's default.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N documents of each task.")
     apply_chat_template: bool = Field(False, description="Format prompts with the tokenizer's chat template.")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="Where the HF backend runs: auto (cuda where the machine has a CUDA device, else cpu), cpu, "
+        "cuda or cuda:N. The vllm backend runs on CUDA only (auto or cuda).",
+    )
+    batch_size: int | str = Field(
+        64,
+        description="Documents per forward pass, or auto: the HF backend finds the largest that fits (64 at most) "
+        "and auto:N looks again N times as the documents get shorter; vLLM schedules every request itself.",
+    )
+    backend: Backend = Field("hf", description="hf (transformers) or vllm (the `vllm` extra; GPU workers).")
+    dtype: Dtype = Field("auto", description="The weights' dtype once loaded; auto keeps the folder's.")
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        if isinstance(value, str) and AUTO_BATCH.match(value):
+            return value
+        raise ValueError(f"{value!r} is no batch size: write a whole number of at least 1, auto, or auto:N")
+
+    @model_validator(mode="after")
+    def _vllm_runs_on_cuda(self) -> Suite:
+        if self.backend == "vllm" and self.device not in ("auto", "cuda"):
+            raise ValueError(
+                f"the vllm backend runs on the GPUs CUDA_VISIBLE_DEVICES names, not on device {self.device}; "
+                "set device: cuda (or auto)"
+            )
+        return self
 
 
 class EvalRecord(BaseModel):
@@ -70,40 +108,67 @@ def load_suite(*, path: Path) -> Suite:
     return suite.model_copy(update={"task_dirs": tuple(path.parent / d for d in suite.task_dirs)})
 
 
-def evaluate(
-    *,
-    model_dir: Path,
-    suite: Suite,
-    batch_size: int = 64,
-    device: str = "cpu",
-    dtype: str = "auto",
-    backend: Backend = "hf",
-    progress: Callable[[int, int], None] | None = None,
-) -> list[EvalRecord]:
-    """Evaluate the model folder `model_dir` on `suite`.
+def evaluate(*, model_dir: Path, suite: Suite, progress: Callable[[int, int], None] | None = None) -> list[EvalRecord]:
+    """Evaluate the model folder `model_dir` on `suite`, run as the suite's device, batch size, backend and
+    dtype say.
 
     Args:
         model_dir: a local Hugging Face model folder (with its tokenizer).
-        suite: the tasks to run.
-        batch_size: documents per forward pass.
-        device: torch device for the HF backend (`cpu`, `cuda`, `cuda:1`).
-        dtype: weights' dtype when loaded (`auto`, `bfloat16`, `float32`).
-        backend: `hf` (transformers) or `vllm` (GPU workers with vLLM installed).
+        suite: the tasks to run, and how.
         progress: called with (requests done, requests so far) as the HF backend works through them.
 
     Raises:
-        SuiteError: a task of the suite is not found.
         ModelFolderError: `model_dir` is not a model folder.
+        EvalBackendError: the suite asks for vLLM and it is not installed, or for a CUDA device this
+            machine does not have.
+        SuiteError: a task of the suite is not found.
     """
     if not (Path(model_dir) / "config.json").is_file():
         raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.", path=model_dir)
-    args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": dtype}
-    if backend == "hf":
-        args["device"] = device
-    if backend == "hf" and progress is not None:
-        lm = _counting_hflm()(**args, batch_size=batch_size, progress=progress)
-        return _run(lm, None, suite=suite, batch_size=batch_size)
-    return _run(backend, args, suite=suite, batch_size=batch_size)
+    device = device_for(suite)
+    if suite.backend == "vllm":
+        args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": suite.dtype, "tensor_parallel_size": 1}
+        return _run("vllm", args, suite=suite)
+    args = {"pretrained": str(model_dir), "dtype": suite.dtype, "device": device}
+    if progress is not None:
+        return _run(_counting_hflm()(**args, batch_size=suite.batch_size, progress=progress), None, suite=suite)
+    return _run("hf", args, suite=suite)
+
+
+def device_for(suite: Suite) -> str:
+    """The device `suite` runs on here: its `device`, where `auto` is cuda on a machine with a CUDA device
+    (and always for vLLM) and cpu on one without.
+
+    Raises:
+        EvalBackendError: the suite asks for vLLM and it is not installed, or for a CUDA device this
+            machine does not have.
+    """
+    if suite.backend == "vllm" and find_spec("vllm") is None:
+        raise EvalBackendError(
+            f"suite {suite.name!r} asks for the vllm backend, but vLLM is not installed here; install the "
+            "`vllm` extra (pip install 'graftwork[vllm]') on this worker, or set backend: hf.",
+            suite=suite.name,
+        )
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = suite.device
+    if device == "auto":
+        device = "cuda" if gpus or suite.backend == "vllm" else "cpu"
+    if device == "cpu":
+        return device
+    if not gpus:
+        raise EvalBackendError(
+            f"suite {suite.name!r} needs a CUDA device (device: {suite.device}, backend: {suite.backend}), but "
+            "this machine has none; run it on a GPU worker, or set device: auto or cpu with backend: hf.",
+            suite=suite.name,
+        )
+    index = int(device.partition(":")[2] or 0)
+    if index >= gpus:
+        have = "1 CUDA device (cuda:0)" if gpus == 1 else f"{gpus} CUDA devices (cuda:0 to cuda:{gpus - 1})"
+        raise EvalBackendError(
+            f"suite {suite.name!r} asks for device {device}, but this machine has {have}; set device: cuda or auto.",
+            suite=suite.name,
+        )
+    return device
 
 
 @functools.cache
@@ -115,15 +180,24 @@ def _counting_hflm() -> type:
     class CountingHFLM(HFLM):
         def __init__(self, *, progress: Callable[[int, int], None], **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self._progress, self._done, self._total = progress, 0, 0
+            self._progress, self._done, self._total, self._counting = progress, 0, 0, True
 
         def _begin(self, requests: int) -> None:
             self._total += requests
             self._progress(self._done, self._total)
 
         def _advance(self, rows: int) -> None:
-            self._done = min(self._done + rows, self._total)
-            self._progress(self._done, self._total)
+            if self._counting:
+                self._done = min(self._done + rows, self._total)
+                self._progress(self._done, self._total)
+
+        def _detect_batch_size(self, *args: Any, **kwargs: Any) -> Any:
+            # batch_size auto probes with dummy batches through _model_call: they answer no request
+            self._counting = False
+            try:
+                return super()._detect_batch_size(*args, **kwargs)
+            finally:
+                self._counting = True
 
         def _loglikelihood_tokens(self, requests: list[Any], *args: Any, **kwargs: Any) -> Any:
             self._begin(len(requests))
@@ -146,8 +220,10 @@ def _counting_hflm() -> type:
     return CountingHFLM
 
 
-def evaluate_model(*, model: Any, tokenizer: Any, suite: Suite, batch_size: int = 64) -> list[EvalRecord]:
-    """Evaluate an in-memory transformers model (used inside a training run, for learning curves).
+def evaluate_model(*, model: Any, tokenizer: Any, suite: Suite) -> list[EvalRecord]:
+    """Evaluate an in-memory transformers model (used inside a training run, for learning curves), in the
+    suite's batch size, through the HF backend on the device and in the dtype the model is in already (the
+    suite's device, backend and dtype are for model folders).
 
     The model is put in eval mode for the evaluation and given back in the mode it was in.
 
@@ -157,14 +233,14 @@ def evaluate_model(*, model: Any, tokenizer: Any, suite: Suite, batch_size: int 
     from lm_eval.models.huggingface import HFLM
 
     training = model.training
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=suite.batch_size, device=str(model.device))
     try:
-        return _run(lm, None, suite=suite, batch_size=batch_size)
+        return _run(lm, None, suite=suite)
     finally:
         model.train(training)
 
 
-def _run(model: Any, model_args: dict[str, Any] | None, *, suite: Suite, batch_size: int) -> list[EvalRecord]:
+def _run(model: Any, model_args: dict[str, Any] | None, *, suite: Suite) -> list[EvalRecord]:
     for var in OFFLINE:
         os.environ.setdefault(var, "1")
     from lm_eval import simple_evaluate
@@ -186,7 +262,7 @@ def _run(model: Any, model_args: dict[str, Any] | None, *, suite: Suite, batch_s
         tasks=list(suite.tasks),
         num_fewshot=suite.num_fewshot,
         limit=suite.limit,
-        batch_size=batch_size,
+        batch_size=suite.batch_size,
         task_manager=manager,
         apply_chat_template=suite.apply_chat_template,
         log_samples=False,

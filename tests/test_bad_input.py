@@ -211,7 +211,8 @@ def test_a_killed_fine_tune_leaves_nothing_in_the_temp_dir(tmp_path: Path, monke
     temp.mkdir()
     env = {**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
     job = (
-        "from pathlib import Path; from graftwork.tasks.training.finetune import finetune; from graftwork.tasks.training.recipe import Recipe; "
+        "from pathlib import Path; from graftwork.tasks.training.finetune import finetune; "
+        "from graftwork.tasks.training.recipe import Recipe; "
         f"finetune(model_dir=Path({str(BED / 'releases' / 'M1')!r}), data=Path({str(BED / 'data' / 'train.jsonl')!r}),"
         f" recipe=Recipe(steps=100000), out_dir=Path({str(tmp_path / 'killed')!r}))"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from ...errors import HubNotFoundError, ModelFolderError, ModelRefError, OutputExistsError
@@ -89,6 +89,26 @@ def _remember_ref(snapshot: Path, ref: str, sha: str) -> None:
         os.replace(tmp, ref_file)
     except OSError:
         pass  # only an offline convenience; the download itself succeeded
+
+
+def fetch_config(*, repo_id: str, revision: str, local_only: bool = False, cache_dir: Path | None = None) -> Path:
+    """The config.json of a Hub model at a revision (branch, tag or sha), alone: no weights are fetched.
+
+    Args:
+        repo_id: `org/name` on the Hub.
+        revision: the branch, tag or commit sha.
+        local_only: take it from the local cache only, never from the network.
+        cache_dir: the Hub cache (default: huggingface_hub's, under `HF_HOME`).
+
+    Raises:
+        HubNotFoundError: the repo, the revision or its config.json does not exist.
+        HubUnavailableError: the Hub cannot be reached (or `local_only`, or offline mode) and it is not cached.
+        HubPermissionError: the Hub refused the request (private or gated repo, bad token).
+    """
+    with hub_errors(what=f"{repo_id}@{revision} config.json", endpoint=constants.ENDPOINT):
+        return Path(
+            hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir, local_files_only=local_only)
+        )
 
 
 def fetch_model(text: str | Path, *, cache_dir: Path | None = None, token: str | None = None) -> Path:

@@ -9,11 +9,13 @@ import pytest
 import yaml
 
 from graftwork.errors import TrackError
-from graftwork.flows.tracks import HubRefsSource, LocalSource, load_track
+from graftwork.flows.tracks import HubRefsSource, LocalSource, load_track, parse_track
+from graftwork.tasks.evaluate import Suite, load_suite
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import RecycleMode
 
 TRACKS = Path(__file__).parents[2] / "deployments" / "tracks"
+PAPER = TRACKS.parent / "suites" / "paper.yaml"
 
 
 @pytest.mark.parametrize("path", sorted(TRACKS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -22,6 +24,16 @@ def test_every_example_track_is_valid(path: Path) -> None:
     assert spec.name == path.stem
     assert spec.finetune.data.is_absolute()
     assert spec.gate.metrics, "a gate reads at least one metric"
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b-instruct", "llama-3-8b-turkish", "olmo-2-7b-checkpoints"])
+def test_the_hub_tracks_evaluate_the_papers_suite_on_the_gpu(name: str) -> None:
+    spec = load_track(TRACKS / f"{name}.yaml")
+    chat = name != "olmo-2-7b-checkpoints"  # OLMo's stage-1 checkpoints are base models
+    assert spec.eval == load_suite(path=PAPER).model_copy(
+        update={"device": "cuda", "batch_size": "auto", "dtype": "bfloat16", "apply_chat_template": chat}
+    )
+    assert {m.task for m in spec.gate.metrics} <= set(spec.eval.tasks)
 
 
 def test_the_olmo_track_watches_branches_of_one_repo() -> None:
@@ -68,12 +80,49 @@ def test_relative_paths_are_taken_from_the_files_folder(tmp_path: Path) -> None:
         ),
         ({"gate": {"metrics": []}}, "gate.metrics: Tuple should have at least 1 item"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+        (
+            {"eval": {"tasks": ["x"], "batch_size": 0}},
+            "eval.batch_size: Value error, 0 is no batch size: write a whole number of at least 1, auto, or auto:N",
+        ),
+        (
+            {"eval": {"tasks": ["x"], "device": "tpu"}},
+            "eval.device: String should match pattern '^(auto|cpu|cuda(:[0-9]+)?)$'",
+        ),
     ],
 )
 def test_an_invalid_track_names_the_field_and_the_reason(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(TrackError, match="is not a valid track: ") as caught:
         load_track(_write(tmp_path, {**GOOD, **change}))
     assert message in str(caught.value)
+
+
+def test_eval_can_name_a_suite_file_whose_fields_the_track_overrides(tmp_path: Path) -> None:
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "s.yaml").write_text("name: s\ntasks: [x, y]\ntask_dirs: [local]\nlimit: 5\n")
+    (tmp_path / "tracks").mkdir()
+    eval_ = {"suite": "../suites/s.yaml", "device": "cuda", "batch_size": "auto:2", "backend": "vllm", "limit": 10}
+    spec = load_track(_write(tmp_path / "tracks", {**GOOD, "eval": eval_}))
+    assert spec.eval == Suite(
+        name="s",
+        tasks=("x", "y"),
+        task_dirs=(tmp_path / "tracks" / ".." / "suites" / "local",),
+        limit=10,
+        device="cuda",
+        batch_size="auto:2",
+        backend="vllm",
+    )
+    stored = spec.model_dump(mode="json")  # what the registry keeps: the whole suite, not the file's name
+    assert parse_track(stored, base_dir=Path("/"), origin="stored") == spec
+
+
+def test_a_missing_suite_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, {**GOOD, "eval": {"suite": "nope.yaml"}})
+    with pytest.raises(TrackError) as caught:
+        load_track(path)
+    assert str(caught.value) == (
+        f"{path}: eval.suite: suite file {tmp_path / 'nope.yaml'} cannot be used: [Errno 2] No such file or "
+        f"directory: '{tmp_path / 'nope.yaml'}'. Fix the file and try again."
+    )
 
 
 def test_a_missing_or_non_yaml_file_is_a_clear_error(tmp_path: Path) -> None:
