@@ -269,7 +269,9 @@ def serving(app: FastAPI) -> Iterator[str]:
     """Serve `app` with uvicorn on a free loopback port in a background thread; yield its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    # Idle connections stay open longer than a loaded machine can take to reuse one (uvicorn's 5 s default
+    # closed connections the clients' pools were about to send on: httpx.ReadError under CI load).
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=120))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
