@@ -235,6 +235,12 @@ class LocalPrefectError(GraftError, RuntimeError):
     path: Path | str | None
 
 
+class PrefectUnreachableError(GraftError, ConnectionError):
+    """The Prefect API a long-running command talks to stopped answering."""
+
+    url: str | None
+
+
 class RunStartError(GraftError, RuntimeError):
     """A track's run could not be started; nothing of the delivery was recorded."""
 
@@ -266,6 +272,13 @@ class NotFoundError(GraftError, LookupError):
     """No row has the id or name asked for."""
 
     ref: str | None
+
+
+class PromotionError(GraftError, ValueError):
+    """A promotion or rollback the channel's history does not allow: another track's candidate, the
+    champion itself, or a rollback with no earlier champion to go back to."""
+
+    track: str | None
 
 
 class BlobMissingError(GraftError, FileNotFoundError):

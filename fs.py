@@ -7,6 +7,7 @@ complete, so a failure or a kill never leaves a partial output at the final path
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -167,3 +168,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 def megabytes(n: int) -> str:
     """A byte count as `12.34 MB`."""
     return f"{n / 1e6:.2f} MB"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, hex.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    with Path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

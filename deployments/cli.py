@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import gc
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,9 +14,11 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from ..flows.settings import GraftSettings
-from .console import err, live_progress, say, user_errors
+from .console import DataDir, err, live_progress, say, user_errors
 from .plan_cli import plan
+from .promotion_cli import history, promote, rollback
 from .registry_cli import db_app, registry_app
+from .service_cli import serve, ui, worker
 from .testbed_cli import app as testbed_app
 from .track_cli import track_app
 from .webhook_cli import webhook
@@ -30,12 +32,36 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _everywhere(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Graftwork's data dir for this command (default: GRAFT_DATA_DIR, ~/.graftwork): its registry, "
+            "blob store and, without PREFECT_API_URL, its Prefect database (the one `graft ui` serves).",
+        ),
+    ] = None,
+) -> None:
+    """Options every command takes: `graft --data-dir DIR COMMAND ...`."""
+    if data_dir is not None:
+        os.environ["GRAFT_DATA_DIR"] = str(data_dir.expanduser().resolve())
+
+
 app.add_typer(registry_app, name="registry")
 app.add_typer(db_app, name="db")
 app.add_typer(testbed_app)
 app.add_typer(track_app, name="track")
 app.command("webhook")(webhook)
 app.command("plan")(plan)
+app.command("promote")(promote)
+app.command("rollback")(rollback)
+app.command("history")(history)
+app.command("ui")(ui)
+app.command("serve")(serve)
+app.command("worker")(worker)
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 
@@ -233,11 +259,6 @@ def transfer(
     )
 
 
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", help="Graftwork's data dir (default: GRAFT_DATA_DIR, ~/.graftwork).")
-]
-
-
 @app.command()
 def demo(
     data_dir: DataDir = None,
@@ -270,72 +291,6 @@ def demo(
 
 
 @app.command()
-def ui(
-    data_dir: DataDir = None,
-    port: Annotated[int, typer.Option("--port", help="Port of the Prefect UI.")] = 4200,
-) -> None:
-    """Start the Prefect server (and its UI) on the data dir's Prefect database, where the demo's runs are."""
-    import os
-    import sys
-
-    home = (data_dir or GraftSettings().data_dir).resolve() / "prefect"
-    with user_errors():
-        _make_home(home)
-    say(f"Prefect UI on http://127.0.0.1:{port} (database {home / 'prefect.db'}); Ctrl-C stops it")
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
-    }
-    command = [sys.executable, "-m", "prefect", "server", "start"]
-    # The server replaces this process, so that stopping `graft ui` stops the server itself.
-    os.execve(sys.executable, command, env)
-
-
-def _make_home(home: Path) -> None:
-    """Create the UI server's Prefect home (a new data dir has none: its SQLite database could not open).
-
-    Raises:
-        LocalPrefectError: it cannot be created.
-    """
-    from ..errors import LocalPrefectError
-
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LocalPrefectError(
-            f"cannot create {home} for the Prefect server: {e.strerror}; choose another --data-dir.", path=home
-        ) from None
-
-
-@app.command()
-def serve(
-    watch_minutes: Annotated[float, typer.Option("--watch-minutes", help="How often every track is watched.")] = 60,
-    recycle_pool: Annotated[
-        str | None, typer.Option("--recycle-pool", help="Run recycle runs on this work pool's workers, not here.")
-    ] = None,
-) -> None:
-    """Serve every deployment (the watchers, recycle, backfill, backport, one-off flows) from this process.
-
-    Every registered track is watched every --watch-minutes, a track added later too.
-    """
-    from ..storage import registry as rows
-    from ..storage.db import session_scope
-    from .console import open_registry
-    from .serve import serve_all
-
-    with user_errors(), session_scope(open_registry().engine) as session:
-        tracks = [t.name for t in rows.list_tracks(session)]
-    where = "here" if recycle_pool is None else f"on the {recycle_pool} pool's workers"
-    now = ", ".join(tracks) or "none yet"
-    say(f"watching every track every {watch_minutes:g} min (now: {now}); recycle runs {where}")
-    serve_all(watch_every=timedelta(minutes=watch_minutes), recycle_pool=recycle_pool)
-
-
-@app.command()
 def backport(
     track: Annotated[str, typer.Argument(help="The track.")],
     to: Annotated[str, typer.Option("--to", help="The older release: its id, ref or folder, or sha.")],
@@ -349,28 +304,6 @@ def backport(
     with track_flows(track):
         candidate = backport_flow(track=track, to=to, alpha=alpha)
     say(f"backported the newest Δ of {track} onto {to}: candidate-{candidate}")
-
-
-@app.command()
-def worker(
-    pool: Annotated[str, typer.Option("--pool", help="The work pool: cpu (watchers, gating) or gpu (recycle runs).")],
-) -> None:
-    """Start a Prefect worker for a pool, creating the pool first when it is missing.
-
-    The gpu pool gets a concurrency limit of one run per visible GPU.
-    """
-    import asyncio
-
-    import torch
-
-    from .serve import POOLS, ensure_pool, start_worker
-
-    if pool not in POOLS:
-        raise typer.BadParameter(f"{pool!r} is not a Graftwork pool; use one of {', '.join(POOLS)}.")
-    limit = max(torch.cuda.device_count(), 1) if pool == "gpu" else None
-    if asyncio.run(ensure_pool(name=pool, concurrency=limit)):
-        say(f"created work pool {pool}" + (f" (concurrency {limit})" if limit else ""))
-    start_worker(pool=pool)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,10 +22,20 @@ if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` s
 err = Console(stderr=True)
 out = Console()
 
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Graftwork's data dir (default: GRAFT_DATA_DIR, ~/.graftwork).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the output as JSON, not as text.")]
+
 
 def say(line: str) -> None:
     """Print one line of a command's output, as it is (no markup, no wrapping)."""
     out.print(line, highlight=False, soft_wrap=True, markup=False)
+
+
+def say_json(data: object) -> None:
+    """Print `data` as JSON, indented by two spaces (times in ISO 8601): the output of a command's `--json`."""
+    say(json.dumps(data, indent=2, default=lambda time: time.isoformat()))
 
 
 def open_registry() -> Registry:

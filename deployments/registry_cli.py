@@ -12,13 +12,13 @@ import typer
 from ..flows.settings import GraftSettings
 from ..fs import megabytes
 from ..terms import ArtifactKind
-from .console import open_registry, say, user_errors
+from .console import JsonOption, open_registry, say, say_json, user_errors
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
     from sqlalchemy.orm import Session
 
     from ..storage import Registry
-    from ..storage.models import Diff, FinetuneRun
+    from ..storage.models import Candidate, Diff, FinetuneRun
     from ..storage.registry import Artifact
 
 registry_app = typer.Typer(help="The registry of releases, diffs, candidates and promotions.", no_args_is_help=True)
@@ -50,14 +50,23 @@ def list_(
     kind: Annotated[
         ArtifactKind | None, typer.Option("--kind", "-k", help="Only this kind of artifact.", case_sensitive=False)
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """List artifacts, oldest first."""
+    """List artifacts, oldest first.
+
+    --json: an array with an object per artifact: public_id (`diff-3`), artifact (its kind), track (its
+    name), then the columns of its table.
+    """
+    from ..storage import plain
     from ..storage import registry as rows
     from ..storage.db import session_scope
 
     with user_errors(), session_scope(_open().engine) as session:
         scope = None if track is None else rows.get_track(session, name=track)
         found = rows.list_artifacts(session, track=scope, kind=kind)
+        if as_json:
+            say_json([plain.artifact(row) for row in found])
+            return
         for row in found:
             say(f"{rows.public_id(row):<14} {row.created_at:%Y-%m-%d %H:%M}  {row.track.name}  {_summary(row)}")
     if not found:
@@ -65,26 +74,55 @@ def list_(
 
 
 @registry_app.command("show")
-def show(artifact: Annotated[str, typer.Argument(metavar="ID", help="An id from `graft registry list`.")]) -> None:
-    """Show one artifact: provenance, sizes, hashes, eval results and lineage."""
+def show(
+    artifact: Annotated[str, typer.Argument(metavar="ID", help="An id from `graft registry list`.")],
+    as_json: JsonOption = False,
+    recipe: Annotated[
+        bool, typer.Option("--recipe", help="For a candidate: what reproduces it (spec version, inputs, recipe).")
+    ] = False,
+) -> None:
+    """Show one artifact: provenance, sizes, hashes, eval results, the decisions on a candidate with their
+    reasons, and lineage.
+
+    --json: an object: what `graft registry list --json` gives for the artifact, and for a diff its files
+    and lineage (ids, nearest first), for a candidate its finetune_run, eval_results and decisions.
+    """
+    from ..storage import plain
     from ..storage import registry as rows
     from ..storage.db import session_scope
 
     with user_errors(), session_scope(_open().engine) as session:
         row = rows.get(session, ref=artifact)
+        if recipe:
+            for line in _recipe(session, row):
+                say(line)
+            return
+        if as_json:
+            say_json(plain.shown(session, row=row))
+            return
         say(f"{rows.public_id(row)} on track {row.track.name}, recorded {row.created_at:%Y-%m-%d %H:%M:%S}")
         for line in _details(session, row):
             say(f"  {line}")
 
 
 @registry_app.command("lineage")
-def lineage(track: Annotated[str, typer.Argument(help="The track whose Δ chain to show.")]) -> None:
-    """Show a track's chain of diff vectors, release by release."""
+def lineage(
+    track: Annotated[str, typer.Argument(help="The track whose Δ chain to show.")], as_json: JsonOption = False
+) -> None:
+    """Show a track's chain of diff vectors, release by release.
+
+    --json: an array with an object per diff, in the order they were registered, as `graft registry list
+    --json` gives it (parent_id: the diff it follows).
+    """
+    from ..storage import plain
     from ..storage import registry as rows
     from ..storage.db import session_scope
 
     with user_errors(), session_scope(_open().engine) as session:
         diffs = rows.diffs_of(session, track=rows.get_track(session, name=track))
+        if as_json:
+            say_json([plain.artifact(diff) for diff in diffs])
+            return
         for diff in diffs:
             parent = f"diff-{diff.parent_id}" if diff.parent_id else "none (first)"
             say(f"{rows.public_id(diff):<10} base {_ref(diff.base)}  parent {parent}  {_sizes(diff)}")
@@ -190,9 +228,59 @@ def _details(session: Session, row: Artifact) -> list[str]:
             f"{'n/a' if r.stderr is None else f'{r.stderr:.4f}'} (n={r.n}, lm-eval {r.harness_version})"
             for r in runs.eval_results(session, candidate=row)
         ]
+        lines += _decisions(session, row) or ["no decision on it yet"]
     if isinstance(row, Promotion):
         before = "no champion before" if row.from_candidate_id is None else f"from candidate-{row.from_candidate_id}"
         lines.append(f"{before}, by {row.actor}")
+    return lines
+
+
+def _recipe(session: Session, row: Artifact) -> list[str]:
+    """What reproduces a candidate: the track's spec version it was made with (as YAML, for `graft track add`),
+    its base release, the Δ it started from and the fine-tuning data's hash.
+
+    Raises:
+        NotFoundError: `row` is not a candidate.
+    """
+    import yaml
+
+    from ..errors import NotFoundError
+    from ..storage import registry as rows
+    from ..storage import releases
+    from ..storage.models import Candidate
+
+    if not isinstance(row, Candidate):
+        raise NotFoundError(
+            f"--recipe shows what reproduces a candidate, and {rows.public_id(row)} is not one; "
+            "pass a candidate's id (`graft registry list --kind candidate`).",
+            ref=rows.public_id(row),
+        )
+    base = row.release
+    lines = [f"{rows.public_id(row)} on track {row.track.name}: what reproduces it"]
+    lines.append(f"  base: {releases.label(base)}: {base.repo_id}@{base.revision} (content {base.content_key or '?'})")
+    source = None if row.source_diff_id is None else rows.by_id(session, ArtifactKind.DIFF, row.source_diff_id)
+    start = "the bare base" if source is None else f"base + {row.alpha:g}·{rows.public_id(source)}"
+    lines.append(f"  start: {start} ({row.carry_reason or f'{row.mode}; why was not recorded'})")
+    run = row.finetune_run
+    if run is not None:
+        lines.append(f"  fine-tune: recipe {json.dumps(run.recipe)}; data sha256 {run.data_sha256 or '?'}")
+    if row.spec is None:
+        lines.append("  spec: not recorded (the candidate was made before track specs were versioned)")
+        return lines
+    lines.append(f"  spec version {row.spec.version} (sha256 {row.spec.sha256}), as `graft track add` takes it:")
+    lines += [f"    {line}" for line in yaml.safe_dump(row.spec.spec, sort_keys=False).splitlines()]
+    return lines
+
+
+def _decisions(session: Session, candidate: Candidate) -> list[str]:
+    """Each decision that named the candidate, oldest first: what, where and by whom, then every reason."""
+    from ..storage import registry as rows
+    from ..storage.status import decisions_on
+
+    lines = []
+    for decision in decisions_on(session, candidate=candidate):
+        lines.append(f"{rows.public_id(decision)}: {decision.decision} on {decision.channel} by {decision.actor}")
+        lines += [f"  {reason}" for reason in decision.reasons]
     return lines
 
 

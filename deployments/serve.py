@@ -9,18 +9,24 @@ process (or the recycle runs by a pool's workers, `--recycle-pool`). With worker
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import sys
+import warnings
 from datetime import timedelta
 from typing import Any, NoReturn, cast
 
+import httpx
 from prefect import Flow, deploy, serve
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 from prefect.types.entrypoint import EntrypointType
 
+from ..errors import PrefectUnreachableError
 from ..flows.backport import backport
 from ..flows.oneoff import evaluate, promote, rollback, transfer
 from ..flows.recycle import recycle_then_finetune, run_series
@@ -84,10 +90,56 @@ def deploy_recycle(*, pool: str) -> None:
 
 def serve_all(*, watch_every: timedelta, recycle_pool: str | None = None) -> None:
     """Serve the deployments from this process until interrupted (the recycle deployment on `recycle_pool`'s
-    workers, when one is given)."""
+    workers, when one is given).
+
+    Raises:
+        PrefectUnreachableError: the Prefect API stopped answering (seen at the latest when stopping).
+    """
     if recycle_pool is not None:
         deploy_recycle(pool=recycle_pool)
-    serve(*build_deployments(watch_every=watch_every, recycle_pool=recycle_pool))
+    loop_errors = logging.getLogger("asyncio")
+    loop_errors.addFilter(_api_gone)
+    try:
+        serve(*build_deployments(watch_every=watch_every, recycle_pool=recycle_pool))
+    except httpx.HTTPError as e:
+        url = PREFECT_API_URL.value()
+        raise PrefectUnreachableError(
+            f"the Prefect API at {url} stopped answering ({type(e).__name__}: {e}); `graft serve` stopped without "
+            "pausing its deployments. Start that server again (or unset PREFECT_API_URL to serve on the data dir's "
+            "own) and run `graft serve` again.",
+            url=url,
+        ) from None
+    finally:
+        loop_errors.removeFilter(_api_gone)
+        _collect_interrupted_runner()
+
+
+def _collect_interrupted_runner() -> None:
+    """Collect what Prefect's runner leaves when it is interrupted (Ctrl-C before it started, or an API that is
+    gone): coroutines it never awaited and an event loop it never finished making, which would otherwise
+    print a RuntimeWarning and an ignored `__del__` traceback when the interpreter exits."""
+    unraisable = sys.unraisablehook
+
+    def half_made_loop(hook: sys.UnraisableHookArgs) -> None:
+        if not (isinstance(hook.exc_value, AttributeError) and "_ssock" in str(hook.exc_value)):
+            unraisable(hook)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+        sys.unraisablehook = half_made_loop
+        try:
+            gc.collect()
+        finally:
+            sys.unraisablehook = unraisable
+
+
+def _api_gone(record: logging.LogRecord) -> bool:
+    """Drop the event loop's report of a Prefect runner callback that failed because the API is gone or the
+    loop already stopped (its cancellation observer, stopping): `serve_all` says so in one line instead."""
+    from anyio import NoEventLoopError
+
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, httpx.HTTPError | NoEventLoopError)
 
 
 async def ensure_pool(*, name: str, concurrency: int | None) -> bool:

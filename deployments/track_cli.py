@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .console import err, open_registry, say, track_flows, user_errors
+from .console import JsonOption, err, open_registry, say, say_json, track_flows, user_errors
 from .plan_cli import Model, check_track
+
+if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
+    from ..storage.status import ReleaseRow, TrackStatus
 
 track_app = typer.Typer(help="Tracks: continuous-development lines declared in YAML.", no_args_is_help=True)
 
@@ -20,7 +24,8 @@ def add(
     model: Model = None,
 ) -> None:
     """Validate a track file and its data files, check that its fine-tune fits the pool's GPUs (see `graft plan`),
-    and register it (again: its spec is replaced)."""
+    and register it. Adding a changed file again adds a spec version; candidates keep the version they were
+    made with (`graft registry show CANDIDATE --recipe`)."""
     from ..flows.tracks import check_files, load_track
     from ..storage import registry as rows
     from ..storage.db import session_scope
@@ -30,41 +35,68 @@ def add(
         check_files(spec)
         check_track(spec, model=model)
         with session_scope(open_registry().engine) as session:
-            _, new = rows.save_track(session, name=spec.name, spec=spec.model_dump(mode="json"))
-    verb = "added" if new else "updated"
-    say(f"{verb} track {spec.name} ({spec.source.kind} releases, {spec.recycle.mode} recycling)")
+            known = {t.name: t for t in rows.list_tracks(session)}
+            before = None if spec.name not in known else rows.newest_spec(session, track=known[spec.name])
+            track, new = rows.save_track(session, name=spec.name, spec=spec.model_dump(mode="json"))
+            version = rows.newest_spec(session, track=track)
+            assert version is not None  # save_track made one
+    what = f"track {spec.name} ({spec.source.kind} releases, {spec.recycle.mode} recycling)"
+    if new:
+        say(f"added {what}, spec version 1")
+    elif before is not None and before.version == version.version:
+        say(f"{what} unchanged, spec version {version.version}")
+    else:
+        say(f"updated {what}: spec version {version.version} (candidates made before keep theirs)")
 
 
 @track_app.command("list")
-def list_() -> None:
-    """List the registered tracks."""
+def list_(as_json: JsonOption = False) -> None:
+    """List the registered tracks.
+
+    --json: an array with an object per track: track, source (its kind), mode, channel, and error (why its
+    stored spec no longer validates; then the other fields are null).
+    """
     from ..errors import TrackError
     from ..flows.tracks import spec_of
     from ..storage import registry as rows
     from ..storage.db import session_scope
 
+    found: list[dict[str, str | None]] = []
     with user_errors(), session_scope(open_registry().engine) as session:
-        tracks = rows.list_tracks(session)
-        if tracks:
-            say(f"{'track':<24} {'source':<10} {'mode':<10} channel")
-        for track in tracks:
+        for track in rows.list_tracks(session):
             try:
                 spec = spec_of(track)
             except TrackError as e:
-                say(f"{track.name:<24} invalid spec: {e}")
+                found.append({"track": track.name, "source": None, "mode": None, "channel": None, "error": str(e)})
                 continue
-            say(f"{track.name:<24} {spec.source.kind:<10} {spec.recycle.mode:<10} {spec.channel}")
-    if not tracks:
+            kind, mode = str(spec.source.kind), str(spec.recycle.mode)
+            found.append({"track": track.name, "source": kind, "mode": mode, "channel": spec.channel, "error": None})
+    if as_json:
+        say_json(found)
+        return
+    if found:
+        say(f"{'track':<24} {'source':<10} {'mode':<10} channel")
+    for row in found:
+        if row["error"] is not None:
+            say(f"{row['track']:<24} invalid spec: {row['error']}")
+        else:
+            say(f"{row['track']:<24} {row['source']:<10} {row['mode']:<10} {row['channel']}")
+    if not found:
         say("no tracks yet: `graft track add FILE`")
 
 
 @track_app.command("show")
-def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
-    """Show a track's spec and its champion."""
+def show(name: Annotated[str, typer.Argument(help="The track's name.")], as_json: JsonOption = False) -> None:
+    """Show a track's spec, its champion, the decisions on its releases' candidates (with every reason), and
+    its releases in the source's order with their states.
+
+    --json: an object: track, spec, channel, champion (the candidate, as `graft registry show --json` gives
+    it, or null) and releases (the rows of `graft track status --json`).
+    """
     from ..flows.settings import Workspace
     from ..flows.tracks import load_spec
+    from ..storage import plain, releases, runs, status
     from ..storage import registry as rows
-    from ..storage import releases, runs
     from ..storage.db import session_scope
 
     with user_errors():
@@ -75,15 +107,101 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None
             track = rows.get_track(session, name=name)
             champion = runs.champion(session, track=track, channel=spec.channel)
             holder = "none yet" if champion is None else f"{rows.public_id(champion)} ({champion.model_uri})"
+            held = None if champion is None else plain.shown(session, row=champion)
+            found = status.track_status(session, track=track, channel=spec.channel, primary=spec.gate.metrics[0])
             lines = [
                 f"  {releases.label(r)}: {releases.describe(releases.status(session, release=r), policy=policy)}"
                 for r in releases.in_order(session, track=track)
             ]
+    if as_json:
+        data = {"track": name, "spec": spec.model_dump(mode="json"), "channel": spec.channel, "champion": held}
+        say_json({**data, "releases": [asdict(row) for row in found.releases]})
+        return
     say(json.dumps(spec.model_dump(mode="json"), indent=2))
     say(f"champion on {spec.channel}: {holder}")
+    decided = [row for row in found.releases if row.decision is not None]
+    if decided:
+        say("decisions on the releases' candidates:")
+    for row in decided:
+        say(f"  {row.label}: {row.candidate}, {row.decision} by {row.decided_by}")
+        for reason in row.reasons:
+            say(f"    {reason}")
     say("releases, in the source's order:" if lines else "releases: none yet (`graft track watch` looks)")
     for line in lines:
         say(line)
+
+
+@track_app.command("status")
+def status_(name: Annotated[str, typer.Argument(help="The track's name.")], as_json: JsonOption = False) -> None:
+    """A track at a glance: one row per release, in the source's order, with its state, the gate's primary
+    metric on its bare base, on base + Δ (transferred) and on its candidate, the newest decision on that
+    candidate with the reason that says most (the first rule that failed), and * on the champion's row.
+
+    --json: an object: track, channel, metric (the primary metric's name), champion (a candidate id, or
+    null) and releases, one object per release: release, label, ref, revision, state, detail, attempts,
+    retry_at, candidate, scores (base, transferred, candidate), decision, decided_by, reasons, reason,
+    champion.
+    """
+    from ..flows.tracks import load_spec
+    from ..storage import registry as rows
+    from ..storage import status
+    from ..storage.db import session_scope
+
+    with user_errors():
+        registry = open_registry()
+        spec = load_spec(registry, track=name)
+        with session_scope(registry.engine) as session:
+            track = rows.get_track(session, name=name)
+            found = status.track_status(session, track=track, channel=spec.channel, primary=spec.gate.metrics[0])
+    if as_json:
+        say_json(asdict(found))
+        return
+    if not found.releases:
+        say(f"track {name} has no releases yet (`graft track watch {name}` looks)")
+        return
+    say(_status_title(found))
+    for line in _status_table(found.releases):
+        say(line)
+
+
+def _status_title(found: TrackStatus) -> str:
+    """The line above a status table: the metric its scores are of, and where the champion is."""
+    if found.champion is None:
+        holder = f"no champion on {found.channel} yet"
+    elif any(row.champion for row in found.releases):
+        holder = f"* marks the champion on {found.channel}, {found.champion}"
+    else:
+        holder = f"the champion on {found.channel} is {found.champion}"
+    return f"track {found.track}: scores of {found.metric} (— where not scored); {holder}"
+
+
+def _status_table(rows: list[ReleaseRow]) -> list[str]:
+    """The status rows as an aligned table: text columns to the left, scores (4 decimals) to the right."""
+    header = ("release", "sha", "state", "base", "transferred", "candidate", "decision")
+    scores = range(3, 6)
+    cells = [
+        (
+            row.label,
+            row.revision[:12],
+            str(row.state),
+            *(_score(v) for v in (row.scores.base, row.scores.transferred, row.scores.candidate)),
+            "—" if row.decision is None else f"{row.decision}" + (f" ({row.reason})" if row.reason else ""),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header) - 1)]
+
+    def line(marker: str, values: tuple[str, ...]) -> str:
+        padded = [
+            v.rjust(w) if i in scores else v.ljust(w) for i, (v, w) in enumerate(zip(values[:-1], widths, strict=True))
+        ]
+        return f"{marker} " + "  ".join([*padded, values[-1]])
+
+    return [line(" ", header), *(line("*" if row.champion else " ", c) for row, c in zip(rows, cells, strict=True))]
+
+
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 @track_app.command("watch")
@@ -108,17 +226,19 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
 
 
 def _say_decisions(release_ids: list[int]) -> None:
-    """One line per release that was run and gated: its decision and the gate's first reason."""
+    """One line per release that was run and gated: its decision and the reason that says most (the first
+    rule that failed, else the first)."""
     from ..storage import registry as rows
     from ..storage import releases, runs
     from ..storage.db import session_scope
+    from ..storage.status import first_reason
 
     with user_errors(), session_scope(open_registry().engine) as session:
         for release_id in release_ids:
             release = rows.get_release(session, release_id=release_id)
             decided = runs.release_decision(session, release=release)
             if decided is not None:
-                say(f"  {releases.label(release)}: {decided.decision} ({decided.reasons[0]})")
+                say(f"  {releases.label(release)}: {decided.decision} ({first_reason(decided.reasons)})")
 
 
 @track_app.command("retry")

@@ -16,7 +16,8 @@ from ..storage.db import session_scope
 from ..tasks.evaluate import EvalRecord
 from ..tasks.training.gpus import gpu_lease
 from ..terms import CandidateKind, EvalSubject, RecycleMode, ReleaseState
-from .recycle import Plan, carry_over, fetch, release_ref, run_eval, score_of
+from .gating import score_of
+from .recycle import Plan, carry_over, fetch, release_ref, run_eval
 from .settings import Workspace
 from .tracks import load_spec
 

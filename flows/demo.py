@@ -43,6 +43,7 @@ from .watch import watch_releases
 
 TRACK = "testbed-demo"
 CURVE_EVERY = 10
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # Prefect's run loggers: their handler sends to the API
 
 
 @dataclass(frozen=True)
@@ -97,18 +98,24 @@ def _local_prefect(options: DemoOptions, say: Say) -> Iterator[None]:
 @contextmanager
 def _quiet_libraries(log: Path) -> Iterator[None]:
     """Send the libraries' progress bars and info logs (Prefect's, lm-eval's, transformers') to the demo's
-    log for the duration: the demo reports progress itself."""
+    log for the duration: the demo reports progress itself. The runs' own logs (each step's line) go to
+    their Prefect server only, for their Logs tabs in the UI, and not to the terminal."""
     quiet = {name: logging.getLogger(name) for name in ("prefect", "lm_eval", "transformers")}
-    levels = {name: logger.level for name, logger in quiet.items()}
+    runs = [logging.getLogger(name) for name in RUN_LOGGERS]
+    levels = {logger: (logger.level, logger.propagate) for logger in [*quiet.values(), *runs]}
     for name, logger in quiet.items():
         logger.setLevel(logging.WARNING if name == "prefect" else logging.ERROR)
+    for logger in runs:
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         with redirect_stderr(_AppendOnly(log)):
             yield
     finally:
-        for name, logger in quiet.items():
-            logger.setLevel(levels[name])
+        for logger, (level, propagate) in levels.items():
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 class _AppendOnly(io.TextIOBase):

@@ -65,19 +65,21 @@ def release_row(
 
 
 def line(row: ReleaseRow) -> str:
-    """The row as the table prints it."""
-    transferred = "—" if row.transferred is None else f"{row.transferred:.2f}"
+    """The row as the table prints it: scores in percent with one decimal, so that a score of 0.005 (one sum
+    in 200) reads 0.5, not a rounded-up 0.01."""
+    transferred = "—" if row.transferred is None else f"{100 * row.transferred:.1f}"
     return (
-        f"{row.release:<8} {row.base:>6.2f} {transferred:>7} {row.candidate:>11.2f} {row.plain:>9.2f}  "
-        f"{row.decision}: {row.reason.removeprefix('pass: ').removeprefix('fail: ')}"
+        f"{row.release:<8} {100 * row.base:>6.1f} {transferred:>7} {100 * row.candidate:>11.1f} "
+        f"{100 * row.plain:>9.1f}  {row.decision}: {row.reason.removeprefix('pass: ').removeprefix('fail: ')}"
     )
 
 
 def summary(table: list[ReleaseRow], *, track: str, data_dir: Path, log: Path, say: Say) -> None:
     """What the columns mean, the compute recycling saved, and where to look next."""
     say("")
-    say("base: the bare release; base+Δ: the previous candidate's Δ added, no training; FT(base+Δ): the")
-    say("candidate (Algorithm 1); plain FT: the bare release fine-tuned with the same budget.")
+    say("Scores are the gate's primary metric, in %. base: the bare release; base+Δ: the previous candidate's")
+    say("Δ added, no training; FT(base+Δ): the candidate (Algorithm 1); plain FT: the bare release fine-tuned")
+    say("with the same budget.")
     saved = [r for r in table if r.transferred is not None]
     if saved:
         say("Compute that recycling saved (plain-FT steps needed to reach what base+Δ has with no training):")
@@ -85,6 +87,6 @@ def summary(table: list[ReleaseRow], *, track: str, data_dir: Path, log: Path, s
             steps = "more than the whole budget" if r.plain_steps_to_transfer is None else r.plain_steps_to_transfer
             say(f"  {r.release}: {steps}")
     say("")
-    say(f"Diff lineage: graft registry lineage {track}    (data dir {data_dir})")
-    say(f"See the runs in the Prefect UI: graft ui --data-dir {data_dir}")
+    say(f"Diff lineage: graft --data-dir {data_dir} registry lineage {track}")
+    say(f"See the runs in the Prefect UI: graft --data-dir {data_dir} ui")
     say(f"The libraries' own logs: {log}")

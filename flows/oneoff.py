@@ -8,14 +8,12 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
-from ..storage import registry as rows
-from ..storage import runs
-from ..storage.db import session_scope
 from ..tasks import engine
 from ..tasks.evaluate import EvalRecord, Suite
 from ..tasks.evaluate import evaluate as run_suite
 from ..tasks.hub import fetch_model
-from ..terms import ActorKind, EvalSubject, GateDecision
+from ..terms import EvalSubject
+from . import promotions
 from .progress import progress_artifact
 from .report import eval_table
 from .settings import Workspace
@@ -77,46 +75,30 @@ def evaluate(model: str, track: str, data_dir: Path | None = None) -> list[EvalR
 
 
 @flow(name="promote", log_prints=True)
-def promote(
-    track: str, candidate: int, reason: str = "promoted by hand", actor: str = "user", data_dir: Path | None = None
-) -> str:
-    """Make `candidate` the champion of the track's channel, bypassing the gate."""
-    registry = Workspace.at(data_dir).registry()
-    spec = load_spec(registry, track=track)
-    with session_scope(registry.engine) as session:
-        runs.add_promotion(
-            session,
-            track=rows.get_track(session, name=track),
-            channel=spec.channel,
-            decision=GateDecision.PROMOTE,
-            to_candidate=runs.get_candidate(session, candidate_id=candidate),
-            reasons=[reason],
-            actor_kind=ActorKind.USER,
-            actor=actor,
-        )
-    return f"candidate-{candidate} is the champion of {track}/{spec.channel}"
+def promote(track: str, candidate: int, reason: str = "promoted by hand", data_dir: Path | None = None) -> str:
+    """Make `candidate` the champion of the track's channel, bypassing the gate (`flows.promotions.promote`);
+    the actor recorded is who started the run, as Prefect knows them."""
+    moved = promotions.promote(
+        Workspace.at(data_dir).registry(),
+        candidate=str(candidate),
+        track=track,
+        actor=promotions.prefect_actor(),
+        reason=reason,
+    )
+    return "\n".join(moved.lines())
 
 
 @flow(name="rollback", log_prints=True)
-def rollback(track: str, reason: str = "rolled back by hand", actor: str = "user", data_dir: Path | None = None) -> str:
-    """Put back the champion the current one replaced (a new promotion row; nothing is deleted).
-
-    Raises:
-        NotFoundError: the channel has no earlier champion to go back to.
-    """
-    registry = Workspace.at(data_dir).registry()
-    spec = load_spec(registry, track=track)
-    with session_scope(registry.engine) as session:
-        row = rows.get_track(session, name=track)
-        previous = runs.previous_champion(session, track=row, channel=spec.channel)
-        runs.add_promotion(
-            session,
-            track=row,
-            channel=spec.channel,
-            decision=GateDecision.ROLLBACK,
-            to_candidate=previous,
-            reasons=[reason],
-            actor_kind=ActorKind.USER,
-            actor=actor,
-        )
-        return f"{rows.public_id(previous)} is again the champion of {track}/{spec.channel}"
+def rollback(
+    track: str, to: int | None = None, reason: str = "rolled back by hand", data_dir: Path | None = None
+) -> str:
+    """Put back the champion the current one replaced, or the earlier champion `to` (`flows.promotions.rollback`:
+    a new promotion row, walking back along the channel's history); the actor is who started the run."""
+    moved = promotions.rollback(
+        Workspace.at(data_dir).registry(),
+        track=track,
+        to=None if to is None else str(to),
+        actor=promotions.prefect_actor(),
+        reason=reason,
+    )
+    return "\n".join(moved.lines())

@@ -49,9 +49,10 @@ def told(what: str) -> Iterator[Report]:
 
 @contextmanager
 def progress_artifact(*, key: str, description: str) -> Iterator[Report]:
-    """A `report(done, total)` callback that keeps a progress artifact up to date (at most every couple of
-    seconds, and at 100 % when the block completes) and tells the listeners of every call."""
-    artifact = cast(UUID, create_progress_artifact(progress=0.0, key=artifact_key(key), description=description))
+    """A `report(done, total)` callback that keeps the progress artifact `key` (`names.step_key`) up to date
+    (at most every couple of seconds, and at 100 % when the block completes) and tells the listeners of every
+    call."""
+    artifact = cast(UUID, create_progress_artifact(progress=0.0, key=key, description=description))
     last = 0.0
 
     with told(description) as tell:
@@ -66,8 +67,3 @@ def progress_artifact(*, key: str, description: str) -> Iterator[Report]:
 
         yield report
     update_progress_artifact(artifact_id=artifact, progress=100.0)
-
-
-def artifact_key(key: str) -> str:
-    """Artifact keys may hold only lowercase letters, digits and dashes."""
-    return "".join(c if c.isalnum() else "-" for c in key.lower())

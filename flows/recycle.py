@@ -18,21 +18,24 @@ from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 
-from ..fs import write_text_atomic
+from ..fs import file_sha256, megabytes, write_text_atomic
 from ..storage import registry as rows
 from ..storage import runs
 from ..storage.db import session_scope
-from ..storage.models import EvalResult, Release
+from ..storage.models import Release
 from ..tasks import engine
 from ..tasks.evaluate import EvalRecord, evaluate
-from ..tasks.gate import Decision, decide
-from ..tasks.hub import ReleaseRef, download, publish
+from ..tasks.gate import Decision
+from ..tasks.hub import ReleaseRef, download
 from ..tasks.training.finetune import finetune
 from ..tasks.training.gpus import gpu_env, gpu_lease, pin
 from ..tasks.training.launch import run_launch
-from ..terms import EvalSubject, GateDecision, RecycleMode
+from ..terms import EvalSubject, RecycleMode
+from .gating import gate_and_promote, publish_champion
 from .lifecycle import release_run, start_next_pass
+from .names import run_name, run_tags, step_key, tag_this_run
 from .progress import progress_artifact
 from .registry import register_diff, streamed_diff
 from .report import report_run
@@ -58,6 +61,10 @@ class Plan:
         """How the release is named to people: its branch, tag or folder, else its short sha."""
         return self.release.ref or self.release.revision[:12]
 
+    def key(self, step: str) -> str:
+        """The artifact key of one of the run's steps (`names.step_key`)."""
+        return step_key(track=self.track, release=self.release, step=step)
+
 
 @task
 def plan(where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: RecycleMode | None) -> Plan:
@@ -76,6 +83,8 @@ def plan(where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: R
     effective = mode if carried_id else RecycleMode.NONE
     folder = effective.value if carried_id is None else f"{effective}-a{spec.recycle.alpha:g}"
     work = where.data_dir / "runs" / track / ref.revision[:12] / folder
+    carries = "nothing to carry over" if carried_id is None else f"carry {carried_id} over"
+    get_run_logger().info("plan: %s, %s mode (%s); working folder %s", carries, effective, carried.reason, work)
     return Plan(track, release_id, ref, carried_id, carried.reason, effective, work)
 
 
@@ -91,10 +100,12 @@ def fetch(the_plan: Plan) -> Path:
     artifact goes from 0 to 100 % when the download completes)."""
     release = the_plan.release
     if release.path is not None:
+        get_run_logger().info("fetch: the release is the local folder %s", release.path)
         return release.path
-    with progress_artifact(key=_key(the_plan, "download"), description=f"download {release}") as report:
+    with progress_artifact(key=the_plan.key("download"), description=f"download {release}") as report:
         folder = download(release=release)
         report(1, 1)
+    get_run_logger().info("fetch: %s is in %s", release, folder)
     return folder
 
 
@@ -103,6 +114,7 @@ def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Pa
     """base + alpha·Δ, with Δ streamed from the registry (one shard on scratch disk at a time)."""
     out = the_plan.work / "transferred"
     if out.is_dir():
+        get_run_logger().info("carry over: done by an earlier attempt: %s", out)
         return out
     assert the_plan.carried_diff is not None
     what = f"{the_plan.label}: base + α·Δ"
@@ -111,9 +123,10 @@ def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Pa
             diff,
             reader,
         ),
-        progress_artifact(key=_key(the_plan, "transfer"), description=what) as report,
+        progress_artifact(key=the_plan.key("transfer"), description=what) as report,
     ):
         engine.apply(diff=diff, reader=reader, target=base, out=out, alpha=alpha, progress=report)
+    get_run_logger().info("carry over: base + %g·%s in %s", alpha, the_plan.carried_diff, out)
     return out
 
 
@@ -124,11 +137,29 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int]) -> 
     tokens, device) is kept beside the candidate."""
     out, report = the_plan.work / "candidate", the_plan.work / "finetune.json"
     if out.is_dir() and report.is_file():
+        get_run_logger().info("fine-tune: done by an earlier attempt: %s", out)
         return out
+    _fine_tune(the_plan, start, spec, gpus, out=out, report=report)
+    done = json.loads(report.read_text())
+    curve = done["loss_curve"]
+    loss = f"loss {curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "no steps"
+    get_run_logger().info(
+        "fine-tune: %d steps on %s × %d, %s, %d tokens; the candidate is %s",
+        len(curve),
+        done["device"],
+        done["processes"],
+        loss,
+        done["tokens"],
+        out,
+    )
+    return out
+
+
+def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int], *, out: Path, report: Path) -> None:
     launch = spec.finetune.launch
     if launch.processes == 1:
         pin(gpus)
-        with progress_artifact(key=_key(the_plan, "finetune"), description=f"{the_plan.label}: fine-tune") as progress:
+        with progress_artifact(key=the_plan.key("finetune"), description=f"{the_plan.label}: fine-tune") as progress:
             result = finetune(
                 model_dir=start,
                 data=spec.finetune.data,
@@ -138,7 +169,7 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int]) -> 
                 progress=progress,
             )
         write_text_atomic(report, json.dumps(result.report()))
-        return out
+        return
     if launch.config is None:
         launch = launch.model_copy(update={"config": accelerate_config(launch.distributed)})
     recipe = the_plan.work / "recipe.json"
@@ -147,7 +178,6 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int]) -> 
         launch=launch, model_dir=start, data=spec.finetune.data, recipe_json=recipe, out_dir=out, overwrite=True,
         report=report, env={**os.environ, **gpu_env(gpus)},
     )  # fmt: skip
-    return out
 
 
 @task
@@ -170,20 +200,27 @@ def record_candidate(where: Workspace, the_plan: Plan, spec: TrackSpec, candidat
         loss_curve_blob=blob,
         started_at=datetime.fromisoformat(report["started_at"]),
         finished_at=datetime.fromisoformat(report["finished_at"]),
+        data_sha256=file_sha256(spec.finetune.data),
     )
     with session_scope(registry.engine) as session:
         source = None if the_plan.carried_diff is None else rows.get_diff(session, ref=the_plan.carried_diff)
+        release = rows.get_release(session, release_id=the_plan.release_id)
+        version = rows.spec_version(session, track=release.track, spec=spec.model_dump(mode="json"))
         row = runs.record_candidate(
             session,
-            release=rows.get_release(session, release_id=the_plan.release_id),
+            release=release,
             mode=the_plan.mode,
             alpha=0.0 if source is None else spec.recycle.alpha,
             model_uri=str(candidate),
             source_diff=source,
             finetune=run,
             carry_reason=the_plan.carry_reason,
+            spec=version,
         )
-        return row.id
+        candidate_id = row.id
+    made_with = "an unregistered spec" if version is None else f"spec version {version.version}"
+    get_run_logger().info("record: candidate-%d, with its fine-tune run and %s", candidate_id, made_with)
+    return candidate_id
 
 
 @task
@@ -200,6 +237,10 @@ def new_diff(where: Workspace, the_plan: Plan, candidate: Path, base: Path, cand
         candidate_id=candidate_id,
         base_release_id=the_plan.release_id,
     )
+    parent = f"parent {the_plan.carried_diff}" if the_plan.carried_diff else "first of its chain"
+    get_run_logger().info(
+        "diff: %s (%s), %s stored as %s", done.id, parent, megabytes(done.raw_bytes), megabytes(done.stored_bytes)
+    )
     return done.id
 
 
@@ -208,71 +249,37 @@ def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec,
     """The track's eval suite on one model folder, on the leased `gpus` (kept in the working folder once done)."""
     saved = the_plan.work / "evals" / f"{subject}.json"
     if saved.is_file():
-        return [EvalRecord.model_validate(r) for r in json.loads(saved.read_text())]
+        records = [EvalRecord.model_validate(r) for r in json.loads(saved.read_text())]
+        get_run_logger().info("evaluate %s (done by an earlier attempt): %s", subject, scores_line(records))
+        return records
     what = f"{the_plan.label}: evaluate {subject}"
     pin(gpus)
-    with progress_artifact(key=_key(the_plan, f"eval-{subject}"), description=what) as report:
+    with progress_artifact(key=the_plan.key(f"eval-{subject}"), description=what) as report:
         records = evaluate(model_dir=model, suite=spec.eval, progress=report)
     write_text_atomic(saved, json.dumps([r.model_dump(mode="json") for r in records]))
+    get_run_logger().info("evaluate %s: %s", subject, scores_line(records))
     return records
 
 
-@dataclass(frozen=True)
-class GateOutcome:
-    """The gate's decision, and the champion it was measured against (with its scores)."""
-
-    decision: Decision
-    champion: str | None
-    champion_scores: list[EvalRecord]
+def scores_line(records: list[EvalRecord]) -> str:
+    """Eval records on one line: `testbed_add exact_match = 0.4500 (n=40)`."""
+    return "; ".join(f"{r.task} {r.metric} = {r.value:.4f} (n={r.n})" for r in records) or "no scores"
 
 
-@task
-def gate_and_promote(
-    where: Workspace, spec: TrackSpec, candidate_id: int, scores: dict[EvalSubject, list[EvalRecord]]
-) -> GateOutcome:
-    """Apply the gate against the base and the champion, and record the eval results and the decision;
-    a resumed run finds the decision it made before."""
-    with session_scope(where.registry().engine) as session:
-        candidate = runs.get_candidate(session, candidate_id=candidate_id)
-        inputs = runs.gate_inputs(session, candidate=candidate, channel=spec.channel)
-        champion = None if inputs.champion is None else rows.public_id(inputs.champion)
-        champion_scores = [_record(r) for r in inputs.champion_scores]
-        if inputs.decided is not None:
-            decided = Decision(inputs.decided.decision is GateDecision.PROMOTE, tuple(inputs.decided.reasons))
-            return GateOutcome(decided, champion, champion_scores)
-        decision = decide(
-            rules=spec.gate,
-            candidate=scores[EvalSubject.CANDIDATE],
-            base=scores[EvalSubject.BASE],
-            champion=None if inputs.champion is None else champion_scores,
-        )
-        runs.record_gate_decision(
-            session,
-            candidate=candidate,
-            channel=spec.channel,
-            scores={subject: [score_of(r) for r in records] for subject, records in scores.items()},
-            promote=decision.promote,
-            reasons=decision.reasons,
-        )
-        return GateOutcome(decision, champion, champion_scores)
+def _run_name() -> str:
+    """The run's name, `TRACK/LABEL` (`names.run_name`), its release looked up by id in the registry.
+
+    Raises:
+        NotFoundError: the run's release is not in the registry.
+        DatabaseError: the registry cannot be reached.
+    """
+    parameters = flow_run.parameters
+    with session_scope(Workspace.at(parameters.get("data_dir")).registry().engine) as session:
+        release = release_ref(rows.get_release(session, release_id=parameters["release_id"]))
+    return run_name(track=parameters["track"], release=release)
 
 
-def score_of(record: EvalRecord) -> runs.Score:
-    """An eval record as the registry records it."""
-    fields = record.model_dump(exclude={"lm_eval_version"})
-    return runs.Score(**fields, harness_version=record.lm_eval_version)
-
-
-def _record(row: EvalResult) -> EvalRecord:
-    fields = {f: getattr(row, f) for f in EvalRecord.model_fields if f != "lm_eval_version"}
-    return EvalRecord(**fields, lm_eval_version=row.harness_version)
-
-
-def _key(the_plan: Plan, step: str) -> str:
-    return f"{the_plan.track}-{the_plan.release.revision[:12]}-{step}"
-
-
-@flow(name="recycle-then-finetune", log_prints=True)
+@flow(name="recycle-then-finetune", flow_run_name=_run_name, log_prints=True)
 def recycle_then_finetune(
     track: str, release_id: int, mode: RecycleMode | None = None, data_dir: Path | None = None, chain: bool = False
 ) -> Decision:
@@ -280,7 +287,8 @@ def recycle_then_finetune(
 
     `mode` overrides the track's recycle mode for this run; `data_dir` replaces the settings' data dir;
     `chain` starts the track's next watcher pass when the run is done (the watcher's deployment runs do).
-    The release is `running` meanwhile, then `done` or `failed` (`flows.lifecycle`).
+    The release is `running` meanwhile, then `done` or `failed` (`flows.lifecycle`). The run is named and
+    tagged by its track and release (`flows.names`), and logs each step.
     """
     where = Workspace.at(data_dir)
     spec = load_spec(where.registry(), track=track)
@@ -295,6 +303,7 @@ def _recycle(
     where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: RecycleMode | None
 ) -> tuple[Decision, str]:
     the_plan = plan(where, track, release_id, spec, mode)
+    tag_this_run(*run_tags(track=track, release=the_plan.release))
     base = fetch(the_plan)
     start = base if the_plan.carried_diff is None else carry_over(where, the_plan, base, spec.recycle.alpha)
     with gpu_lease(count=spec.finetune.launch.processes) as gpus:
@@ -310,12 +319,11 @@ def _recycle(
             scores[EvalSubject.TRANSFERRED] = run_eval(the_plan, EvalSubject.TRANSFERRED, start, spec, gpus)
     outcome = gate_and_promote(where, spec, candidate_id, scores)
     if outcome.decision.promote and spec.publish is not None:
-        tag = spec.publish.tag_format.format(track=track, release=the_plan.release.revision[:12])
-        publish(folder=candidate, repo_id=spec.publish.repo, tag=tag, private=spec.publish.private)
+        publish_champion(spec, candidate, release=the_plan.release.revision[:12])
     champion = {EvalSubject.CHAMPION: outcome.champion_scores} if outcome.champion else {}
     report_run(
-        key=_key(the_plan, "run"),
-        title=f"{track}: release {the_plan.release.repo_id}@{the_plan.release.revision[:12]}",
+        track=track,
+        release=the_plan.release,
         carried=the_plan.carried_diff,
         carry_reason=the_plan.carry_reason,
         new_diff=diff_id,
@@ -323,7 +331,6 @@ def _recycle(
         decision=outcome.decision,
         losses=json.loads((the_plan.work / "finetune.json").read_text())["loss_curve"],
     )
-    get_run_logger().info("%s: %s", track, "; ".join(outcome.decision.reasons))
     return outcome.decision, the_plan.release.revision
 
 

@@ -9,8 +9,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ..tasks.evaluate import EvalRecord
 from ..tasks.gate import Decision
+from ..tasks.hub import LOCAL_PREFIX, ReleaseRef
 from ..terms import EvalSubject
-from .progress import artifact_key
+from .names import run_name, step_key
 
 COLUMNS = (EvalSubject.CANDIDATE, EvalSubject.CHAMPION, EvalSubject.BASE, EvalSubject.TRANSFERRED)
 Scores = Mapping[EvalSubject, Sequence[EvalRecord]]
@@ -36,8 +37,8 @@ def _cell(record: EvalRecord) -> str:
 
 def report_run(
     *,
-    key: str,
-    title: str,
+    track: str,
+    release: ReleaseRef,
     carried: str | None,
     carry_reason: str,
     new_diff: str,
@@ -45,14 +46,19 @@ def report_run(
     decision: Decision,
     losses: list[list[float]],
 ) -> None:
-    """Publish the run's eval table and its decision summary as artifacts."""
-    create_table_artifact(table=eval_table(scores), key=artifact_key(f"{key}-evals"), description=title)
+    """Publish the run's eval table and its decision summary as artifacts, keyed by the track and the
+    release's label (`names.step_key`), the summary headed by the run's name and the release's ref."""
+    title = run_name(track=track, release=release)
+    evals = step_key(track=track, release=release, step="evals")
+    create_table_artifact(table=eval_table(scores), key=evals, description=title)
     verdict = "promoted" if decision.promote else "rejected"
     lineage = f"{carried} → {new_diff}" if carried else f"{new_diff} (first of its chain: plain fine-tuning)"
     training = f"{len(losses)} steps, loss {losses[0][1]:.4f} → {losses[-1][1]:.4f}" if losses else "no steps"
     markdown = "\n".join(
         [
             f"# {title}",
+            release_line(release),
+            "",
             f"**Gate: {verdict}**",
             "",
             *(f"- {reason}" for reason in decision.reasons),
@@ -64,4 +70,14 @@ def report_run(
             f"Fine-tuning: {training}",
         ]
     )
-    create_markdown_artifact(markdown=markdown, key=artifact_key(f"{key}-decision"), description=verdict)
+    decision_key = step_key(track=track, release=release, step="decision")
+    create_markdown_artifact(markdown=markdown, key=decision_key, description=verdict)
+
+
+def release_line(release: ReleaseRef) -> str:
+    """Which release a run was for, in full: `Release: folder 04-M4, content hash 5c81…` (local), or
+    `Release: acme/bed at r1, commit 5c81…` (Hub)."""
+    if release.repo_id.startswith(LOCAL_PREFIX):
+        return f"Release: folder {release.ref}, content hash {release.revision}"
+    at = f" at {release.ref}" if release.ref else ""
+    return f"Release: {release.repo_id}{at}, commit {release.revision}"

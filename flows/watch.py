@@ -34,7 +34,8 @@ from ..tasks.hub import ReleaseRef, discover_local, discover_refs, discover_repo
 from ..tasks.hub.facts import Order
 from ..terms import ReleaseState
 from .lifecycle import RECYCLE_DEPLOYMENT, why_not_started
-from .recycle import recycle_then_finetune
+from .names import run_name, run_tags, tag_this_run, track_tag
+from .recycle import recycle_then_finetune, release_ref
 from .settings import Workspace
 from .tracks import HubRefsSource, HubReposSource, LocalSource, TrackSpec, load_spec
 
@@ -147,13 +148,13 @@ def _crash_flow_run(flow_run_id: str, *, why: str) -> None:
 
 
 @task
-def next_release(where: Workspace, track: str) -> tuple[int, str, int] | str:
-    """(id, sha, attempt) of the release to start now, or why none can start (empty: all are done)."""
+def next_release(where: Workspace, track: str) -> tuple[int, ReleaseRef, int] | str:
+    """(id, release, attempt) of the release to start now, or why none can start (empty: all are done)."""
     with session_scope(where.registry().engine) as session:
         row = rows.get_track(session, name=track)
         release = releases.next_to_run(session, track=row, policy=where.retry_policy(), now=datetime.now(UTC))
         if release is not None:
-            return release.id, release.revision, releases.status(session, release=release).attempts + 1
+            return release.id, release_ref(release), releases.status(session, release=release).attempts + 1
         return _waiting(session, track=row, policy=where.retry_policy())
 
 
@@ -166,38 +167,42 @@ def _waiting(session: Session, *, track: Track, policy: releases.RetryPolicy) ->
 
 
 @task
-def dispatch_run(where: Workspace, track: str, release_id: int, sha: str, attempt: int) -> str | None:
-    """Start the recycle deployment's run for a release, marking it dispatched; a failed dispatch marks it
-    failed (to be dispatched again after the backoff) and returns why."""
+def dispatch_run(where: Workspace, track: str, release_id: int, release: ReleaseRef, attempt: int) -> str | None:
+    """Start the recycle deployment's run for a release (named and tagged by its track and release while it
+    waits for a worker), marking it dispatched; a failed dispatch marks it failed (to be dispatched again
+    after the backoff) and returns why."""
     try:
         run = cast(
             FlowRun,
             run_deployment(
                 RECYCLE_DEPLOYMENT,
                 parameters={"track": track, "release_id": release_id, "chain": True},
-                idempotency_key=f"{track}:{sha}:{attempt}",
-                tags=[f"track:{track}", f"release:{sha[:12]}"],
+                flow_run_name=run_name(track=track, release=release),
+                idempotency_key=f"{track}:{release.revision}:{attempt}",
+                tags=run_tags(track=track, release=release),
                 timeout=0,
             ),
         )
     except Exception as e:
         why = f"its dispatch failed: {why_not_started(e, deployment=RECYCLE_DEPLOYMENT)}"
         with session_scope(where.registry().engine) as session:
-            release = rows.get_release(session, release_id=release_id)
-            releases.fail(session, release=release, detail=why, policy=where.retry_policy(), died=False, counts=True)
+            row = rows.get_release(session, release_id=release_id)
+            releases.fail(session, release=row, detail=why, policy=where.retry_policy(), died=False, counts=True)
         return f"release-{release_id}: {why}"
     with session_scope(where.registry().engine) as session:
-        release = rows.get_release(session, release_id=release_id)
-        releases.mark(session, release=release, state=ReleaseState.DISPATCHED, flow_run_id=str(run.id))
+        row = rows.get_release(session, release_id=release_id)
+        releases.mark(session, release=row, state=ReleaseState.DISPATCHED, flow_run_id=str(run.id))
     return None
 
 
-@flow(name="watch-releases", log_prints=True)
+@flow(name="watch-releases", flow_run_name="{track}/watch", log_prints=True)
 def watch_releases(track: str, dispatch: Dispatch = "inline", data_dir: Path | None = None) -> Pass:
-    """One watcher pass over a track (see the module's docstring).
+    """One watcher pass over a track (see the module's docstring), named `TRACK/watch` and tagged with its
+    track however it was started.
 
     `data_dir` replaces the settings' data dir for this pass (and the runs it starts inline).
     """
+    tag_this_run(track_tag(track))
     where = Workspace.at(data_dir)
     spec = load_spec(where.registry(), track=track)
     new = record_releases(where, track, spec, discover(spec))
@@ -207,14 +212,17 @@ def watch_releases(track: str, dispatch: Dispatch = "inline", data_dir: Path | N
     started: list[int] = []
     failed = None
     while not isinstance(chosen := next_release(where, track), str):
-        release_id, sha, attempt = chosen
+        release_id, release, attempt = chosen
         if started and started[-1] == release_id:
             chosen = f"release-{release_id}'s run returned without finishing it"
             break
         started.append(release_id)
-        with tags(f"track:{track}", f"release:{sha[:12]}"):
+        how = "dispatches" if dispatch == "deployment" else "runs"
+        name = run_name(track=track, release=release)
+        get_run_logger().info("track %s: %s %s (release-%d, attempt %d)", track, how, name, release_id, attempt)
+        with tags(*run_tags(track=track, release=release)):
             if dispatch == "deployment":
-                failed = dispatch_run(where, track, release_id, sha, attempt)
+                failed = dispatch_run(where, track, release_id, release, attempt)
                 break  # that run starts the next pass when it is done
             try:
                 recycle_then_finetune(track=track, release_id=release_id, data_dir=data_dir)

@@ -1,6 +1,7 @@
 """Persistence: the registry's tables (`models`), engines and sessions (`db`), data access for its
-artifacts (`registry`) and for what a recycle run records (`runs`), the content-addressed blob store
-(`blobs`) and the Alembic revisions (`migrations/`). No torch, and nothing of `tasks`."""
+artifacts (`registry`) and for what a recycle run records (`runs`), a track at a glance (`status`), rows as
+plain data for `--json` (`plain`), the content-addressed blob store (`blobs`) and the Alembic revisions
+(`migrations/`). No torch, and nothing of `tasks`."""
 
 from __future__ import annotations
 

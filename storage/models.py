@@ -97,6 +97,21 @@ class Track(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
 
+class TrackSpecVersion(Immutable, Base):
+    """One version of a track's spec: `graft track add` with a changed file adds one (the track's `spec` is
+    the newest), and a candidate points at the version it was made with, so old candidates keep theirs."""
+
+    __tablename__ = "track_specs"
+    __table_args__ = (UniqueConstraint("track_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[dict[str, Any]]
+    sha256: Mapped[str] = mapped_column(SHA256)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
 class Release(Immutable, Base):
     """One base-model version seen on a track: a repo id pinned to a revision.
 
@@ -191,7 +206,8 @@ class DiffFile(Immutable, Base):
 
 
 class FinetuneRun(Immutable, Base):
-    """A completed fine-tuning run of a release: its recipe, where and how fast it ran, how its loss went.
+    """A completed fine-tuning run of a release: its recipe and the sha256 of its data file, where and how fast
+    it ran, how its loss went.
 
     The loss curve (a JSON list of [step, loss]) is a blob in the blob store, `loss_curve_blob` its sha256.
     A candidate points at the run that made it (`candidates.finetune_run_id`).
@@ -210,6 +226,7 @@ class FinetuneRun(Immutable, Base):
     tokens_per_second: Mapped[float] = mapped_column(Float)
     final_loss: Mapped[float | None] = mapped_column(Float)
     loss_curve_blob: Mapped[str | None] = mapped_column(SHA256)
+    data_sha256: Mapped[str | None] = mapped_column(SHA256)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -229,12 +246,14 @@ class Candidate(Immutable, Base):
     source_diff_id: Mapped[int | None] = mapped_column(ForeignKey("diffs.id", use_alter=True))
     carry_reason: Mapped[str | None] = mapped_column(Text)
     finetune_run_id: Mapped[int | None] = mapped_column(ForeignKey("finetune_runs.id"))
+    spec_id: Mapped[int | None] = mapped_column(ForeignKey("track_specs.id"))
     model_uri: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
     track: Mapped[Track] = relationship()
     release: Mapped[Release] = relationship()
     finetune_run: Mapped[FinetuneRun | None] = relationship()
+    spec: Mapped[TrackSpecVersion | None] = relationship()
 
 
 class EvalResult(Immutable, Base):

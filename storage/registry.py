@@ -9,6 +9,8 @@ existing row, also when two processes race to insert it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -18,7 +20,18 @@ from sqlalchemy.orm import Session
 
 from ..errors import DatabaseError, NotFoundError
 from ..terms import ArtifactKind
-from .models import Base, Candidate, Diff, DiffFile, FinetuneRun, Promotion, Release, Track, WebhookDelivery
+from .models import (
+    Base,
+    Candidate,
+    Diff,
+    DiffFile,
+    FinetuneRun,
+    Promotion,
+    Release,
+    Track,
+    TrackSpecVersion,
+    WebhookDelivery,
+)
 
 Artifact = Release | Diff | Candidate | Promotion
 _MODELS: dict[ArtifactKind, type[Artifact]] = {
@@ -63,15 +76,40 @@ def insert_or_get(
 
 
 def save_track(session: Session, *, name: str, spec: dict[str, Any]) -> tuple[Track, bool]:
-    """Create the track `name`, or replace its spec (a track is configuration, not an artifact).
+    """Create the track `name` with `spec` as its version 1, or, when `spec` differs from its newest version, add
+    the next version and make it the track's spec (earlier versions stay, for the candidates made with them).
 
     Returns the track and whether it is new.
     """
     track, new = insert_or_get(session, Track, unique=("name",), values={"name": name, "spec": spec})
-    if not new and track.spec != spec:
-        track.spec = spec
+    newest = newest_spec(session, track=track)
+    digest = spec_sha256(spec)
+    if newest is None or newest.sha256 != digest:
+        version = 1 if newest is None else newest.version + 1
+        session.add(TrackSpecVersion(track_id=track.id, version=version, spec=spec, sha256=digest))
+        if track.spec != spec:
+            track.spec = spec
         session.flush()
     return track, new
+
+
+def spec_sha256(spec: dict[str, Any]) -> str:
+    """The hash a spec version is known by: sha256 of its JSON with sorted keys."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def newest_spec(session: Session, *, track: Track) -> TrackSpecVersion | None:
+    """The track's newest spec version (None only while a new track's first is being saved)."""
+    query = select(TrackSpecVersion).where(TrackSpecVersion.track_id == track.id)
+    return session.scalars(query.order_by(TrackSpecVersion.version.desc()).limit(1)).one_or_none()
+
+
+def spec_version(session: Session, *, track: Track, spec: dict[str, Any]) -> TrackSpecVersion | None:
+    """The track's newest version whose spec is `spec` (the one a run was made with), if the registry has it."""
+    query = select(TrackSpecVersion).where(
+        TrackSpecVersion.track_id == track.id, TrackSpecVersion.sha256 == spec_sha256(spec)
+    )
+    return session.scalars(query.order_by(TrackSpecVersion.version.desc()).limit(1)).first()
 
 
 def list_tracks(session: Session) -> list[Track]:
@@ -208,9 +246,22 @@ def get_diff(session: Session, *, ref: str) -> Diff:
     Raises:
         NotFoundError: no such diff.
     """
-    row = get(session, ref=ref if "-" in ref else f"diff-{ref}")
-    if not isinstance(row, Diff):
-        raise NotFoundError(f"{ref} is a {kind_of(row)}, not a diff.", ref=ref)
+    return cast(Diff, _of_kind(session, ref=ref, kind=ArtifactKind.DIFF))
+
+
+def get_candidate(session: Session, *, ref: str) -> Candidate:
+    """The candidate a public id names; a bare number is taken as a candidate id.
+
+    Raises:
+        NotFoundError: no such candidate.
+    """
+    return cast(Candidate, _of_kind(session, ref=ref, kind=ArtifactKind.CANDIDATE))
+
+
+def _of_kind(session: Session, *, ref: str, kind: ArtifactKind) -> Artifact:
+    row = get(session, ref=ref if "-" in ref else f"{kind}-{ref}")
+    if kind_of(row) is not kind:
+        raise NotFoundError(f"{ref} is a {kind_of(row)}, not a {kind}.", ref=ref)
     return row
 
 

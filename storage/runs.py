@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import NotFoundError, ReleaseOrderError
+from ..errors import ReleaseOrderError
 from ..terms import (
     ActorKind,
     ArtifactKind,
@@ -25,7 +25,7 @@ from ..terms import (
     RecycleMode,
 )
 from . import releases
-from .models import Candidate, Diff, EvalResult, FinetuneRun, Promotion, Release, Track
+from .models import Candidate, Diff, EvalResult, FinetuneRun, Promotion, Release, Track, TrackSpecVersion
 from .registry import ancestors, by_id, public_id
 
 
@@ -60,7 +60,7 @@ def carry(session: Session, *, release: Release, mode: RecycleMode, rule: CarryR
         holder = champion(session, track=release.track, channel=channel)
         why = f"the champion of {channel}" if holder else f"no champion on {channel} yet: the release before this one"
     if holder is None and before is not None:
-        holder = _recycled(session, release=before)
+        holder = recycled_candidate(session, release=before)
     if holder is None:
         imported = _imported(session, track=release.track) if mode is RecycleMode.SOURCE else None
         if imported is None:
@@ -83,7 +83,7 @@ def carry(session: Session, *, release: Release, mode: RecycleMode, rule: CarryR
 
 def recycled_delta(session: Session, *, release: Release) -> Diff | None:
     """The Δ registered from the candidate Algorithm 1 made for `release` (None before it is registered)."""
-    holder = _recycled(session, release=release)
+    holder = recycled_candidate(session, release=release)
     return None if holder is None else _delta_of(session, candidate=holder)
 
 
@@ -92,8 +92,8 @@ def _delta_of(session: Session, *, candidate: Candidate) -> Diff | None:
     return session.scalars(select(Diff).where(Diff.candidate_id == candidate.id).order_by(Diff.id)).first()
 
 
-def _recycled(session: Session, *, release: Release) -> Candidate | None:
-    """The candidate the release's run of Algorithm 1 made (not a backport), if any."""
+def recycled_candidate(session: Session, *, release: Release) -> Candidate | None:
+    """The newest candidate the release's runs of Algorithm 1 made (not a backport), if any."""
     query = select(Candidate).where(Candidate.release_id == release.id, Candidate.kind == CandidateKind.RECYCLE)
     return session.scalars(query.order_by(Candidate.id.desc()).limit(1)).one_or_none()
 
@@ -127,6 +127,7 @@ class FinetuneRecord:
     loss_curve_blob: str | None
     started_at: datetime
     finished_at: datetime
+    data_sha256: str | None = None
 
 
 def record_candidate(
@@ -140,9 +141,11 @@ def record_candidate(
     finetune: FinetuneRecord | None,
     carry_reason: str | None = None,
     kind: CandidateKind = CandidateKind.RECYCLE,
+    spec: TrackSpecVersion | None = None,
 ) -> Candidate:
-    """Record the candidate made for `release` at `model_uri`, with the fine-tune run that made it and the
-    Δ it started from (and why that one); once: recording it again (a resumed run) returns the first row."""
+    """Record the candidate made for `release` at `model_uri`, with the fine-tune run that made it, the
+    Δ it started from (and why that one) and the track's spec version it was made with; once: recording it
+    again (a resumed run) returns the first row."""
     existing = session.scalars(
         select(Candidate)
         .where(Candidate.release_id == release.id, Candidate.model_uri == model_uri)
@@ -165,6 +168,7 @@ def record_candidate(
         carry_reason=carry_reason,
         source_diff_id=None if source_diff is None else source_diff.id,
         finetune_run_id=None if run is None else run.id,
+        spec_id=None if spec is None else spec.id,
     )
     session.add(row)
     session.flush()
@@ -344,15 +348,29 @@ def champion(session: Session, *, track: Track, channel: str) -> Candidate | Non
     return session.get(Candidate, latest.to_candidate_id)
 
 
-def previous_champion(session: Session, *, track: Track, channel: str) -> Candidate:
-    """The champion the current one replaced: where a rollback goes.
+def channel_history(session: Session, *, track: Track, channel: str) -> list[Promotion]:
+    """Every decision recorded on a track's channel (promotions, rejections, rollbacks), oldest first."""
+    query = select(Promotion).where(Promotion.track_id == track.id, Promotion.channel == channel)
+    return list(session.scalars(query.order_by(Promotion.id)))
 
-    Raises:
-        NotFoundError: the channel has no champion, or its champion replaced nobody.
+
+def earlier_champions(session: Session, *, track: Track, channel: str) -> list[Candidate]:
+    """Where a rollback of a channel may go: the champions the current one was promoted over, nearest first.
+
+    The channel's history is replayed as a stack: a promotion puts its candidate on top; a rollback takes
+    the stack back down to the candidate it returned to, so that a second rollback goes further back, never
+    forth to the champion just rolled back from. (A rollback to a candidate not on the stack, as one recorded
+    before rollbacks walked back, counts as a promotion.) The current champion is not in the list.
     """
-    latest = _reign(session, track=track, channel=channel)
-    if latest is None or latest.from_candidate_id is None:
-        raise NotFoundError(
-            f"track {track.name} has no earlier champion on channel {channel!r} to roll back to.", ref=track.name
-        )
-    return get_candidate(session, candidate_id=latest.from_candidate_id)
+    stack: list[int] = []
+    for row in channel_history(session, track=track, channel=channel):
+        target = row.to_candidate_id
+        if row.decision is GateDecision.REJECT or target is None:
+            continue
+        if row.decision is GateDecision.ROLLBACK and target in stack[:-1]:
+            stack.pop()
+            while stack[-1] != target:
+                stack.pop()
+        else:
+            stack.append(target)
+    return [get_candidate(session, candidate_id=i) for i in reversed(stack[:-1])]

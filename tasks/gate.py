@@ -95,22 +95,40 @@ def decide(
     value = cand[primary].value
     if rules.min_primary is not None:
         ok = value >= rules.min_primary
-        checks.append((ok, f"{primary} {value:.4f} {'≥' if ok else '<'} required {rules.min_primary:.4f}"))
+        checks.append((ok, f"{primary}: candidate {value:.4f} {_at_least(ok)} required {rules.min_primary:.4f}"))
     if base_found is not None and rules.beat_base_by is not None:
-        need = base_found[primary].value + rules.beat_base_by
-        checks.append((value >= need, f"{primary} {value:.4f} vs base + margin {need:.4f}"))
+        checks.append(_beats(primary, value, "base", base_found[primary].value, rules.beat_base_by))
     if champ is None:
         checks.append((True, "no champion yet on this channel"))
         return _decision(checks)
-    need = champ[primary].value + rules.beat_champion_by
-    checks.append((value >= need, f"{primary} {value:.4f} vs champion + margin {need:.4f}"))
+    checks.append(_beats(primary, value, "champion", champ[primary].value, rules.beat_champion_by))
     for ref in rules.metrics:
-        drop = champ[ref].value - cand[ref].value
-        noise = rules.stderr_multiplier * math.hypot(cand[ref].stderr or 0.0, champ[ref].stderr or 0.0)
-        allowed = rules.max_regression + noise
-        ok = drop <= allowed
-        checks.append((ok, f"{ref} change {-drop:+.4f} vs champion (tolerance −{allowed:.4f})"))
+        mine, theirs = cand[ref].value, champ[ref].value
+        stderr = math.hypot(cand[ref].stderr or 0.0, champ[ref].stderr or 0.0)
+        allowed = rules.max_regression + rules.stderr_multiplier * stderr
+        ok = theirs - mine <= allowed
+        why = (
+            f"{ref}: candidate {mine:.4f} {_at_least(ok)} champion {theirs:.4f} − tolerance {allowed:.4f} "
+            f"= {theirs - allowed:.4f}"
+        )
+        if rules.stderr_multiplier and stderr:
+            why += (
+                f" (tolerance = max regression {rules.max_regression:.4f} + {rules.stderr_multiplier:g} × "
+                f"stderr of the difference {stderr:.4f})"
+            )
+        checks.append((ok, why))
     return _decision(checks)
+
+
+def _beats(ref: MetricRef, value: float, whose: str, theirs: float, margin: float) -> tuple[bool, str]:
+    """The rule that the candidate's primary metric reaches `whose` value plus `margin`, and its reason."""
+    need = theirs + margin
+    ok = value >= need
+    return ok, f"{ref}: candidate {value:.4f} {_at_least(ok)} {whose} {theirs:.4f} + margin {margin:.4f} = {need:.4f}"
+
+
+def _at_least(ok: bool) -> str:
+    return "≥" if ok else "<"
 
 
 def _decision(checks: list[tuple[bool, str]]) -> Decision:

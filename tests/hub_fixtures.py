@@ -141,6 +141,7 @@ class FakeHubWrites:
     - `POST /api/repos/create`, `POST /api/models/{org}/{name}/preupload|commit|tag/{rev}`: create a
       git repo (with a first commit, as the Hub does), accept files (every file as a "regular"
       upload: LFS and Xet transfers are not modelled), commit them on the branch, and tag.
+    - `DELETE /api/models/{org}/{name}/tag/{tag}`: delete a tag (a channel's tag moves so).
 
     Every write needs `Authorization: Bearer <token>`; a wrong one gets a 401 like the Hub's, whose
     body does not repeat the token.
@@ -184,7 +185,7 @@ class FakeHubWrites:
         @app.middleware("http")
         async def record_and_authorize(request: Request, call_next):  # type: ignore[no-untyped-def]
             self.requests.append(f"{request.method} {request.url.path}")
-            if request.method == "POST" and not self._authorized(request):  # every write needs the token
+            if request.method in ("POST", "DELETE") and not self._authorized(request):  # every write needs the token
                 return JSONResponse({"error": "Invalid credentials in Authorization header"}, status_code=401)
             return await call_next(request)
 
@@ -277,6 +278,15 @@ class FakeHubWrites:
                 if body["tag"] in git(repo, "tag", "--list").split():
                     return JSONResponse({"error": "Tag already exists"}, status_code=409)
                 git(repo, "tag", body["tag"], rev)
+            return JSONResponse({})
+
+        @app.delete("/api/models/{org}/{name}/tag/{tag}")
+        def delete_tag(org: str, name: str, tag: str) -> JSONResponse:
+            repo = self._repo(org, name)
+            with self._lock:
+                if tag not in git(repo, "tag", "--list").split():
+                    return JSONResponse({"error": f"Invalid rev id: {tag}"}, status_code=404)
+                git(repo, "tag", "-d", tag)
             return JSONResponse({})
 
         return app

@@ -32,8 +32,8 @@ def test_a_first_candidate_that_beats_the_base_is_promoted() -> None:
     assert d == Decision(
         promote=True,
         reasons=(
-            "pass: addition/exact_match 0.8000 ≥ required 0.5000",
-            "pass: addition/exact_match 0.8000 vs base + margin 0.2000",
+            "pass: addition/exact_match: candidate 0.8000 ≥ required 0.5000",
+            "pass: addition/exact_match: candidate 0.8000 ≥ base 0.1000 + margin 0.1000 = 0.2000",
             "pass: no champion yet on this channel",
         ),
     )
@@ -42,13 +42,13 @@ def test_a_first_candidate_that_beats_the_base_is_promoted() -> None:
 def test_a_candidate_below_the_champion_is_rejected_with_the_reason() -> None:
     d = decide(rules=RULES, candidate=scores(0.8, 0.6), base=scores(0.1, 0.3), champion=scores(0.85, 0.6))
     assert not d.promote
-    assert "fail: addition/exact_match 0.8000 vs champion + margin 0.8500" in d.reasons
+    assert "fail: addition/exact_match: candidate 0.8000 < champion 0.8500 + margin 0.0000 = 0.8500" in d.reasons
 
 
 def test_a_regression_on_a_secondary_metric_blocks_promotion() -> None:
     d = decide(rules=RULES, candidate=scores(0.9, 0.5), base=scores(0.1, 0.3), champion=scores(0.85, 0.6))
     assert not d.promote
-    assert d.reasons[-1] == "fail: addition_mc/acc change -0.1000 vs champion (tolerance −0.0200)"
+    assert d.reasons[-1] == "fail: addition_mc/acc: candidate 0.5000 < champion 0.6000 − tolerance 0.0200 = 0.5800"
 
 
 def test_a_drop_within_the_noise_is_tolerated() -> None:
@@ -57,7 +57,10 @@ def test_a_drop_within_the_noise_is_tolerated() -> None:
     champ = [R("addition", "exact_match", 0.85), R("addition_mc", "acc", 0.6, stderr=0.04)]
     d = decide(rules=rules, candidate=cand, champion=champ)
     assert d.promote, d.reasons
-    assert d.reasons[-1] == "pass: addition_mc/acc change -0.0500 vs champion (tolerance −0.1200)"
+    assert d.reasons[-1] == (
+        "pass: addition_mc/acc: candidate 0.5500 ≥ champion 0.6000 − tolerance 0.1200 = 0.4800 "
+        "(tolerance = max regression 0.0200 + 2 × stderr of the difference 0.0500)"
+    )
 
 
 def test_too_weak_a_candidate_fails_every_absolute_rule() -> None:

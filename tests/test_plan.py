@@ -216,10 +216,11 @@ def test_track_add_refuses_a_full_8b_fine_tune_on_one_gpu(graft: Any, tmp_path: 
     assert out == "no tracks yet: `graft track add FILE`\n"
     lora = {**recipe, "gradient_checkpointing": True, "peft": {"r": 16}}
     out, _ = graft("track", "add", str(_track(tmp_path, name="big", recipe=lora)), "--model", llama)
-    assert out == "added track big (hub-repos releases, iterative recycling)\n"
+    assert out == "added track big (hub-repos releases, iterative recycling), spec version 1\n"
     fsdp = {"recipe": {**recipe, "gradient_checkpointing": True}, "launch": {"processes": 8, "distributed": "fsdp"}}
     out, _ = graft("track", "add", str(_track(tmp_path, name="big", **fsdp)), "--model", llama)
-    assert out == "updated track big (hub-repos releases, iterative recycling)\n"
+    updated = "updated track big (hub-repos releases, iterative recycling): spec version 2"
+    assert out == f"{updated} (candidates made before keep theirs)\n"
 
 
 def test_a_track_whose_model_is_unknown_needs_model(graft: Any, tmp_path: Path) -> None:
@@ -238,7 +239,7 @@ def test_a_track_whose_model_is_unknown_needs_model(graft: Any, tmp_path: Path) 
         "holds the example tracks' configs).\n"
     )
     out, err = graft("track", "add", str(refs))  # not planned without the network: added, with a note
-    assert out == "added track tiny (hub-refs releases, iterative recycling)\n"
+    assert out == "added track tiny (hub-refs releases, iterative recycling), spec version 1\n"
     assert err.startswith("note: not checked against the pool's GPUs: track tiny: the config of org/m@main")
 
 

@@ -1,5 +1,6 @@
-"""Moving model files between the Hub and this machine: downloads pinned to a commit, and publishing
-promoted models (create the repo, upload, tag). A token is never logged nor put into an error message."""
+"""Moving model files between the Hub and this machine: downloads pinned to a commit, publishing promoted
+models (create the repo, upload, tag), and moving a tag (a channel's) to another commit. A token is never
+logged nor put into an error message."""
 
 from __future__ import annotations
 
@@ -167,28 +168,17 @@ def publish(
         HubNotFoundError: the repo does not exist and could not be created.
         HubUnavailableError: the Hub cannot be reached.
     """
-    folder = Path(folder)
-    files = model_files(folder) if folder.is_dir() else {}
-    if "config.json" not in files or not any(n.endswith(".safetensors") for n in files):
-        raise ModelFolderError(f"{folder} is not a model folder with config.json and safetensors weights.", path=folder)
     api = api or HfApi()
-    where = f"{repo_id} (tag {tag})"
-    with hub_errors(what=where, endpoint=api.endpoint, token=token):
-        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            allow_patterns=list(PUBLISH_PATTERNS),
-            commit_message=f"Graftwork: publish {tag}",
-            token=token,
-        )
-        sha = str(commit.oid)
+    sha = upload_model(
+        folder=folder, repo_id=repo_id, message=f"Graftwork: publish {tag}", token=token, api=api, private=private
+    )
+    with hub_errors(what=f"{repo_id} (tag {tag})", endpoint=api.endpoint, token=token):
         try:
             api.create_tag(repo_id, tag=tag, revision=sha, tag_message=f"Graftwork: {tag}", token=token)
         except HfHubHTTPError as exc:
             if exc.response is None or exc.response.status_code != 409:
                 raise
-            tagged = {t.name: t.target_commit for t in api.list_repo_refs(repo_id, token=token).tags}
+            tagged = _tags(api, repo_id=repo_id, token=token)
             if tagged.get(tag) != sha:
                 raise OutputExistsError(
                     f"Tag {tag!r} exists already on {repo_id} at another commit ({tagged.get(tag)}); "
@@ -196,3 +186,65 @@ def publish(
                     path=tag,
                 ) from None
     return sha
+
+
+def upload_model(
+    *,
+    folder: Path,
+    repo_id: str,
+    message: str,
+    token: str | None = None,
+    api: HfApi | None = None,
+    private: bool = True,
+) -> str:
+    """Upload a model folder's files (and a README.md if present) to a Hub repo, creating the repo if needed
+    (private by default); a commit is made only when the files differ from the repo's head.
+
+    Returns:
+        The 40-character sha of the commit that holds the files (the head when nothing changed).
+
+    Raises:
+        ModelFolderError: `folder` is not a model folder with safetensors weights.
+        HubPermissionError: the token is missing, invalid or cannot write to `repo_id`.
+        HubNotFoundError: the repo does not exist and could not be created.
+        HubUnavailableError: the Hub cannot be reached.
+    """
+    folder = Path(folder)
+    files = model_files(folder) if folder.is_dir() else {}
+    if "config.json" not in files or not any(n.endswith(".safetensors") for n in files):
+        raise ModelFolderError(f"{folder} is not a model folder with config.json and safetensors weights.", path=folder)
+    api = api or HfApi()
+    with hub_errors(what=repo_id, endpoint=api.endpoint, token=token):
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            allow_patterns=list(PUBLISH_PATTERNS),
+            commit_message=message,
+            token=token,
+        )
+    return str(commit.oid)
+
+
+def move_tag(*, repo_id: str, tag: str, revision: str, token: str | None = None, api: HfApi | None = None) -> None:
+    """Point `tag` of a Hub repo at the commit `revision`: delete it where it points elsewhere, then create it
+    there (a tag already there is left as it is).
+
+    Raises:
+        HubPermissionError: the token is missing, invalid or cannot write to `repo_id`.
+        HubNotFoundError: the repo or the commit does not exist.
+        HubUnavailableError: the Hub cannot be reached.
+    """
+    api = api or HfApi()
+    with hub_errors(what=f"{repo_id} (tag {tag})", endpoint=api.endpoint, token=token):
+        tagged = _tags(api, repo_id=repo_id, token=token)
+        if tagged.get(tag) == revision:
+            return
+        if tag in tagged:
+            api.delete_tag(repo_id, tag=tag, token=token)
+        api.create_tag(repo_id, tag=tag, revision=revision, tag_message=f"Graftwork: {tag}", token=token)
+
+
+def _tags(api: HfApi, *, repo_id: str, token: str | None) -> dict[str, str]:
+    """The repo's tags and the commits they point to."""
+    return {t.name: t.target_commit for t in api.list_repo_refs(repo_id, token=token).tags}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ...errors import ModelFolderError, PickleWeightsError
+from ...fs import file_sha256
 from .stfile import DTYPE_CODES, ShardWriter, TensorInfo, read_header
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -78,7 +79,7 @@ class ModelFolder:
             return None
         h = hashlib.sha256()
         for f in files:
-            h.update(f.name.encode() + b"\0" + _file_sha256(f).encode())
+            h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
         return h.hexdigest()
 
     def content_hash(self) -> str:
@@ -86,7 +87,7 @@ class ModelFolder:
         if "content" not in self._hash:
             h = hashlib.sha256()
             for f in sorted(self.weight_files, key=lambda p: p.name):
-                h.update(f.name.encode() + b"\0" + _file_sha256(f).encode())
+                h.update(f.name.encode() + b"\0" + file_sha256(f).encode())
             self._hash["content"] = h.hexdigest()
         return self._hash["content"]
 
@@ -235,8 +236,3 @@ def _revision_of(path: Path) -> str | None:
         if _SNAPSHOT.match(part):
             return part
     return None
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -13,11 +13,12 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
-from graftwork.flows import recycle
+from graftwork.flows import gating, recycle
 from graftwork.flows.progress import listening
 from graftwork.flows.settings import Workspace
 from graftwork.flows.tracks import load_spec
 from graftwork.flows.watch import watch_releases
+from graftwork.fs import file_sha256
 from graftwork.storage import registry as rows
 from graftwork.storage import runs
 from graftwork.storage.db import session_scope
@@ -91,6 +92,8 @@ def _each_candidate_has_its_finetune_run(data_dir: Path, *, gate_steps: int) -> 
             run = candidate.finetune_run
             assert run is not None and (run.track_id, run.release_id) == (candidate.track_id, candidate.release_id)
             assert (run.steps, run.recipe["steps"], run.device, run.processes) == (gate_steps, gate_steps, "cpu", 1)
+            assert candidate.spec is not None and candidate.spec.version == 1  # the track's spec it was made with
+            assert run.data_sha256 == file_sha256(Path(candidate.spec.spec["finetune"]["data"]))
             assert run.tokens > 0 and run.tokens_per_second > 0 and run.started_at < run.finished_at
             curve = io.BytesIO()
             registry.store.read_into(run.loss_curve_blob, curve, owner="test")  # type: ignore[arg-type]
@@ -146,7 +149,7 @@ def test_a_crashed_run_resumes_after_its_last_completed_step(
         raise RuntimeError("the machine went away")
 
     monkeypatch.setattr(recycle, "finetune", counted)
-    monkeypatch.setattr(recycle, "decide", crash)
+    monkeypatch.setattr(gating, "decide", crash)
     heard: list[tuple[str, int, int]] = []
     with listening(lambda *told: heard.append(told)):
         crashed = watch_releases(track="resume", dispatch="inline")
@@ -156,7 +159,7 @@ def test_a_crashed_run_resumes_after_its_last_completed_step(
     for subject in ("candidate", "base"):
         evaluation = [(done, total) for what, done, total in heard if what == f"01-M3: evaluate {subject}"]
         assert evaluation[-1] == (40, 40) and len(evaluation) > 2, evaluation
-    monkeypatch.setattr(recycle, "decide", decide)
+    monkeypatch.setattr(gating, "decide", decide)
     with session_scope(Workspace.from_settings().registry().engine) as session:
         [release] = rows.list_artifacts(session, kind="release")
         assert rows.list_artifacts(session, kind="promotion") == []

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from graftwork.flows.settings import Workspace
 from graftwork.storage import registry as rows
+from graftwork.storage import releases
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, Promotion
 from tests.flows.conftest import kill_when
@@ -88,7 +89,12 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
     table = _table(finished)
     assert [line.split()[0] for line in table] == list(ROWS)
     assert table[0].split()[2] == "—"  # the first release is plain fine-tuning: nothing to carry over
-    assert "Compute that recycling saved" in finished and f"graft ui --data-dir {data_dir}" in finished
+    assert "Compute that recycling saved" in finished and f"graft --data-dir {data_dir} ui" in finished
+    hint = next(line for line in finished.splitlines() if line.startswith("Diff lineage: "))
+    env = {k: v for k, v in os.environ.items() if k != "GRAFT_DATA_DIR"}
+    command = [str(GRAFT), *hint.removeprefix("Diff lineage: graft ").split()]
+    lineage = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert lineage.returncode == 0 and lineage.stdout.count("diff-") >= 3, lineage  # the hint works as printed
     assert "(1 of 3 releases done by an earlier run, reused)." in finished
     assert [ref for ref, _ in _decided(data_dir)] == ["01-M1", "02-M2", "03-M3"]
     assert [d for _, d in _decided(data_dir)] == [line.split()[5].rstrip(":") for line in table]
@@ -100,6 +106,7 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
         assert [d.parent_id for d in diffs] == [None, diffs[0].id, diffs[1].id]
         assert rows.get_track(session, name="testbed-demo").spec["eval"]["limit"] == 50
     assert (data_dir / "prefect" / "prefect.db").is_file()  # the runs are in the data dir's Prefect database
+    _runs_are_named_and_logged(data_dir)
 
     slow = {"PYTHONPATH": str(SLOW_SERVER), "GRAFT_TEST_SERVER_DELAY": "25"}
     reused = _demo(args, **slow)
@@ -143,6 +150,20 @@ def _servers_on(home: Path) -> list[int]:
         if f"PREFECT_HOME={home}".encode() in environ and b"server" in command:
             found.append(int(proc.name))
     return found
+
+
+def _runs_are_named_and_logged(data_dir: Path) -> None:
+    """Each release's run in the demo's Prefect database is named TRACK/LABEL, and its steps' lines are in
+    its logs (the demo quiets Prefect's console, not the runs' Logs tabs)."""
+    with session_scope(Workspace.at(data_dir).registry().engine) as session:
+        track = rows.get_track(session, name="testbed-demo")
+        names = [f"testbed-demo/{r.ref}@{r.revision[:8]}" for r in releases.in_order(session, track=track)]
+    steps = ("plan", "fetch", "fine-tune", "record", "diff", "evaluate candidate", "evaluate base", "gate")
+    with sqlite3.connect(data_dir / "prefect" / "prefect.db", timeout=30) as db:
+        for name in names:
+            query = "SELECT l.message FROM log l JOIN flow_run f ON l.flow_run_id = f.id WHERE f.name = ?"
+            logged = {m.split(":")[0] for (m,) in db.execute(query, (name,))}
+            assert logged >= set(steps), (name, logged)
 
 
 def _count(data_dir: Path, table: str) -> int:

@@ -119,4 +119,5 @@ def test_the_watcher_starts_one_recycle_run_per_release_with_its_idempotency_key
         assert again.waiting == f"{releases.label(one)} is dispatched"
         assert run.idempotency_key == f"sent:{one.revision}:1"
         assert run.parameters == {"track": "sent", "release_id": one.id, "chain": True}
-        assert set(run.tags) == {"graftwork", "track:sent", f"release:{one.revision[:12]}"}
+        assert set(run.tags) == {"graftwork", "track:sent", f"release:01-M2@{one.revision[:8]}"}
+        assert run.name == f"sent/01-M2@{one.revision[:8]}"  # named while it waits for a worker

@@ -31,7 +31,10 @@ def test_track_add_list_show(data_dir: Path, testbed: Testbed, tmp_path: Path) -
     assert _graft("track", "list").strip() == "no tracks yet: `graft track add FILE`"
     path = write_track(tmp_path, testbed, name="bed", releases=(2,), mode="source")
     assert "added track bed (local releases, source recycling)" in _graft("track", "add", str(path))
-    assert "updated track bed" in _graft("track", "add", str(path))
+    assert (
+        _graft("track", "add", str(path)).strip()
+        == "track bed (local releases, source recycling) unchanged, spec version 1"
+    )
     assert _graft("track", "list").splitlines() == [
         "track                    source     mode       channel",
         "bed                      local      source     production",

@@ -140,6 +140,8 @@ def test_a_missing_or_non_yaml_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_multi_process_track_fine_tunes_through_accelerate(tmp_path: Path, testbed: Testbed) -> None:
     """A track asking for 2 DDP processes fine-tunes under `accelerate launch` with the shipped ddp.yaml, for
     real (gloo on the CPU): the candidate is written once and the run's report says 2 processes."""
+    from prefect.logging import disable_run_logger
+
     from graftwork.flows import recycle
     from graftwork.tasks.hub import ReleaseRef
 
@@ -152,7 +154,8 @@ def test_a_multi_process_track_fine_tunes_through_accelerate(tmp_path: Path, tes
         "t", 1, ReleaseRef(repo_id="o/m", revision="a" * 40), None, "none: plain", RecycleMode.NONE, tmp_path / "work"
     )
     plan.work.mkdir()
-    out = recycle.fine_tune.fn(plan, testbed.releases[0], spec, [])
+    with disable_run_logger():  # the task's body, called outside a flow run
+        out = recycle.fine_tune.fn(plan, testbed.releases[0], spec, [])
     report = json.loads((plan.work / "finetune.json").read_text())
     assert (report["out_dir"], report["processes"]) == (str(out), 2)
     assert [step for step, _ in report["loss_curve"]] == [1, 2]

@@ -28,7 +28,7 @@ PROMOTE, REJECT, GATE = GateDecision.PROMOTE, GateDecision.REJECT, ActorKind.GAT
 
 TABLES = {
     "tracks", "releases", "release_states", "diffs", "diff_files", "finetune_runs", "candidates", "eval_results",
-    "promotions", "webhook_deliveries",
+    "promotions", "webhook_deliveries", "track_specs",
 }  # fmt: skip
 SHA = "a" * 40
 
@@ -59,6 +59,7 @@ def test_constraints_follow_the_naming_convention(registry: Registry) -> None:
         "fk_candidates_release_id_releases",
         "fk_candidates_source_diff_id_diffs",
         "fk_candidates_finetune_run_id_finetune_runs",
+        "fk_candidates_spec_id_track_specs",
     }
 
 
@@ -89,8 +90,8 @@ def test_the_database_refuses_words_it_does_not_know(registry: Registry) -> None
 
 def test_revision_0002_records_a_typo_mode_as_what_it_ran(database_url: str) -> None:
     """Before 0002 an unknown mode ran direct recycling and was recorded as typed; 0002 records `direct`
-    (0003 renames it `source`) and says who made each promotion, and 0003 gives each release its state,
-    on a database full of rows that point at each other."""
+    (0003 renames it `source`) and says who made each promotion, 0003 gives each release its state and 0004
+    makes each track's spec its version 1, on a database full of rows that point at each other."""
     engine = make_engine(database_url)
     upgrade(engine, revision="0001")
     with engine.begin() as connection:
@@ -115,6 +116,10 @@ def test_revision_0002_records_a_typo_mode_as_what_it_ran(database_url: str) -> 
         actors = connection.execute(text("SELECT actor_kind, actor FROM promotions ORDER BY id")).all()
         diff_owner = connection.execute(text("SELECT candidate_id FROM diffs")).scalar_one()
         states = connection.execute(text("SELECT release_id, state, attempts FROM release_states")).all()
+        versions = connection.execute(text("SELECT id, track_id, version, sha256 FROM track_specs")).all()
+        spec_ids = connection.execute(text("SELECT spec_id FROM candidates ORDER BY id")).scalars().all()
+    assert [tuple(v) for v in versions] == [(1, 1, 1, rows.spec_sha256({}))]  # 0004: the spec it had is version 1
+    assert spec_ids == [1, 1]  # and the candidates made before were made with it
     assert (modes, [tuple(a) for a in actors], diff_owner) == (
         ["source", "none"],
         [("gate", "gate"), ("user", "alice")],

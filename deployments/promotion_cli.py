@@ -1,0 +1,113 @@
+"""`graft promote`, `graft rollback` and `graft history`: a track's champion by hand, and its channel's story.
+
+The actor recorded is the user running the command (the operating system's login name)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..terms import ActorKind, GateDecision
+from .console import JsonOption, open_registry, say, say_json, user_errors
+
+if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
+    from ..flows.promotions import Decided, Moved
+
+Reason = Annotated[str | None, typer.Option("--reason", help="Why, as the promotion row records it.")]
+
+
+def promote(
+    candidate: Annotated[str, typer.Argument(help="The candidate: candidate-N or N (`graft registry list`).")],
+    track: Annotated[
+        str | None, typer.Option("--track", "-t", help="Refuse unless the candidate is this track's.")
+    ] = None,
+    reason: Reason = None,
+) -> None:
+    """Make CANDIDATE the champion of its track's channel, bypassing the gate (and move the channel's Hub tag
+    when the track publishes)."""
+    from ..flows import promotions
+
+    with user_errors():
+        moved = promotions.promote(
+            open_registry(), candidate=candidate, track=track, actor=_user(), reason=reason or "promoted by hand"
+        )
+    _said(moved)
+
+
+def rollback(
+    track: Annotated[str, typer.Argument(help="The track whose channel to roll back.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="An earlier champion to go back to (default: the one before).")
+    ] = None,
+    reason: Reason = None,
+) -> None:
+    """Put back the champion the current one replaced; again, the one before that (never forth again).
+    Nothing is deleted: a rollback is a new promotion row."""
+    from ..flows import promotions
+
+    with user_errors():
+        moved = promotions.rollback(
+            open_registry(), track=track, to=to, actor=_user(), reason=reason or "rolled back by hand"
+        )
+    _said(moved)
+
+
+def history(
+    track: Annotated[str, typer.Argument(help="The track.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Every decision on the track's channel, oldest first: time, decision, candidate, actor and reasons."""
+    from ..flows import promotions
+
+    with user_errors():
+        story = promotions.history(open_registry(), track=track)
+    if as_json:
+        say_json(asdict(story))
+        return
+    where = f"{story.track}/{story.channel}"
+    if not story.decisions:
+        say(f"no decisions on {where} yet")
+        return
+    say(f"history of {where}, oldest first; champion now: {story.champion or 'none'}")
+    for decided in story.decisions:
+        say(_line(decided))
+        for reason in decided.reasons:
+            say(f"    {reason}")
+
+
+def _line(decided: Decided) -> str:
+    if decided.decision is GateDecision.REJECT:
+        before = "no champion" if decided.replaced is None else f"{decided.replaced} stays"
+    else:
+        before = "no champion before" if decided.replaced is None else f"replacing {decided.replaced}"
+    actor = "the gate" if decided.actor_kind is ActorKind.GATE else decided.actor
+    return (
+        f"{decided.id:<13} {decided.time:%Y-%m-%d %H:%M:%S}  {decided.decision:<8}  "
+        f"{decided.candidate}, {before}, by {actor}"
+    )
+
+
+def _said(moved: Moved) -> None:
+    for line in moved.lines():
+        say(line)
+
+
+def _user() -> str:
+    """The login name of the user running the command.
+
+    Raises:
+        PromotionError: there is none (no LOGNAME or USER, and no passwd entry for this uid).
+    """
+    import getpass
+
+    from ..errors import PromotionError
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise PromotionError(
+            "cannot tell which user runs graft (no LOGNAME or USER set, and no passwd entry for this uid); "
+            "set LOGNAME to your user name.",
+        ) from None

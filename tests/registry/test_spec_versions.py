@@ -1,0 +1,91 @@
+"""Reproducible candidates: a changed track file adds a spec version, a candidate keeps the version it was made
+with, and `graft registry show CANDIDATE --recipe` prints what reproduces it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from graftwork.storage import registry as rows
+from graftwork.storage import releases, runs
+from graftwork.storage.db import make_engine, session_scope
+from graftwork.terms import RecycleMode
+from tests.registry.conftest import track_spec
+
+SHA = hashlib.sha1(b"01-M1").hexdigest()
+DATA_SHA = "d" * 64
+
+
+def _file(tmp_path: Path, steps: int) -> Path:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "q: 1+1?", "completion": "2"}\n')
+    path = tmp_path / "demo.yaml"
+    spec = track_spec("demo", {"kind": "hub-repos", "author": "org", "name_pattern": "m-*"})
+    path.write_text(yaml.safe_dump({**spec, "finetune": {"data": str(data), "recipe": {"steps": steps}}}))
+    return path
+
+
+def _candidate(database_url: str, *, uri: str) -> None:
+    """A candidate of the track's release 01-M1 made with the track's newest spec version, as a run records it."""
+    engine = make_engine(database_url)
+    with session_scope(engine) as session:
+        track = rows.get_track(session, name="demo")
+        found = releases.Found("org/m-1", SHA, "01-M1", None, "01-M1", "c" * 64)
+        release = releases.record(session, track=track, found=found)[0]
+        run = runs.FinetuneRecord(
+            recipe=track.spec["finetune"]["recipe"], steps=track.spec["finetune"]["recipe"]["steps"], device="cpu",
+            processes=1, tokens=10, tokens_per_second=5.0, final_loss=0.5, loss_curve_blob=None,
+            started_at=datetime(2026, 12, 2, tzinfo=UTC), finished_at=datetime(2026, 12, 2, 0, 0, 2, tzinfo=UTC),
+            data_sha256=DATA_SHA,
+        )  # fmt: skip
+        runs.record_candidate(
+            session, release=release, mode=RecycleMode.NONE, alpha=0.0, model_uri=uri, source_diff=None,
+            finetune=run, carry_reason="none: plain fine-tuning", spec=rows.newest_spec(session, track=track),
+        )  # fmt: skip
+    engine.dispose()
+
+
+def test_a_changed_track_file_adds_a_version_and_each_candidate_keeps_its_own(  # type: ignore[no-untyped-def]
+    graft, database_url: str, tmp_path: Path
+) -> None:
+    first = _file(tmp_path, steps=30)
+    assert (
+        graft("track", "add", str(first))
+        == "added track demo (hub-repos releases, iterative recycling), spec version 1\n"
+    )
+    assert (
+        graft("track", "add", str(first))
+        == "track demo (hub-repos releases, iterative recycling) unchanged, spec version 1\n"
+    )
+    _candidate(database_url, uri="/m/one")
+    second = _file(tmp_path, steps=60)
+    assert graft("track", "add", str(second)) == (
+        "updated track demo (hub-repos releases, iterative recycling): spec version 2 (candidates made before keep "
+        "theirs)\n"
+    )
+    _candidate(database_url, uri="/m/two")
+    for number, steps in ((1, 30), (2, 60)):
+        shown = graft("registry", "show", f"candidate-{number}", "--recipe").splitlines()
+        spec = graft("track", "show", "demo")  # the newest version, for its hash below
+        engine = make_engine(database_url)
+        with session_scope(engine) as session:
+            version = rows.get_candidate(session, ref=f"candidate-{number}").spec
+            assert version is not None and version.version == number
+            stored, digest = version.spec, version.sha256
+        engine.dispose()
+        assert shown[:5] == [
+            f"candidate-{number} on track demo: what reproduces it",
+            f"  base: release-1 (01-M1): org/m-1@{SHA} (content {'c' * 64})",
+            "  start: the bare base (none: plain fine-tuning)",
+            f"  fine-tune: recipe {json.dumps(stored['finetune']['recipe'])}; data sha256 {DATA_SHA}",
+            f"  spec version {number} (sha256 {digest}), as `graft track add` takes it:",
+        ]
+        assert yaml.safe_load("\n".join(line[4:] for line in shown[5:])) == stored
+        assert stored["finetune"]["recipe"]["steps"] == steps and digest == rows.spec_sha256(stored)
+        assert '"steps": 60' in spec
+    refused = graft("registry", "show", "release-1", "--recipe", code=1)
+    assert "--recipe shows what reproduces a candidate, and release-1 is not one" in refused
