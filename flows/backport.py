@@ -74,7 +74,7 @@ def record_backport(
         return candidate.id
 
 
-@flow(name="backport", log_prints=True)
+@flow(name="backport", flow_run_name="{track}/backport-to-{to}", log_prints=True)
 def backport(track: str, to: str, alpha: float | None = None, data_dir: Path | None = None) -> int:
     """Apply the track's newest Δ to its older release `to` (an id, a ref or folder, or a sha), evaluate
     it against that release's base, and record it as a backport candidate; return the candidate's id.

@@ -334,7 +334,7 @@ def _recycle(
     return outcome.decision, the_plan.release.revision
 
 
-@flow(name="run-series", log_prints=True)
+@flow(name="run-series", flow_run_name="{track}/series", log_prints=True)
 def run_series(
     track: str, releases: list[int], modes: list[RecycleMode] | None = None, data_dir: Path | None = None
 ) -> list[bool]:

@@ -236,7 +236,7 @@ def watch_releases(track: str, dispatch: Dispatch = "inline", data_dir: Path | N
     return Pass(new=new, started=started, failed=failed, waiting=waiting)
 
 
-@flow(name="watch-all-tracks", log_prints=True)
+@flow(name="watch-all-tracks", flow_run_name="watch-all", log_prints=True)
 def watch_all_tracks(dispatch: Dispatch = "deployment", data_dir: Path | None = None) -> dict[str, Pass]:
     """A watcher pass over every registered track, as the registry lists them now (so a track added after
     `graft serve` started is watched from its next interval on); one track's failure does not stop the others."""

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.objects import StateType
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -196,6 +199,11 @@ def test_a_failed_run_or_dispatch_is_run_again_and_a_later_release_waits_for_it(
     assert (ported.source_diff_id, ported.finetune_run_id) == (delta.id, None)
     assert ported.carry_reason == f"diff-{delta.id}, the track's newest Δ (of release-{third.id} (03-M4)), backported"
     assert _by_ref("again")["01-M2"][1].id == made[0].id  # type: ignore[union-attr]  # the release's own candidate is still Algorithm 1's
+    with get_client(sync_client=True) as client:  # the backport's run is named for what it did
+        named = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["again/backport-to-01-M2"]))
+        )
+    assert [run.state_type for run in named] == [StateType.COMPLETED]
 
 
 def test_every_registered_track_is_watched_and_one_failing_stops_no_other(
