@@ -265,7 +265,7 @@ def _recipe(session: Session, row: Artifact) -> list[str]:
     if run is not None:
         lines.append(f"  fine-tune: recipe {json.dumps(run.recipe)}; data sha256 {run.data_sha256 or '?'}")
     if row.spec is None:
-        lines.append("  spec: not recorded (the candidate was made before track specs were versioned)")
+        lines.append("  spec: not recorded (the candidate was made before Graftwork versioned track specs)")
         return lines
     lines.append(f"  spec version {row.spec.version} (sha256 {row.spec.sha256}), as `graft track add` takes it:")
     lines += [f"    {line}" for line in yaml.safe_dump(row.spec.spec, sort_keys=False).splitlines()]

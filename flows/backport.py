@@ -19,7 +19,7 @@ from ..terms import CandidateKind, EvalSubject, RecycleMode, ReleaseState
 from .gating import score_of
 from .recycle import Plan, carry_over, fetch, release_ref, run_eval
 from .settings import Workspace
-from .tracks import load_spec
+from .tracks import TrackSpec, load_spec
 
 
 @task
@@ -48,9 +48,15 @@ def backport_plan(where: Workspace, track: str, to: str, alpha: float) -> Plan:
 
 @task
 def record_backport(
-    where: Workspace, the_plan: Plan, alpha: float, model: Path, scores: dict[EvalSubject, list[EvalRecord]]
+    where: Workspace,
+    the_plan: Plan,
+    spec: TrackSpec,
+    alpha: float,
+    model: Path,
+    scores: dict[EvalSubject, list[EvalRecord]],
 ) -> int:
-    """Record the backport as a candidate of the older release, with its and its base's eval results."""
+    """Record the backport as a candidate of the older release (with the track's spec version it was made with),
+    with its and its base's eval results."""
     with session_scope(where.registry().engine) as session:
         release = rows.get_release(session, release_id=the_plan.release_id)
         assert the_plan.carried_diff is not None
@@ -64,6 +70,7 @@ def record_backport(
             finetune=None,
             carry_reason=the_plan.carry_reason,
             kind=CandidateKind.BACKPORT,
+            spec=rows.spec_version(session, track=release.track, spec=spec.model_dump(mode="json")),
         )
         if not runs.eval_results(session, candidate=candidate):
             for subject, records in scores.items():
@@ -90,7 +97,7 @@ def backport(track: str, to: str, alpha: float | None = None, data_dir: Path | N
             EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, model, spec, gpus),
             EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec, gpus),
         }
-    candidate_id = record_backport(where, the_plan, scale, model, scores)
+    candidate_id = record_backport(where, the_plan, spec, scale, model, scores)
     get_run_logger().info(
         "%s: backported %s onto %s as candidate-%d", track, the_plan.carried_diff, the_plan.label, candidate_id
     )

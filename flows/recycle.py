@@ -131,10 +131,11 @@ def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Pa
 
 
 @task
-def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int]) -> Path:
-    """The track's recipe on `start`, in this process, or under `accelerate launch` when the track asks
-    for several GPU processes, on the leased `gpus` (none on a CPU worker). The run's report (loss curve,
-    tokens, device) is kept beside the candidate."""
+def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str]) -> Path:
+    """The track's recipe on `start`, on the leased `gpus`: in this process on a CPU worker (with a progress
+    artifact), else in a child process that sees only those GPUs (`CUDA_VISIBLE_DEVICES`; in-process, the
+    Trainer would take GPU 0 and every other visible GPU with it), under `accelerate launch` when the track asks
+    for several processes. The run's report (loss curve, tokens, device) is kept beside the candidate."""
     out, report = the_plan.work / "candidate", the_plan.work / "finetune.json"
     if out.is_dir() and report.is_file():
         get_run_logger().info("fine-tune: done by an earlier attempt: %s", out)
@@ -155,10 +156,9 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int]) -> 
     return out
 
 
-def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int], *, out: Path, report: Path) -> None:
+def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str], *, out: Path, report: Path) -> None:
     launch = spec.finetune.launch
-    if launch.processes == 1:
-        pin(gpus)
+    if launch.processes == 1 and not gpus:
         with progress_artifact(key=the_plan.key("finetune"), description=f"{the_plan.label}: fine-tune") as progress:
             result = finetune(
                 model_dir=start,
@@ -170,7 +170,7 @@ def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[int], *,
             )
         write_text_atomic(report, json.dumps(result.report()))
         return
-    if launch.config is None:
+    if launch.processes > 1 and launch.config is None:
         launch = launch.model_copy(update={"config": accelerate_config(launch.distributed)})
     recipe = the_plan.work / "recipe.json"
     write_text_atomic(recipe, spec.finetune.recipe.model_dump_json())
@@ -217,9 +217,8 @@ def record_candidate(where: Workspace, the_plan: Plan, spec: TrackSpec, candidat
             carry_reason=the_plan.carry_reason,
             spec=version,
         )
-        candidate_id = row.id
-    made_with = "an unregistered spec" if version is None else f"spec version {version.version}"
-    get_run_logger().info("record: candidate-%d, with its fine-tune run and %s", candidate_id, made_with)
+        candidate_id, number = row.id, version.version
+    get_run_logger().info("record: candidate-%d, with its fine-tune run and spec version %d", candidate_id, number)
     return candidate_id
 
 
@@ -245,7 +244,7 @@ def new_diff(where: Workspace, the_plan: Plan, candidate: Path, base: Path, cand
 
 
 @task
-def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec, gpus: list[int]) -> list[EvalRecord]:
+def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec, gpus: list[str]) -> list[EvalRecord]:
     """The track's eval suite on one model folder, on the leased `gpus` (kept in the working folder once done)."""
     saved = the_plan.work / "evals" / f"{subject}.json"
     if saved.is_file():

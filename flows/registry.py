@@ -140,6 +140,7 @@ def streamed_diff(registry: Registry, *, ref: str, scratch: Path) -> Iterator[tu
         diff_id = rows.public_id(diff)
     shards = {path for path in files if path.endswith(".safetensors")}
     scratch.mkdir(parents=True, exist_ok=True)
+    scratch = scratch.resolve()  # the diff folder's tensors name resolved paths: the made files must match
     try:
         for path in files.keys() - shards:
             (scratch / path).parent.mkdir(parents=True, exist_ok=True)

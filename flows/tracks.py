@@ -205,7 +205,7 @@ def parse_track(data: Any, *, base_dir: Path, origin: str) -> TrackSpec:
     if not isinstance(data, dict):
         raise TrackError(f"{origin}: a track is a mapping of fields, not {type(data).__name__}.", track=origin)
     try:
-        spec = TrackSpec.model_validate(_with_suite_file(data, base_dir=base_dir, origin=origin))
+        spec = TrackSpec.model_validate(_with_suite_file(data, base_dir=base_dir.resolve(), origin=origin))
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'track'}: {_plain(err['msg'])}" for err in e.errors()

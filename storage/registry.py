@@ -104,12 +104,23 @@ def newest_spec(session: Session, *, track: Track) -> TrackSpecVersion | None:
     return session.scalars(query.order_by(TrackSpecVersion.version.desc()).limit(1)).one_or_none()
 
 
-def spec_version(session: Session, *, track: Track, spec: dict[str, Any]) -> TrackSpecVersion | None:
-    """The track's newest version whose spec is `spec` (the one a run was made with), if the registry has it."""
+def spec_version(session: Session, *, track: Track, spec: dict[str, Any]) -> TrackSpecVersion:
+    """The track's version whose spec is `spec` (the one a run was made with). When the registry holds none
+    (a spec stored before specs were versioned, which the run re-validated with today's defaults), it is added
+    as the next version, so that the candidate still says exactly what made it; the track's current spec is
+    left as it is."""
     query = select(TrackSpecVersion).where(
         TrackSpecVersion.track_id == track.id, TrackSpecVersion.sha256 == spec_sha256(spec)
     )
-    return session.scalars(query.order_by(TrackSpecVersion.version.desc()).limit(1)).first()
+    found = session.scalars(query.order_by(TrackSpecVersion.version.desc()).limit(1)).first()
+    if found is None:
+        newest = newest_spec(session, track=track)
+        found = TrackSpecVersion(
+            track_id=track.id, version=1 if newest is None else newest.version + 1, spec=spec, sha256=spec_sha256(spec)
+        )
+        session.add(found)
+        session.flush()
+    return found
 
 
 def list_tracks(session: Session) -> list[Track]:

@@ -17,13 +17,17 @@ from graftwork.tasks.training.gpus import gpu_env, gpu_lease
 
 def test_runs_on_one_worker_get_disjoint_gpus_and_wait_for_free_ones(tmp_path: Path) -> None:
     locks = tmp_path / "gpus"
-    took: list[list[int]] = []
-    with gpu_lease(count=1, lock_dir=locks, total=4) as first, gpu_lease(count=2, lock_dir=locks, total=4) as second:
-        assert (first, second) == ([0], [1, 2])
-        assert gpu_env(second) == {"CUDA_VISIBLE_DEVICES": "1,2"}
+    took: list[list[str]] = []
+    gpus = ["4", "5", "6", "7"]  # a worker started with CUDA_VISIBLE_DEVICES=4,5,6,7
+    with (
+        gpu_lease(count=1, lock_dir=locks, gpus=gpus) as first,
+        gpu_lease(count=2, lock_dir=locks, gpus=gpus) as second,
+    ):
+        assert (first, second) == (["4"], ["5", "6"])
+        assert gpu_env(second) == {"CUDA_VISIBLE_DEVICES": "5,6"}  # the machine's names, not the worker's 1,2
 
         def third() -> None:
-            with gpu_lease(count=2, lock_dir=locks, total=4, poll_seconds=0.05) as ids:
+            with gpu_lease(count=2, lock_dir=locks, gpus=gpus, poll_seconds=0.05) as ids:
                 took.append(ids)
 
         waiting = threading.Thread(target=third)
@@ -31,7 +35,7 @@ def test_runs_on_one_worker_get_disjoint_gpus_and_wait_for_free_ones(tmp_path: P
         time.sleep(0.3)
         assert took == []  # only GPU 3 is free: a 2-GPU run waits
     waiting.join(timeout=10)
-    assert took == [[0, 1]]
+    assert len(took) == 1 and took[0] in (["4", "5"], ["5", "6"])  # the lowest free pair when it looked again
 
 
 def test_a_killed_run_frees_its_gpus(tmp_path: Path) -> None:
@@ -39,20 +43,20 @@ def test_a_killed_run_frees_its_gpus(tmp_path: Path) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
          "from graftwork.tasks.training.gpus import gpu_lease\n"
-         f"with gpu_lease(count=2, lock_dir=Path({str(locks)!r}), total=2):\n"
+         f"with gpu_lease(count=2, lock_dir=Path({str(locks)!r}), gpus=['0', '1']):\n"
          "    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE,
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
     holder.kill()
     holder.wait()
-    with gpu_lease(count=2, lock_dir=locks, total=2, poll_seconds=0.05) as ids:
-        assert ids == [0, 1]
+    with gpu_lease(count=2, lock_dir=locks, gpus=["0", "1"], poll_seconds=0.05) as ids:
+        assert ids == ["0", "1"]
 
 
 def test_no_gpus_means_no_pinning_and_too_many_is_refused(tmp_path: Path) -> None:
-    with gpu_lease(count=8, lock_dir=tmp_path, total=0) as ids:
+    with gpu_lease(count=8, lock_dir=tmp_path, gpus=[]) as ids:
         assert ids == [] and gpu_env(ids) == {}
-    too_many = gpu_lease(count=4, lock_dir=tmp_path, total=2)
+    too_many = gpu_lease(count=4, lock_dir=tmp_path, gpus=["0", "1"])
     with pytest.raises(LaunchConfigError, match="the run needs 4 GPUs and this worker has 2; lower the track's"):
         too_many.__enter__()

@@ -71,7 +71,7 @@ def test_each_component_is_the_hand_computed_figure() -> None:
         Setup("LoRA", lora=True, processes=1, sharded=False),
     )
     fsdp2, lora_fsdp2 = Setup("FSDP", False, 2, True), Setup("LoRA, FSDP", True, 2, True)
-    assert parts(RECIPE, full) == (2 * p, 2 * p, 4 * p)  # bf16 weights, gradients and AdamW moments
+    assert parts(RECIPE, full) == (4 * p, 6 * p, 8 * p)  # fp32 masters under bf16 autocast (accelerate's AMP)
     assert parts(fp32, full) == (4 * p, 4 * p, 8 * p)
     assert parts(RECIPE.model_copy(update={"precision": "fp16"}), full) == (4 * p, 6 * p, 8 * p)  # accelerate's AMP
     assert parts(RECIPE, lora) == (2 * p + 4 * a, 4 * a, 8 * a) == (66368, 16384, 32768)
@@ -86,7 +86,7 @@ def test_the_plan_marks_the_tracks_own_setup_and_counts_scratch() -> None:
         shape=shape, recipe=RECIPE, processes=2, distributed="deepspeed", pool_gpus=2, gpu_memory_gib=0.0002
     )
     assert [(r.setup.label, r.setup.processes, r.total) for r in plan.rows] == [
-        ("full", 1, 286464),
+        ("full", 1, 536384),
         ("LoRA r=4", 1, 202048),
         ("FSDP", 2, 286464),
         ("ZeRO-3", 2, 286464),
@@ -145,8 +145,9 @@ def test_graft_plan_prints_the_hand_computed_table(graft: Any, tmp_path: Path, m
     monkeypatch.setenv("GRAFT_POOL_GPUS", "2")
     monkeypatch.setenv("GRAFT_POOL_GPU_MEMORY_GIB", "0.0002")
     out, _ = graft("plan", str(track), "--model", str(model))
-    # KiB of the figures above: 2P = 49984 B = 48.81, 4P = 97.62, 2P + 4A = 64.81, 4A = 16.00, 8A = 32.00,
-    # (4P + 4A)/2 = 56.81, 2A = 8.00, 4A = 16.00 (LoRA over FSDP), activations 86528 B = 84.50.
+    # KiB of the figures above: 2P = 49984 B = 48.81, 4P = 97.62, 6P = 146.44, 8P = 195.25, 2P + 4A = 64.81,
+    # 4A = 16.00, 8A = 32.00, (4P + 4A)/2 = 56.81, 2A = 8.00, 4A = 16.00 (LoRA over FSDP), activations 86528 B
+    # = 84.50.
     assert out == (
         f"plan of track tiny on {model}\n"
         "parameters: 24,992 (llama, bfloat16: 48.81 KiB); LoRA r=4 on all-linear: 4,096 trainable\n"
@@ -154,7 +155,7 @@ def test_graft_plan_prints_the_hand_computed_table(graft: Any, tmp_path: Path, m
         "pool: 2 GPU(s) of 0.0002 GiB\n"
         "GPU memory per process, KiB:\n"
         "  set-up             GPUs   weights  gradients  optimizer  activations     total  fits\n"
-        "  full                  1     48.81      48.81      97.62        84.50    279.75  no\n"
+        "  full                  1     97.62     146.44     195.25        84.50    523.81  no\n"
         "  LoRA r=4              1     64.81      16.00      32.00        84.50    197.31  yes\n"
         "  FSDP                  2     48.81      48.81      97.62        84.50    279.75  no\n"
         "  ZeRO-3                2     48.81      48.81      97.62        84.50    279.75  no\n"
@@ -183,11 +184,11 @@ EXAMPLES = {
     ),
     "llama-3-8b-turkish": (
         "llama-3.1-8b",
-        "* full                  1     14.96      14.96      29.92        14.20     74.03  yes",
+        "* FSDP                  8      3.74       3.74       7.48        14.20     29.16  yes",
     ),
     "olmo-2-7b-checkpoints": (
         "olmo-2-1124-7b",
-        "* full                  1     13.59      13.59      27.19        12.50     66.88  yes",
+        "* FSDP                  8      3.40       3.40       6.80        12.50     26.09  yes",
     ),
 }
 
@@ -205,13 +206,13 @@ def test_track_add_refuses_a_full_8b_fine_tune_on_one_gpu(graft: Any, tmp_path: 
     _, err = graft("track", "add", str(_track(tmp_path, name="big", recipe=recipe)), "--model", llama, code=1)
     assert err.startswith(
         "error: track big does not fit the pool's 8 GPU(s) of 80 GiB: its fine-tune (full on 1 GPU(s)) needs "
-        "211.99 GiB per process. Train a LoRA adapter (finetune.recipe.peft), turn on "
+        "286.77 GiB per process. Train a LoRA adapter (finetune.recipe.peft), turn on "
         "finetune.recipe.gradient_checkpointing, lower batch_size or seq_len, or shard over more GPUs "
         "(finetune.launch: {processes: 8, distributed: fsdp}); if the pool's GPUs are other than these, set "
         "GRAFT_POOL_GPUS and GRAFT_POOL_GPU_MEMORY_GIB.\n"
         f"plan of track big on {llama}\n"
     )
-    assert "* full                  1     14.96      14.96      29.92       152.16    211.99  no\n" in err
+    assert "* full                  1     29.92      44.87      59.83       152.16    286.77  no\n" in err
     out, _ = graft("track", "list")
     assert out == "no tracks yet: `graft track add FILE`\n"
     lora = {**recipe, "gradient_checkpointing": True, "peft": {"r": 16}}

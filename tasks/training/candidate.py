@@ -45,10 +45,11 @@ def sharded() -> bool:
 
 
 def load_dtype(*, recipe: Recipe) -> torch.dtype:
-    """The dtype the weights are loaded and trained in: bf16 for a bf16 recipe in one process or under DDP
-    (2 bytes per weight, and per gradient and optimizer moment of a full fine-tune), float32 otherwise
-    (fp16 autocasts over fp32 weights; FSDP and ZeRO-3 shard fp32 master weights and compute in bf16)."""
-    return torch.bfloat16 if recipe.precision == "bf16" and not sharded() else torch.float32
+    """The dtype the weights are loaded in: bf16 for the frozen base of a bf16 LoRA recipe in one process or
+    under DDP (its adapter trains in fp32), float32 otherwise. A full fine-tune keeps fp32 master weights and
+    computes in the recipe's precision: in a bf16 AdamW, an update smaller than half a bf16 step of its weight
+    is rounded away, which at fine-tuning learning rates is most of them."""
+    return torch.bfloat16 if recipe.precision == "bf16" and recipe.peft is not None and not sharded() else torch.float32
 
 
 def with_adapter(model: Any, *, lora: Lora) -> Any:
@@ -84,7 +85,7 @@ def write_candidate(*, staged: Path, start: Path, dtype: torch.dtype, out: Path)
     not rewritten.
 
     Raises:
-        ModelFolderError: `staged` or `start` cannot be loaded.
+        ModelFolderError: `staged` holds no weights, or `staged` or `start` cannot be loaded.
     """
     from transformers import AutoModelForCausalLM
 
@@ -93,6 +94,13 @@ def write_candidate(*, staged: Path, start: Path, dtype: torch.dtype, out: Path)
 
         base = AutoModelForCausalLM.from_pretrained(str(start), dtype=dtype)
         model = PeftModel.from_pretrained(base, str(staged)).merge_and_unload()
+    elif not any(staged.glob("*.safetensors")):
+        raise ModelFolderError(
+            f"the fine-tune saved no safetensors weights in {staged} (a DeepSpeed ZeRO-3 config without "
+            "zero3_save_16bit_model saves only its own checkpoint); use deployments/accelerate/deepspeed_zero3.yaml "
+            "or set zero3_save_16bit_model: true.",
+            path=staged,
+        )
     elif saved_dtypes(staged) <= {dtype}:
         for f in staged.iterdir():
             if f.name not in TRAINER_ONLY:

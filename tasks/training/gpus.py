@@ -1,17 +1,18 @@
 """Which GPUs a run may use: a lease on a set of free GPUs of this machine, held for the run's GPU work.
 
-Each GPU has a lock file in a folder shared by every run of the machine (the data dir's `gpus/`); a run takes
-as many as its launch has processes, waits while fewer are free, and gives them back when its block ends, or
-when its process dies (the kernel drops a dead process's locks, so a killed run never holds a GPU). The
-lease names the GPUs as `CUDA_VISIBLE_DEVICES` numbers them for the worker, so runs of different tracks
-share a machine without landing on the same GPU.
+Each physical GPU has a lock file in one folder of the machine (`/tmp/graftwork-gpus`, whatever a worker's
+TMPDIR or data dir); a run takes as many as its launch has processes, waits while fewer are free, and gives
+them back when its block ends, or when its process dies (the kernel drops a dead process's locks, so a killed
+run never holds a GPU). GPUs are named as the machine numbers them: a worker started with
+`CUDA_VISIBLE_DEVICES=4,5,6,7` leases among 4..7 and pins a launch to, say, `CUDA_VISIBLE_DEVICES=4,5`, so
+workers restricted to different GPUs and runs of different tracks never land on the same GPU.
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
-import tempfile
+import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -22,51 +23,57 @@ from ...errors import LaunchConfigError
 
 log = logging.getLogger(__name__)
 
-LOCK_DIR = Path(tempfile.gettempdir()) / "graftwork-gpus"
+LOCK_DIR = Path("/tmp/graftwork-gpus")
 """Where the machine's GPU locks live: one folder for every worker and data dir of the machine."""
 
 
-def visible_gpus() -> int:
-    """How many CUDA GPUs this process sees (0 without CUDA)."""
+def machine_gpus() -> list[str]:
+    """The GPUs this process may use, as the machine names them: the entries of `CUDA_VISIBLE_DEVICES` when it
+    is set, else 0..N-1 (none without CUDA)."""
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    listed = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    return listed[:count] if listed else [str(i) for i in range(count)]
 
 
 @contextmanager
 def gpu_lease(
-    *, count: int, lock_dir: Path = LOCK_DIR, total: int | None = None, poll_seconds: float = 5.0
-) -> Iterator[list[int]]:
-    """Hold `count` free GPUs of the `total` this machine has (None: the visible ones) for the block.
+    *, count: int, lock_dir: Path = LOCK_DIR, gpus: list[str] | None = None, poll_seconds: float = 5.0
+) -> Iterator[list[str]]:
+    """Hold `count` free GPUs of `gpus` (None: `machine_gpus()`) for the block.
 
-    Yields the GPUs' numbers, lowest free first; on a machine without GPUs, the empty list at once.
+    Yields the GPUs' machine names, in the order of `gpus`; on a machine without GPUs, the empty list at once.
 
     Raises:
-        LaunchConfigError: the run needs more GPUs than the machine has (it would wait for ever).
+        LaunchConfigError: the run needs more GPUs than the worker has (it would wait for ever).
     """
-    total = visible_gpus() if total is None else total
-    if total == 0:
+    gpus = machine_gpus() if gpus is None else gpus
+    if not gpus:
         yield []
         return
-    if count > total:
+    if count > len(gpus):
         raise LaunchConfigError(
-            f"the run needs {count} GPUs and this worker has {total}; lower the track's finetune.launch.processes "
-            f"to at most {total}, or run it on a larger worker.",
+            f"the run needs {count} GPUs and this worker has {len(gpus)}; lower the track's "
+            f"finetune.launch.processes to at most {len(gpus)}, or run it on a larger worker.",
             path=None,
         )
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
     waited = False
     while True:
         with ExitStack() as held:
-            ids: list[int] = []
-            for gpu in range(total):
+            leased: list[str] = []
+            for gpu in gpus:
                 if _try_lock(held, Path(lock_dir) / f"gpu-{gpu}.lock"):
-                    ids.append(gpu)
-                if len(ids) == count:
-                    yield ids
+                    leased.append(gpu)
+                if len(leased) == count:
+                    try:
+                        yield leased
+                    finally:
+                        _free_cached_memory()
                     return
         if not waited:
-            log.info("waiting for %d free GPU(s) of %d", count, total)
+            log.info("waiting for %d free GPU(s) of %d", count, len(gpus))
             waited = True
         time.sleep(poll_seconds)
 
@@ -81,14 +88,26 @@ def _try_lock(held: ExitStack, path: Path) -> bool:
     return True
 
 
-def gpu_env(ids: list[int]) -> dict[str, str]:
+def _free_cached_memory() -> None:
+    """Give back what this process's CUDA caching allocator holds (models evaluated here), before the GPUs go
+    to another run."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def gpu_env(gpus: list[str]) -> dict[str, str]:
     """The environment that pins a launched run to the leased GPUs (nothing to pin without GPUs)."""
-    return {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ids)} if ids else {}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
 
 
-def pin(ids: list[int]) -> None:
+def pin(gpus: list[str]) -> None:
     """Make the first leased GPU this process's CUDA device (`cuda` then means it); no-op without GPUs."""
-    if ids:
+    if gpus:
         import torch
 
-        torch.cuda.set_device(ids[0])
+        torch.cuda.set_device(machine_gpus().index(gpus[0]))

@@ -7,9 +7,9 @@ as a fine-tune adds it (peft, `with_adapter`) and its trainable parameters count
 
 Bytes per parameter, per process (P parameters, L adapter parameters, N processes):
 
-- full, one process or DDP: bf16 trains the bf16 weights with bf16 gradients and AdamW moments (2 + 2 + 4);
-  fp32 and fp16 (autocast over fp32 weights) as accelerate estimates them (`estimate_training_usage`):
-  4 + 4 + 8, and 4 + 6 + 8 (the fp32 gradient plus its fp16 copy).
+- full, one process or DDP: fp32 master weights (a bf16 AdamW would round most updates of a fine-tune away),
+  as accelerate estimates them (`estimate_training_usage`): fp32 4 + 4 + 8, bf16 and fp16 (autocast over
+  fp32 weights) 4 + 6 + 8 (the fp32 gradient plus its 16-bit copy).
 - LoRA, one process or DDP: the frozen base in its load dtype (2 bytes in bf16, else 4), the adapter in
   fp32 with fp32 gradients and AdamW moments: weights 2P (or 4P) + 4L, gradients 4L, optimizer 8L.
 - FSDP or ZeRO-3 over N: fp32 master shards, computing in bf16: weights 4P/N, gradients 4P/N, optimizer 8P/N
@@ -228,11 +228,10 @@ def footprint(*, shape: ModelShape, recipe: Recipe, setup: Setup) -> Footprint:
     if setup.lora:
         base = 2 if recipe.precision == "bf16" else 4
         return Footprint(setup, base * p + 4 * a, 4 * a, 8 * a, activations)
-    if recipe.precision == "bf16":
-        return Footprint(setup, 2 * p, 2 * p, 4 * p, activations)
     from accelerate.commands.estimate import estimate_training_usage
 
-    usage = estimate_training_usage(4 * p, "float32" if recipe.precision == "fp32" else "float16")
+    precision = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[recipe.precision]
+    usage = estimate_training_usage(4 * p, precision)
     return Footprint(setup, usage["model"], usage["gradients"], usage["optimizer"], activations)
 
 

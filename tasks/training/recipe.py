@@ -40,9 +40,9 @@ class Recipe(BaseModel):
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32",
-        description="Compute dtype. bf16 also loads the weights in bf16 (one process or DDP; LoRA adapters stay "
-        "fp32), so a full fine-tune holds 2 bytes per weight; FSDP and ZeRO-3 keep fp32 shards and compute in "
-        "bf16. fp16 computes in fp16 over fp32 weights.",
+        description="Compute dtype (autocast). Weights train as fp32 masters, so that small updates are not "
+        "rounded away; a LoRA recipe in bf16 keeps its frozen base in bf16 (2 bytes per weight) and its adapter "
+        "in fp32. FSDP and ZeRO-3 shard the fp32 masters.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
     peft: Lora | None = Field(None, description="Train a LoRA adapter instead of every weight.")

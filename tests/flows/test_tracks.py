@@ -96,7 +96,9 @@ def test_an_invalid_track_names_the_field_and_the_reason(tmp_path: Path, change:
     assert message in str(caught.value)
 
 
-def test_eval_can_name_a_suite_file_whose_fields_the_track_overrides(tmp_path: Path) -> None:
+def test_eval_can_name_a_suite_file_whose_fields_the_track_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "suites").mkdir()
     (tmp_path / "suites" / "s.yaml").write_text("name: s\ntasks: [x, y]\ntask_dirs: [local]\nlimit: 5\n")
     (tmp_path / "tracks").mkdir()
@@ -113,6 +115,8 @@ def test_eval_can_name_a_suite_file_whose_fields_the_track_overrides(tmp_path: P
     )
     stored = spec.model_dump(mode="json")  # what the registry keeps: the whole suite, not the file's name
     assert parse_track(stored, base_dir=Path("/"), origin="stored") == spec
+    monkeypatch.chdir(tmp_path)  # the same file named by a relative path: the suite's folders are the same
+    assert load_track(Path("tracks") / "t.yaml").eval.task_dirs == spec.eval.task_dirs
 
 
 def test_a_missing_suite_file_is_a_clear_error(tmp_path: Path) -> None:

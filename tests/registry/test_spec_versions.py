@@ -89,3 +89,17 @@ def test_a_changed_track_file_adds_a_version_and_each_candidate_keeps_its_own(  
         assert '"steps": 60' in spec
     refused = graft("registry", "show", "release-1", "--recipe", code=1)
     assert "--recipe shows what reproduces a candidate, and release-1 is not one" in refused
+
+
+def test_a_run_whose_spec_the_registry_lacks_records_it_as_a_new_version(registry) -> None:  # type: ignore[no-untyped-def]
+    """A spec stored before versioning (migrated as version 1) is re-validated by a run with today's defaults: the
+    candidate gets that spec as the next version, not a silent NULL, and the track's current spec stays."""
+    old = {"name": "old", "finetune": {"recipe": {"steps": 30}}}
+    run = {"name": "old", "finetune": {"recipe": {"steps": 30, "peft": None}}}
+    with session_scope(registry.engine) as session:
+        track, _ = rows.save_track(session, name="old", spec=old)
+        first = rows.newest_spec(session, track=track)
+        made = rows.spec_version(session, track=track, spec=run)
+        again = rows.spec_version(session, track=track, spec=run)
+        assert first is not None and (first.version, made.version, again.id) == (1, 2, made.id)
+        assert made.spec == run and track.spec == old

@@ -35,7 +35,9 @@ def test_a_streamed_delta_applies_as_the_exported_one_with_one_shard_on_disk(
     ref, shards = sharded
     exported = ops.export_diff(registry, ref=ref, out=tmp_path / "exported")
     engine.apply(diff=exported, target=bf16_family.target, out=tmp_path / "via-export", alpha=0.5)
-    scratch, on_disk = tmp_path / "scratch", []
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real", target_is_directory=True)
+    scratch, on_disk = tmp_path / "linked" / "scratch", []  # a data dir reached through a symlink
 
     def look(done: int, total: int) -> None:
         on_disk.append(len(list(scratch.glob("*.safetensors"))))
