@@ -108,3 +108,18 @@ def test_a_full_fine_tune_keeps_fp32_masters_and_only_a_lora_base_loads_in_bf16(
     step = torch.full_like(weights, 5e-6)  # one AdamW step at lr 5e-6 moves each weight by about lr
     lost = (weights.bfloat16() + step.bfloat16() == weights.bfloat16()).float().mean().item()
     assert lost > 0.5, lost  # why: most of a bf16 master's updates would vanish
+
+
+def test_a_fine_tune_that_saved_no_weights_is_not_a_candidate(tmp_path: Path, bf16_base: Path) -> None:
+    """A ZeRO-3 config without zero3_save_16bit_model leaves the trainer's folder without safetensors: that is an
+    error naming the fix, not an empty candidate."""
+    from graftwork.errors import ModelFolderError
+    from graftwork.tasks.training.candidate import write_candidate
+
+    staged, out = tmp_path / "staged", tmp_path / "out"
+    staged.mkdir()
+    out.mkdir()
+    (staged / "config.json").write_text((bf16_base / "config.json").read_text())
+    with pytest.raises(ModelFolderError, match=r"saved no safetensors weights .* zero3_save_16bit_model: true"):
+        write_candidate(staged=staged, start=bf16_base, dtype=torch.bfloat16, out=out)
+    assert list(out.iterdir()) == []
