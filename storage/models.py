@@ -273,6 +273,10 @@ class EvalResult(Immutable, Base):
     n: Mapped[int | None] = mapped_column(Integer)
     harness_version: Mapped[str] = mapped_column(String(64))
     task_version: Mapped[str | None] = mapped_column(String(64))
+    samples_blob: Mapped[str | None] = mapped_column(SHA256)
+    fingerprint: Mapped[dict[str, Any] | None]
+    setup_sha256: Mapped[str | None] = mapped_column(SHA256)
+    model_sha256: Mapped[str | None] = mapped_column(SHA256)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
 
@@ -293,6 +297,24 @@ class Promotion(Immutable, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
     track: Mapped[Track] = relationship()
+
+
+class ApprovalRequest(Immutable, Base):
+    """A candidate that passed its gate's rules on a channel and waits for a person to approve or reject it
+    (`gate.approval: required`); the run that asked, when it was a Prefect run."""
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (UniqueConstraint("candidate_id", "channel"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"))
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"))
+    channel: Mapped[str] = mapped_column(String(200))
+    reasons: Mapped[list[Any]]
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+    candidate: Mapped[Candidate] = relationship()
 
 
 class WebhookDelivery(Base):

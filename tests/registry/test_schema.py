@@ -28,7 +28,7 @@ PROMOTE, REJECT, GATE = GateDecision.PROMOTE, GateDecision.REJECT, ActorKind.GAT
 
 TABLES = {
     "tracks", "releases", "release_states", "diffs", "diff_files", "finetune_runs", "candidates", "eval_results",
-    "promotions", "webhook_deliveries", "track_specs",
+    "promotions", "webhook_deliveries", "track_specs", "approval_requests",
 }  # fmt: skip
 SHA = "a" * 40
 
