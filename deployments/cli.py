@@ -14,9 +14,10 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from ..flows.settings import GraftSettings
+from .compare_cli import compare
 from .console import DataDir, err, live_progress, say, user_errors
 from .plan_cli import plan
-from .promotion_cli import history, promote, rollback
+from .promotion_cli import approve, history, promote, reject, rollback
 from .registry_cli import db_app, registry_app
 from .service_cli import serve, ui, worker
 from .testbed_cli import app as testbed_app
@@ -59,6 +60,9 @@ app.command("plan")(plan)
 app.command("promote")(promote)
 app.command("rollback")(rollback)
 app.command("history")(history)
+app.command("approve")(approve)
+app.command("reject")(reject)
+app.command("compare")(compare)
 app.command("ui")(ui)
 app.command("serve")(serve)
 app.command("worker")(worker)

@@ -1,6 +1,7 @@
-"""`graft promote`, `graft rollback` and `graft history`: a track's champion by hand, and its channel's story.
+"""`graft promote`, `graft rollback`, `graft history`, `graft approve` and `graft reject`: a track's champion by
+hand, a person's answer to a candidate that waits for approval, and its channel's story.
 
-The actor recorded is the user running the command (the operating system's login name)."""
+The actor recorded is the user running the command (the operating system's login name), or `--as NAME`."""
 
 from __future__ import annotations
 
@@ -52,6 +53,45 @@ def rollback(
             open_registry(), track=track, to=to, actor=_user(), reason=reason or "rolled back by hand"
         )
     _said(moved)
+
+
+As = Annotated[str | None, typer.Option("--as", help="Your name, as the promotion row records it (default: login).")]
+
+
+def approve(
+    candidate: Annotated[
+        str, typer.Argument(help="The candidate that waits: candidate-N or N (`graft track status`).")
+    ],
+    comment: Annotated[str, typer.Option("--comment", help="Why; recorded among the decision's reasons.")] = "",
+    name: As = None,
+) -> None:
+    """Approve a candidate that passed its gate and waits for a person (`gate.approval: required`): it becomes the
+    champion, the promotion row names you, and its suspended run resumes and finishes."""
+    _answer(candidate, approve=True, comment=comment, name=name)
+
+
+def reject(
+    candidate: Annotated[str, typer.Argument(help="The candidate that waits: candidate-N or N.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why, as the decision's reasons record it.")],
+    name: As = None,
+) -> None:
+    """Reject a candidate that waits for a person's approval; its suspended run resumes and finishes."""
+    _answer(candidate, approve=False, comment=reason, name=name)
+
+
+def _answer(candidate: str, *, approve: bool, comment: str, name: str | None) -> None:
+    from ..flows.approvals import Approval, decide_approval, resume_waiting_run
+
+    registry = open_registry()
+    with user_errors():
+        answer = Approval(approve=approve, approver=name or _user(), comment=comment)
+        done = decide_approval(registry, candidate=candidate, answer=answer)
+        resumed = resume_waiting_run(registry, candidate=candidate, answer=answer)
+    say(done.line())
+    for reason in done.reasons:
+        say(f"    {reason}")
+    if resumed is not None:
+        say(f"resumed its suspended flow run {resumed}")
 
 
 def history(

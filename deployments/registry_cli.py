@@ -204,8 +204,8 @@ def _summary(row: Artifact) -> str:
 
 
 def _details(session: Session, row: Artifact) -> list[str]:
+    from ..storage import evals
     from ..storage import registry as rows
-    from ..storage import runs
     from ..storage.models import Candidate, Diff, Promotion
 
     lines = [_summary(row)]
@@ -226,7 +226,7 @@ def _details(session: Session, row: Artifact) -> list[str]:
         lines += [
             f"eval {r.task} {r.metric} [{r.filter}] = {r.value:.4f} ± "
             f"{'n/a' if r.stderr is None else f'{r.stderr:.4f}'} (n={r.n}, lm-eval {r.harness_version})"
-            for r in runs.eval_results(session, candidate=row)
+            for r in evals.eval_results(session, candidate=row)
         ]
         lines += _decisions(session, row) or ["no decision on it yet"]
     if isinstance(row, Promotion):

@@ -140,7 +140,7 @@ def status_(name: Annotated[str, typer.Argument(help="The track's name.")], as_j
     --json: an object: track, channel, metric (the primary metric's name), champion (a candidate id, or
     null) and releases, one object per release: release, label, ref, revision, state, detail, attempts,
     retry_at, candidate, scores (base, transferred, candidate), decision, decided_by, reasons, reason,
-    champion.
+    champion, waiting (the candidate waits for a person's approval).
     """
     from ..flows.tracks import load_spec
     from ..storage import registry as rows
@@ -185,7 +185,7 @@ def _status_table(rows: list[ReleaseRow]) -> list[str]:
             row.revision[:12],
             str(row.state),
             *(_score(v) for v in (row.scores.base, row.scores.transferred, row.scores.candidate)),
-            "—" if row.decision is None else f"{row.decision}" + (f" ({row.reason})" if row.reason else ""),
+            _decided(row),
         )
         for row in rows
     ]
@@ -223,6 +223,13 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
         say(f"track {name}: waiting: {done.waiting}")
     if done.failed:
         raise typer.Exit(1)
+
+
+def _decided(row: ReleaseRow) -> str:
+    """A row's decision column: the decision and the reason that says most, or that a person's approval waits."""
+    if row.waiting:
+        return f"waiting for approval (graft approve {row.candidate})"
+    return "—" if row.decision is None else f"{row.decision}" + (f" ({row.reason})" if row.reason else "")
 
 
 def _say_decisions(release_ids: list[int]) -> None:

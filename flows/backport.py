@@ -10,13 +10,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from ..errors import NotFoundError
+from ..storage import evals, releases, runs
 from ..storage import registry as rows
-from ..storage import releases, runs
 from ..storage.db import session_scope
-from ..tasks.evaluate import EvalRecord
+from ..tasks.evaluate import Evaluation
 from ..tasks.training.gpus import gpu_lease
 from ..terms import CandidateKind, EvalSubject, RecycleMode, ReleaseState
-from .gating import score_of
+from .evidence import store_evaluation
 from .recycle import Plan, carry_over, fetch, release_ref, run_eval
 from .settings import Workspace
 from .tracks import TrackSpec, load_spec
@@ -53,7 +53,7 @@ def record_backport(
     spec: TrackSpec,
     alpha: float,
     model: Path,
-    scores: dict[EvalSubject, list[EvalRecord]],
+    scores: dict[EvalSubject, Evaluation],
 ) -> int:
     """Record the backport as a candidate of the older release (with the track's spec version it was made with),
     with its and its base's eval results."""
@@ -72,12 +72,11 @@ def record_backport(
             kind=CandidateKind.BACKPORT,
             spec=rows.spec_version(session, track=release.track, spec=spec.model_dump(mode="json")),
         )
-        if not runs.eval_results(session, candidate=candidate):
-            for subject, records in scores.items():
+        if not evals.eval_results(session, candidate=candidate):
+            for subject, evaluation in scores.items():
                 owner = candidate if subject is EvalSubject.CANDIDATE else None
-                runs.add_eval_results(
-                    session, scores=[score_of(r) for r in records], subject=subject, candidate=owner, release=release
-                )
+                stored = store_evaluation(where.registry(), evaluation=evaluation)
+                evals.add_eval_results(session, scores=stored, subject=subject, candidate=owner, release=release)
         return candidate.id
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fs import Say
-from ..storage import Registry, runs
+from ..storage import Registry, evals, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..terms import EvalSubject
@@ -45,7 +45,7 @@ def release_row(
     with session_scope(registry.engine) as session:
         candidate = runs.candidate_for(session, track=rows.get_track(session, name=track), ref=ref)
         assert candidate is not None, f"release {ref} has a candidate"
-        found = runs.release_scores(session, candidate=candidate, metric=primary.metric)
+        found = evals.release_scores(session, candidate=candidate, metric=primary.metric)
         scores = {r.subject: r.value for r in found}
         promotion = runs.decision_for(session, candidate=candidate)
         assert promotion is not None, f"release {ref} has a decision"

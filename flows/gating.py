@@ -1,5 +1,7 @@
-"""The gate's step of a recycle run: the decision against the base and the champion, recorded once, and the
-promoted candidate published to the track's Hub repo with its release tag and the channel's tag."""
+"""The gate's step of a recycle run: the champion's comparable evaluation (stored, or made again when the stored
+one was evaluated differently), the decision on paired evidence against the base and the champion, recorded
+once with every evaluation's samples, a person's approval asked for when the track requires it, and the promoted
+candidate published to the track's Hub repo with its release tag and the channel's tag."""
 
 from __future__ import annotations
 
@@ -7,77 +9,162 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
+from ..fs import write_text_atomic
+from ..storage import approvals, runs
 from ..storage import registry as rows
-from ..storage import runs
 from ..storage.db import session_scope
-from ..storage.models import EvalResult
-from ..tasks.evaluate import EvalRecord
+from ..tasks.evaluate import Evaluation, run_evaluation
 from ..tasks.gate import Decision, decide
 from ..tasks.hub import move_tag, publish
+from ..tasks.training.gpus import pin
 from ..terms import EvalSubject, GateDecision
+from . import events
+from .evidence import compare, pairs, store_evaluation, stored_evaluation, table
 from .settings import Workspace
 from .tracks import TrackSpec
 
 
 @dataclass(frozen=True)
+class ChampionEvidence:
+    """The champion's evaluation the candidate is compared with; `again` when it was made in this run, because
+    the stored one was evaluated differently."""
+
+    evaluation: Evaluation
+    again: bool
+
+
+@dataclass(frozen=True)
 class GateOutcome:
-    """The gate's decision, and the champion it was measured against (with its scores)."""
+    """The gate's decision, and the champion it was measured against (with its evaluation)."""
 
     decision: Decision
     champion: str | None
-    champion_scores: list[EvalRecord]
+    champion_evaluation: Evaluation | None
+
+
+@task
+def champion_evaluation(
+    where: Workspace, spec: TrackSpec, candidate_id: int, candidate: Evaluation, work: Path, gpus: list[str]
+) -> ChampionEvidence | None:
+    """The champion's evaluation to compare the candidate with: the stored one when it was made as the
+    candidate's was (same fingerprint but for the model) on every gated metric, else the champion evaluated
+    again now, saying why (kept in the working folder once done). None: no champion, or decided (or waiting
+    for a person) already."""
+    with session_scope(where.registry().engine) as session:
+        mine = runs.get_candidate(session, candidate_id=candidate_id)
+        inputs = runs.gate_inputs(session, candidate=mine, channel=spec.channel)
+        if inputs.champion is None or inputs.decided is not None or approvals.approval_request(session, candidate=mine):
+            return None
+        holder, folder = rows.public_id(inputs.champion), Path(inputs.champion.model_uri)
+        stored = stored_evaluation(where.registry(), rows=inputs.champion_scores)
+    saved = work / "evals" / "champion.json"
+    if saved.is_file():
+        return ChampionEvidence(Evaluation.model_validate_json(saved.read_text()), again=True)
+    found = pairs(candidate, stored, refs=spec.gate.metrics)
+    differ = {str(ref): why for ref, why in found.items() if isinstance(why, str)}
+    if not differ:
+        get_run_logger().info("gate: %s's stored evaluation is comparable with the candidate's", holder)
+        return ChampionEvidence(stored, again=False)
+    why = "; ".join(f"{ref}: {reason}" for ref, reason in differ.items())
+    get_run_logger().warning(
+        "gate: %s's stored evaluation cannot be compared with the candidate's (%s; the candidate's first); "
+        "evaluating it again",
+        holder,
+        why,
+    )
+    pin(gpus)
+    again = run_evaluation(model_dir=folder, suite=spec.eval)
+    write_text_atomic(saved, again.model_dump_json())
+    return ChampionEvidence(again, again=True)
 
 
 @task
 def gate_and_promote(
-    where: Workspace, spec: TrackSpec, candidate_id: int, scores: dict[EvalSubject, list[EvalRecord]]
+    where: Workspace,
+    spec: TrackSpec,
+    candidate_id: int,
+    evaluations: dict[EvalSubject, Evaluation],
+    evidence: ChampionEvidence | None,
+    comparison_key: str,
 ) -> GateOutcome:
-    """Apply the gate against the base and the champion, and record the eval results and the decision;
-    a resumed run finds the decision it made before."""
-    with session_scope(where.registry().engine) as session:
+    """Apply the gate against the base and the champion, and record the evaluations (with their samples) and
+    the decision, or the request for a person's approval; a resumed run finds what it did before."""
+    registry = where.registry()
+    with session_scope(registry.engine) as session:
         candidate = runs.get_candidate(session, candidate_id=candidate_id)
         inputs = runs.gate_inputs(session, candidate=candidate, channel=spec.channel)
-        champion = None if inputs.champion is None else rows.public_id(inputs.champion)
-        champion_scores = [_record(r) for r in inputs.champion_scores]
+        holder = None if inputs.champion is None else rows.public_id(inputs.champion)
+        track, release = candidate.track.name, candidate.release.revision[:12]
+        request = approvals.approval_request(session, candidate=candidate)
+        earlier = None
         if inputs.decided is not None:
-            decided = Decision(inputs.decided.decision is GateDecision.PROMOTE, tuple(inputs.decided.reasons))
-            _log_decision(decided, champion, again=True)
-            return GateOutcome(decided, champion, champion_scores)
-        decision = decide(
-            rules=spec.gate,
-            candidate=scores[EvalSubject.CANDIDATE],
-            base=scores[EvalSubject.BASE],
-            champion=None if inputs.champion is None else champion_scores,
+            earlier = Decision(inputs.decided.decision is GateDecision.PROMOTE, tuple(inputs.decided.reasons))
+        elif request is not None:
+            earlier = Decision(False, tuple(request.reasons), pending=True)
+        if earlier is not None:
+            stored = None if holder is None else stored_evaluation(registry, rows=inputs.champion_scores)
+            _log_decision(earlier, holder, again=True)
+            return GateOutcome(earlier, holder, stored)
+    mine = evaluations[EvalSubject.CANDIDATE]
+    champion = None if evidence is None else evidence.evaluation
+    decision = decide(
+        rules=spec.gate,
+        candidate=mine.records,
+        base=evaluations[EvalSubject.BASE].records,
+        champion=None if champion is None else champion.records,
+        pairs=None if champion is None else pairs(mine, champion, refs=spec.gate.metrics),
+    )
+    recorded = {subject: store_evaluation(registry, evaluation=e) for subject, e in evaluations.items()}
+    if evidence is not None and evidence.again:
+        recorded[EvalSubject.CHAMPION] = store_evaluation(registry, evaluation=evidence.evaluation)
+    if champion is not None:
+        rows_ = compare(mine, champion, confidence=0.95, resamples=spec.gate.resamples, seed=spec.gate.seed)
+        markdown = f"# candidate-{candidate_id} against champion {holder}\n\n" + table(
+            rows_, a="candidate", b="champion"
         )
-        runs.record_gate_decision(
-            session,
-            candidate=candidate,
-            channel=spec.channel,
-            scores={subject: [score_of(r) for r in records] for subject, records in scores.items()},
-            promote=decision.promote,
-            reasons=decision.reasons,
+        create_markdown_artifact(
+            markdown=markdown, key=comparison_key, description=f"candidate-{candidate_id} vs {holder}"
         )
-    _log_decision(decision, champion, again=False)
-    return GateOutcome(decision, champion, champion_scores)
+    events.about_candidate(
+        events.CANDIDATE_EVALUATED, track=track, candidate=candidate_id, release=release, scores=mine.records
+    )
+    ask = decision.promote and spec.gate.approval == "required"
+    with session_scope(registry.engine) as session:
+        candidate = runs.get_candidate(session, candidate_id=candidate_id)
+        if ask:
+            approvals.request_approval(
+                session, candidate=candidate, channel=spec.channel, scores=recorded, reasons=decision.reasons,
+                flow_run_id=flow_run.get_id(),
+            )  # fmt: skip
+            decision = Decision(False, decision.reasons, pending=True)
+        else:
+            runs.record_gate_decision(
+                session, candidate=candidate, channel=spec.channel, scores=recorded, promote=decision.promote,
+                reasons=decision.reasons,
+            )  # fmt: skip
+    event = (
+        events.APPROVAL_REQUESTED
+        if ask
+        else events.CANDIDATE_PROMOTED
+        if decision.promote
+        else events.CANDIDATE_REJECTED
+    )
+    events.about_candidate(
+        event, track=track, candidate=candidate_id, release=release, scores=mine.records, channel=spec.channel,
+        actor="gate", reasons=list(decision.reasons),
+    )  # fmt: skip
+    _log_decision(decision, holder, again=False)
+    return GateOutcome(decision, holder, champion)
 
 
 def _log_decision(decision: Decision, champion: str | None, *, again: bool) -> None:
-    verdict = "promote" if decision.promote else "reject"
+    verdict = "promote" if decision.promote else "wait for a person's approval" if decision.pending else "reject"
     against = f"against champion {champion}" if champion else "no champion before"
     earlier = ", decided by an earlier attempt" if again else ""
     get_run_logger().info("gate: %s (%s%s): %s", verdict, against, earlier, "; ".join(decision.reasons))
-
-
-def score_of(record: EvalRecord) -> runs.Score:
-    """An eval record as the registry records it."""
-    fields = record.model_dump(exclude={"lm_eval_version"})
-    return runs.Score(**fields, harness_version=record.lm_eval_version)
-
-
-def _record(row: EvalResult) -> EvalRecord:
-    fields = {f: getattr(row, f) for f in EvalRecord.model_fields if f != "lm_eval_version"}
-    return EvalRecord(**fields, lm_eval_version=row.harness_version)
 
 
 @task

@@ -79,7 +79,7 @@ class History:
 
 
 @dataclass(frozen=True)
-class _Target:
+class Target:
     """A checked hand decision, before it is published and recorded."""
 
     track: str
@@ -103,8 +103,8 @@ def promote(registry: Registry, *, candidate: str, actor: str, track: str | None
     with session_scope(registry.engine) as session:
         row = rows.get_candidate(session, ref=candidate)
         owner = row.track if track is None else rows.get_track(session, name=track)
-        target = _checked(session, track=owner, candidate=row)
-    return _record(registry, target=target, decision=GateDecision.PROMOTE, actor=actor, reason=reason)
+        target = checked(session, track=owner, candidate=row)
+    return record(registry, target=target, decision=GateDecision.PROMOTE, actor=actor, reasons=[reason])
 
 
 def rollback(registry: Registry, *, track: str, actor: str, to: str | None = None, reason: str) -> Moved:
@@ -136,7 +136,7 @@ def rollback(registry: Registry, *, track: str, actor: str, to: str | None = Non
                 track=owner.name,
             )
         wanted = earlier[0] if to is None else rows.get_candidate(session, ref=to)
-        target = _checked(session, track=owner, candidate=wanted)
+        target = checked(session, track=owner, candidate=wanted)
         if wanted not in earlier:
             names = ", ".join(dict.fromkeys(f"candidate-{c.id}" for c in earlier))
             raise PromotionError(
@@ -144,7 +144,7 @@ def rollback(registry: Registry, *, track: str, actor: str, to: str | None = Non
                 f"back, to one of: {names}); `graft promote candidate-{wanted.id}` promotes it instead.",
                 track=owner.name,
             )
-    return _record(registry, target=target, decision=GateDecision.ROLLBACK, actor=actor, reason=reason)
+    return record(registry, target=target, decision=GateDecision.ROLLBACK, actor=actor, reasons=[reason])
 
 
 def history(registry: Registry, *, track: str) -> History:
@@ -176,7 +176,7 @@ def prefect_actor() -> str:
     return f"prefect {(creator.type or 'user').lower()} {creator.display_value}"
 
 
-def _checked(session: Session, *, track: Track, candidate: Candidate) -> _Target:
+def checked(session: Session, *, track: Track, candidate: Candidate) -> Target:
     """The decision to make `candidate` the champion of `track`'s channel, checked.
 
     Raises:
@@ -196,11 +196,11 @@ def _checked(session: Session, *, track: Track, candidate: Candidate) -> _Target
             f"candidate-{candidate.id} is the champion of {track.name}/{spec.channel} already; nothing to do.",
             track=track.name,
         )
-    return _Target(track=track.name, spec=spec, candidate_id=candidate.id, folder=Path(candidate.model_uri))
+    return Target(track=track.name, spec=spec, candidate_id=candidate.id, folder=Path(candidate.model_uri))
 
 
-def _record(registry: Registry, *, target: _Target, decision: GateDecision, actor: str, reason: str) -> Moved:
-    """Move the channel's Hub tag (when the track publishes), then record the decision."""
+def record(registry: Registry, *, target: Target, decision: GateDecision, actor: str, reasons: list[str]) -> Moved:
+    """Move the channel's Hub tag (when the track publishes), then record a person's decision."""
     spec, channel = target.spec, target.spec.channel
     commit = None
     if spec.publish is not None:
@@ -219,7 +219,7 @@ def _record(registry: Registry, *, target: _Target, decision: GateDecision, acto
             channel=channel,
             decision=decision,
             to_candidate=runs.get_candidate(session, candidate_id=target.candidate_id),
-            reasons=[reason],
+            reasons=reasons,
             actor_kind=ActorKind.USER,
             actor=actor,
         )

@@ -26,14 +26,15 @@ from ..storage import runs
 from ..storage.db import session_scope
 from ..storage.models import Release
 from ..tasks import engine
-from ..tasks.evaluate import EvalRecord, evaluate
+from ..tasks.evaluate import EvalRecord, Evaluation, run_evaluation
 from ..tasks.gate import Decision
 from ..tasks.hub import ReleaseRef, download
 from ..tasks.training.finetune import finetune
 from ..tasks.training.gpus import gpu_env, gpu_lease, pin
 from ..tasks.training.launch import run_launch
 from ..terms import EvalSubject, RecycleMode
-from .gating import gate_and_promote, publish_champion
+from .approvals import await_approval
+from .gating import champion_evaluation, gate_and_promote, publish_champion
 from .lifecycle import release_run, start_next_pass
 from .names import run_name, run_tags, step_key, tag_this_run
 from .progress import progress_artifact
@@ -244,20 +245,21 @@ def new_diff(where: Workspace, the_plan: Plan, candidate: Path, base: Path, cand
 
 
 @task
-def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec, gpus: list[str]) -> list[EvalRecord]:
-    """The track's eval suite on one model folder, on the leased `gpus` (kept in the working folder once done)."""
+def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec, gpus: list[str]) -> Evaluation:
+    """The track's eval suite on one model folder, on the leased `gpus`, with its per-sample scores (kept in
+    the working folder once done)."""
     saved = the_plan.work / "evals" / f"{subject}.json"
     if saved.is_file():
-        records = [EvalRecord.model_validate(r) for r in json.loads(saved.read_text())]
-        get_run_logger().info("evaluate %s (done by an earlier attempt): %s", subject, scores_line(records))
-        return records
+        done = Evaluation.model_validate_json(saved.read_text())
+        get_run_logger().info("evaluate %s (done by an earlier attempt): %s", subject, scores_line(done.records))
+        return done
     what = f"{the_plan.label}: evaluate {subject}"
     pin(gpus)
     with progress_artifact(key=the_plan.key(f"eval-{subject}"), description=what) as report:
-        records = evaluate(model_dir=model, suite=spec.eval, progress=report)
-    write_text_atomic(saved, json.dumps([r.model_dump(mode="json") for r in records]))
-    get_run_logger().info("evaluate %s: %s", subject, scores_line(records))
-    return records
+        done = run_evaluation(model_dir=model, suite=spec.eval, progress=report)
+    write_text_atomic(saved, done.model_dump_json())
+    get_run_logger().info("evaluate %s: %s", subject, scores_line(done.records))
+    return done
 
 
 def scores_line(records: list[EvalRecord]) -> str:
@@ -292,15 +294,17 @@ def recycle_then_finetune(
     where = Workspace.at(data_dir)
     spec = load_spec(where.registry(), track=track)
     with release_run(where, release_id=release_id):
-        decision, sha = _recycle(where, track, release_id, spec, mode)
+        decision, sha, candidate_id = _recycle(where, track, release_id, spec, mode)
     if chain:
         start_next_pass(track=track, after=sha)
+    if decision.pending:
+        decision = await_approval(where.registry(), spec=spec, candidate_id=candidate_id, reasons=decision.reasons)
     return decision
 
 
 def _recycle(
     where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: RecycleMode | None
-) -> tuple[Decision, str]:
+) -> tuple[Decision, str, int]:
     the_plan = plan(where, track, release_id, spec, mode)
     tag_this_run(*run_tags(track=track, release=the_plan.release))
     base = fetch(the_plan)
@@ -316,21 +320,23 @@ def _recycle(
         }
         if the_plan.carried_diff is not None:
             scores[EvalSubject.TRANSFERRED] = run_eval(the_plan, EvalSubject.TRANSFERRED, start, spec, gpus)
-    outcome = gate_and_promote(where, spec, candidate_id, scores)
+        evidence = champion_evaluation(where, spec, candidate_id, scores[EvalSubject.CANDIDATE], the_plan.work, gpus)
+    outcome = gate_and_promote(where, spec, candidate_id, scores, evidence, the_plan.key("comparison"))
     if outcome.decision.promote and spec.publish is not None:
         publish_champion(spec, candidate, release=the_plan.release.revision[:12])
-    champion = {EvalSubject.CHAMPION: outcome.champion_scores} if outcome.champion else {}
+    held = outcome.champion_evaluation
+    champion = {EvalSubject.CHAMPION: held.records} if held is not None else {}
     report_run(
         track=track,
         release=the_plan.release,
         carried=the_plan.carried_diff,
         carry_reason=the_plan.carry_reason,
         new_diff=diff_id,
-        scores={**scores, **champion},
+        scores={**{subject: e.records for subject, e in scores.items()}, **champion},
         decision=outcome.decision,
         losses=json.loads((the_plan.work / "finetune.json").read_text())["loss_curve"],
     )
-    return outcome.decision, the_plan.release.revision
+    return outcome.decision, the_plan.release.revision, candidate_id
 
 
 @flow(name="run-series", flow_run_name="{track}/series", log_prints=True)

@@ -51,7 +51,7 @@ def report_run(
     title = run_name(track=track, release=release)
     evals = step_key(track=track, release=release, step="evals")
     create_table_artifact(table=eval_table(scores), key=evals, description=title)
-    verdict = "promoted" if decision.promote else "rejected"
+    verdict = "promoted" if decision.promote else "waiting for approval" if decision.pending else "rejected"
     lineage = f"{carried} → {new_diff}" if carried else f"{new_diff} (first of its chain: plain fine-tuning)"
     training = f"{len(losses)} steps, loss {losses[0][1]:.4f} → {losses[-1][1]:.4f}" if losses else "no steps"
     markdown = "\n".join(

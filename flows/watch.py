@@ -33,6 +33,7 @@ from ..storage.models import ReleaseStatus, Track
 from ..tasks.hub import ReleaseRef, discover_local, discover_refs, discover_repos, release_facts
 from ..tasks.hub.facts import Order
 from ..terms import ReleaseState
+from . import events
 from .lifecycle import RECYCLE_DEPLOYMENT, why_not_started
 from .names import run_name, run_tags, tag_this_run, track_tag
 from .recycle import recycle_then_finetune, release_ref
@@ -85,6 +86,7 @@ def record_releases(where: Workspace, track: str, spec: TrackSpec, found: list[R
             release, created = releases.record(session, track=row, found=found_as)
             if created:
                 new.append(release.id)
+                events.release_discovered(track=track, repo=ref.repo_id, revision=ref.revision, ref=ref.ref)
     return new
 
 
@@ -170,7 +172,8 @@ def _waiting(session: Session, *, track: Track, policy: releases.RetryPolicy) ->
 def dispatch_run(where: Workspace, track: str, release_id: int, release: ReleaseRef, attempt: int) -> str | None:
     """Start the recycle deployment's run for a release (named and tagged by its track and release while it
     waits for a worker), marking it dispatched; a failed dispatch marks it failed (to be dispatched again
-    after the backoff) and returns why."""
+    after the backoff) and returns why. The run is a run of its own, not a subflow of this pass: it outlives
+    the pass, and Prefect suspends only top-level runs (a gate waiting for a person's approval does)."""
     try:
         run = cast(
             FlowRun,
@@ -181,6 +184,7 @@ def dispatch_run(where: Workspace, track: str, release_id: int, release: Release
                 idempotency_key=f"{track}:{release.revision}:{attempt}",
                 tags=run_tags(track=track, release=release),
                 timeout=0,
+                as_subflow=False,
             ),
         )
     except Exception as e:

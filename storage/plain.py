@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
-from . import runs
+from . import evals
 from .models import Base, Candidate, Diff
 from .registry import Artifact, ancestors, kind_of, public_id
 from .status import decisions_on
@@ -42,7 +42,7 @@ def shown(session: Session, *, row: Artifact) -> dict[str, Any]:
         data["lineage"] = [public_id(d) for d in [row, *ancestors(session, diff=row)]]
     if isinstance(row, Candidate):
         data["finetune_run"] = None if row.finetune_run is None else columns(row.finetune_run)
-        data["eval_results"] = [columns(r) for r in runs.eval_results(session, candidate=row)]
+        data["eval_results"] = [columns(r) for r in evals.eval_results(session, candidate=row)]
         data["decisions"] = [artifact(p) for p in decisions_on(session, candidate=row)]
     return data
 

@@ -25,6 +25,7 @@ from .models import (
     Candidate,
     Diff,
     DiffFile,
+    EvalResult,
     FinetuneRun,
     Promotion,
     Release,
@@ -317,11 +318,14 @@ def diffs_of(session: Session, *, track: Track) -> list[Diff]:
 
 def blob_owners(session: Session) -> dict[str, list[str]]:
     """Every blob some row points to, with the rows that point to it (`diff-3:diff.json`,
-    `finetune-run-2:loss-curve`)."""
+    `finetune-run-2:loss-curve`, `eval-result-7:samples`)."""
     owners: dict[str, list[str]] = {}
     for diff_id, path, sha in session.execute(select(DiffFile.diff_id, DiffFile.path, DiffFile.blob_sha256)):
         owners.setdefault(sha, []).append(f"diff-{diff_id}:{path}")
     curves = select(FinetuneRun.id, FinetuneRun.loss_curve_blob).where(FinetuneRun.loss_curve_blob.is_not(None))
     for run_id, curve in session.execute(curves):
         owners.setdefault(str(curve), []).append(f"finetune-run-{run_id}:loss-curve")
+    samples = select(EvalResult.id, EvalResult.samples_blob).where(EvalResult.samples_blob.is_not(None))
+    for result_id, blob in session.execute(samples):
+        owners.setdefault(str(blob), []).append(f"eval-result-{result_id}:samples")
     return owners

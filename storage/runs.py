@@ -24,7 +24,7 @@ from ..terms import (
     GateDecision,
     RecycleMode,
 )
-from . import releases
+from . import evals, releases
 from .models import Candidate, Diff, EvalResult, FinetuneRun, Promotion, Release, Track, TrackSpecVersion
 from .registry import ancestors, by_id, public_id
 
@@ -200,54 +200,6 @@ def candidate_for(session: Session, *, track: Track, ref: str) -> Candidate | No
     return session.scalars(query).one_or_none()
 
 
-def release_scores(session: Session, *, candidate: Candidate, metric: str) -> list[EvalResult]:
-    """One metric's results for every model scored in the candidate's run (candidate, base, transferred)."""
-    query = select(EvalResult).where(EvalResult.release_id == candidate.release_id, EvalResult.metric == metric)
-    return list(session.scalars(query.order_by(EvalResult.id)))
-
-
-def eval_results(session: Session, *, candidate: Candidate) -> list[EvalResult]:
-    """The eval results recorded for a candidate."""
-    return list(session.scalars(select(EvalResult).where(EvalResult.candidate_id == candidate.id)))
-
-
-@dataclass(frozen=True)
-class Score:
-    """One metric of one task, as an evaluation reports it."""
-
-    task: str
-    metric: str
-    filter: str
-    value: float
-    stderr: float | None
-    n: int | None
-    harness_version: str
-    task_version: str | None
-
-
-def add_eval_results(
-    session: Session,
-    *,
-    scores: Sequence[Score],
-    subject: EvalSubject,
-    candidate: Candidate | None = None,
-    release: Release | None = None,
-) -> list[EvalResult]:
-    """Record the scores of one model: a candidate, or a release's bare base (`subject` says which)."""
-    rows = [
-        EvalResult(
-            candidate_id=None if candidate is None else candidate.id,
-            release_id=None if release is None else release.id,
-            subject=subject,
-            **vars(s),
-        )
-        for s in scores
-    ]
-    session.add_all(rows)
-    session.flush()
-    return rows
-
-
 def add_promotion(
     session: Session,
     *,
@@ -302,7 +254,7 @@ def gate_inputs(session: Session, *, candidate: Candidate, channel: str) -> Gate
         holder = None
     else:
         holder = get_candidate(session, candidate_id=decided.from_candidate_id)
-    scores = [] if holder is None else eval_results(session, candidate=holder)
+    scores = [] if holder is None else evals.eval_results(session, candidate=holder)
     return GateInputs(decided=decided, champion=holder, champion_scores=scores)
 
 
@@ -311,15 +263,12 @@ def record_gate_decision(
     *,
     candidate: Candidate,
     channel: str,
-    scores: Mapping[EvalSubject, Sequence[Score]],
+    scores: Mapping[EvalSubject, Sequence[evals.Score]],
     promote: bool,
     reasons: Sequence[str],
 ) -> Promotion:
     """Record the eval results a gate decision was made on, and the decision itself (actor: the gate)."""
-    release = candidate.release
-    for subject, records in scores.items():
-        owner = candidate if subject is EvalSubject.CANDIDATE else None
-        add_eval_results(session, scores=records, subject=subject, candidate=owner, release=release)
+    evals.record_scores(session, candidate=candidate, scores=scores)
     return add_promotion(
         session,
         track=candidate.track,

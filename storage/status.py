@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from ..terms import EvalSubject, GateDecision, ReleaseState
 from . import releases, runs
+from .approvals import approval_request
 from .models import Candidate, EvalResult, Promotion, Release, Track
 from .registry import public_id
 
@@ -56,7 +57,8 @@ class ReleaseRow:
     decision: the newest decision on that candidate (`promote`, `reject`, `rollback`; None before one);
     decided_by: who made it (`gate`, or the user); reasons: all its reasons, in the gate's order; reason:
     the first of them that failed, else the first; champion: whether the candidate is the champion of
-    the track's channel now.
+    the track's channel now; waiting: whether the candidate passed its gate's rules and waits for a
+    person's approval (`graft approve`).
     """
 
     release: str
@@ -74,6 +76,7 @@ class ReleaseRow:
     reasons: list[str]
     reason: str | None
     champion: bool
+    waiting: bool
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ def _row(session: Session, *, release: Release, primary: Metric, champion: Candi
         reasons=reasons,
         reason=first_reason(reasons),
         champion=made is not None and champion is not None and made.id == champion.id,
+        waiting=made is not None and last is None and approval_request(session, candidate=made) is not None,
     )
 
 

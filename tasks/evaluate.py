@@ -4,29 +4,29 @@ A suite names lm-eval tasks and, optionally, local task folders (YAML + data), a
 which device, in which batch size and dtype, through transformers (`hf`) or vLLM. The task index is built
 from the local folders only unless the suite asks for lm-eval's built-in tasks, so a local suite starts
 in a fraction of a second and never touches the network.
+
+Every evaluation of a model folder also keeps lm-eval's per-sample scores (`log_samples`) and fingerprints
+its records (`tasks.results`).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 from collections.abc import Callable
-from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import EvalBackendError, ModelFolderError, SuiteError
+from .results import Backend, Dtype, EvalRecord, Evaluation, RunSettings, evaluation_of, model_sha256, records
 
 OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-Backend = Literal["hf", "vllm"]
-Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 AUTO_BATCH = re.compile(r"^auto(:[1-9][0-9]*)?$")
 
 
@@ -76,21 +76,6 @@ class Suite(BaseModel):
         return self
 
 
-class EvalRecord(BaseModel):
-    """One metric of one task, as lm-eval reported it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    task: str
-    metric: str
-    filter: str
-    value: float
-    stderr: float | None = Field(description="None where lm-eval reported 'N/A' (e.g. a single document).")
-    n: int | None = Field(description="Documents evaluated; None for a group's aggregate.")
-    lm_eval_version: str
-    task_version: str | None
-
-
 def load_suite(*, path: Path) -> Suite:
     """Read a suite YAML file; relative `task_dirs` are resolved against the file's folder.
 
@@ -109,8 +94,13 @@ def load_suite(*, path: Path) -> Suite:
 
 
 def evaluate(*, model_dir: Path, suite: Suite, progress: Callable[[int, int], None] | None = None) -> list[EvalRecord]:
+    """The records of `run_evaluation` (its arguments and errors), for callers that need no samples."""
+    return run_evaluation(model_dir=model_dir, suite=suite, progress=progress).records
+
+
+def run_evaluation(*, model_dir: Path, suite: Suite, progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """Evaluate the model folder `model_dir` on `suite`, run as the suite's device, batch size, backend and
-    dtype say.
+    dtype say; keep every sample's scores and fingerprint every record.
 
     Args:
         model_dir: a local Hugging Face model folder (with its tokenizer).
@@ -128,11 +118,19 @@ def evaluate(*, model_dir: Path, suite: Suite, progress: Callable[[int, int], No
     device = device_for(suite)
     if suite.backend == "vllm":
         args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": suite.dtype, "tensor_parallel_size": 1}
-        return _run("vllm", args, suite=suite)
-    args = {"pretrained": str(model_dir), "dtype": suite.dtype, "device": device}
-    if progress is not None:
-        return _run(_counting_hflm()(**args, batch_size=suite.batch_size, progress=progress), None, suite=suite)
-    return _run("hf", args, suite=suite)
+        results = _run("vllm", args, suite=suite, log_samples=True)
+    elif progress is None:
+        args = {"pretrained": str(model_dir), "dtype": suite.dtype, "device": device}
+        results = _run("hf", args, suite=suite, log_samples=True)
+    else:
+        model = _counting_hflm()(
+            pretrained=str(model_dir), dtype=suite.dtype, device=device, batch_size=suite.batch_size, progress=progress
+        )
+        results = _run(model, None, suite=suite, log_samples=True)
+    run = RunSettings.model_validate(
+        suite.model_dump(include={"backend", "dtype", "batch_size", "apply_chat_template"})
+    )
+    return evaluation_of(results, run=run, model_sha256=model_sha256(Path(model_dir)))
 
 
 def device_for(suite: Suite) -> str:
@@ -235,12 +233,12 @@ def evaluate_model(*, model: Any, tokenizer: Any, suite: Suite) -> list[EvalReco
     training = model.training
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=suite.batch_size, device=str(model.device))
     try:
-        return _run(lm, None, suite=suite)
+        return records(_run(lm, None, suite=suite, log_samples=False))
     finally:
         model.train(training)
 
 
-def _run(model: Any, model_args: dict[str, Any] | None, *, suite: Suite) -> list[EvalRecord]:
+def _run(model: Any, model_args: dict[str, Any] | None, *, suite: Suite, log_samples: bool) -> dict[str, Any]:
     for var in OFFLINE:
         os.environ.setdefault(var, "1")
     from lm_eval import simple_evaluate
@@ -265,34 +263,8 @@ def _run(model: Any, model_args: dict[str, Any] | None, *, suite: Suite) -> list
         batch_size=suite.batch_size,
         task_manager=manager,
         apply_chat_template=suite.apply_chat_template,
-        log_samples=False,
+        log_samples=log_samples,
         torch_random_seed=None,
     )
     assert results is not None  # None only on non-zero ranks of a distributed run, which this is not
-    return records(results)
-
-
-def records(results: dict[str, Any]) -> list[EvalRecord]:
-    """Flatten `simple_evaluate`'s result dict into one record per task, metric and filter."""
-    harness = version("lm_eval")
-    samples = results.get("n-samples", {})
-    out = []
-    for task, metrics in results["results"].items():
-        for key, value in metrics.items():
-            if "," not in key or "_stderr," in key or not isinstance(value, int | float):
-                continue
-            metric, filt = key.split(",", 1)
-            stderr = metrics.get(f"{metric}_stderr,{filt}")
-            out.append(
-                EvalRecord(
-                    task=task,
-                    metric=metric,
-                    filter=filt,
-                    value=float(value),
-                    stderr=float(stderr) if isinstance(stderr, int | float) and not math.isnan(stderr) else None,
-                    n=samples[task]["effective"] if task in samples else None,
-                    lm_eval_version=harness,
-                    task_version=None if results["versions"].get(task) is None else str(results["versions"][task]),
-                )
-            )
-    return out
+    return results

@@ -6,16 +6,25 @@ must reach `min_primary`, and the bare base's value plus `beat_base_by` and the 
 `stderr_multiplier` standard errors of the difference (so noise alone does not block a candidate).
 A metric missing from the results rejects. Every rule checked yields one reason, so a decision can
 always be explained.
+
+Two rules read the paired evidence of the candidate and the champion scored on the same samples
+(`tasks.paired`): `non_inferior` promotes only if the one-sided lower confidence bound of candidate −
+champion is above −margin on every gated metric, and `superior` only if it is above 0 on the primary one.
+With `approval: required`, a candidate that passes every rule still waits for a person's decision.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .paired import PairedDiff, paired_difference
+
+Samples = Mapping[Hashable, float]
 
 
 class Scored(Protocol):
@@ -46,6 +55,23 @@ class MetricRef(BaseModel):
         return f"{self.task}/{self.metric}" + ("" if self.filter == "none" else f"[{self.filter}]")
 
 
+class NonInferior(BaseModel):
+    """Candidate − champion must stay above −margin, at this confidence, on every gated metric."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    margin: float = Field(0.01, ge=0, description="How far below the champion the candidate may be.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Of the one-sided lower bound.")
+
+
+class Superior(BaseModel):
+    """Candidate − champion must be above 0, at this confidence, on the primary metric."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    confidence: float = Field(0.95, gt=0, lt=1, description="Of the one-sided lower bound.")
+
+
 class GateRules(BaseModel):
     """What a candidate must show to be promoted."""
 
@@ -59,14 +85,31 @@ class GateRules(BaseModel):
     stderr_multiplier: float = Field(
         2.0, ge=0, description="... than this plus this many standard errors of the difference (0: ignore stderr)."
     )
+    non_inferior: NonInferior | None = Field(None, description="A paired non-inferiority rule (None: none).")
+    superior: Superior | None = Field(None, description="A paired superiority rule on the primary metric.")
+    resamples: int = Field(10_000, ge=100, description="Paired bootstrap resamples.")
+    seed: int = Field(0, description="The paired bootstrap's seed.")
+    approval: Literal["none", "required"] = Field(
+        "none", description="required: a candidate that passes waits for a person's approval."
+    )
+    approval_timeout_hours: float = Field(
+        168, gt=0, description="How long a suspended run waits for a person before it fails (the candidate waits on)."
+    )
+
+    @property
+    def paired(self) -> bool:
+        """Whether a rule reads paired evidence."""
+        return self.non_inferior is not None or self.superior is not None
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The gate's verdict and its reasons, one per rule checked."""
+    """The gate's verdict and its reasons, one per rule checked; `pending` when the rules passed and the
+    candidate waits for a person's approval (then `promote` is False until a person says so)."""
 
     promote: bool
     reasons: tuple[str, ...]
+    pending: bool = False
 
 
 def decide(
@@ -75,10 +118,13 @@ def decide(
     candidate: Iterable[Scored],
     base: Iterable[Scored] | None = None,
     champion: Iterable[Scored] | None = None,
+    pairs: Mapping[MetricRef, tuple[Samples, Samples] | str] | None = None,
 ) -> Decision:
     """Apply the rules to a candidate's results, against the bare base's and the champion's.
 
-    A pure function: one reason per rule, `fail: ...` or `pass: ...`; promote only if all pass.
+    `pairs` holds, per gated metric, the candidate's and the champion's per-sample values (keyed alike), or why
+    there are none; the paired rules read it. A pure function: one reason per rule, `fail: ...` or
+    `pass: ...`; promote only if all pass.
     """
     checks: list[tuple[bool, str]] = []
     cand = _found(candidate)
@@ -117,7 +163,44 @@ def decide(
                 f"stderr of the difference {stderr:.4f})"
             )
         checks.append((ok, why))
+    if rules.non_inferior is not None:
+        rule = rules.non_inferior
+        for ref in rules.metrics:
+            checks.append(
+                _paired_rule("non_inferior", ref, (pairs or {}).get(ref), rules, rule.confidence, rule.margin)
+            )
+    if rules.superior is not None:
+        checks.append(
+            _paired_rule("superior", primary, (pairs or {}).get(primary), rules, rules.superior.confidence, 0)
+        )
     return _decision(checks)
+
+
+def _paired_rule(
+    name: str,
+    ref: MetricRef,
+    pair: tuple[Samples, Samples] | str | None,
+    rules: GateRules,
+    confidence: float,
+    margin: float,
+) -> tuple[bool, str]:
+    """A paired rule: the one-sided lower bound of candidate − champion above −margin, and its reason."""
+    if not isinstance(pair, tuple):
+        return False, f"{name}: {ref}: no paired evidence ({pair or 'no per-sample results'})"
+    found = paired_difference(a=pair[0], b=pair[1], confidence=confidence, resamples=rules.resamples, seed=rules.seed)
+    ok = found.lower_bound > -margin
+    bound = f"one-sided {found.confidence:.0%} lower bound {found.lower_bound:+.4f} {'>' if ok else '≤'} {-margin:+.4f}"
+    return ok, f"{name}: {ref}: {paired_line(found)}; {bound}"
+
+
+def paired_line(found: PairedDiff) -> str:
+    """A paired difference in words: `candidate − champion = +0.0350, 95 % CI [+0.0150, +0.0550] (paired
+    bootstrap, 10000 resamples, seed 0, n=400; McNemar p = 0.0007)`."""
+    mcnemar = "" if found.mcnemar_p is None else f"; McNemar p = {found.mcnemar_p:.4g}"
+    return (
+        f"candidate − champion = {found.diff:+.4f}, {found.confidence:.0%} CI [{found.low:+.4f}, {found.high:+.4f}] "
+        f"(paired bootstrap, {found.resamples} resamples, seed {found.seed}, n={found.n}{mcnemar})"
+    )
 
 
 def _beats(ref: MetricRef, value: float, whose: str, theirs: float, margin: float) -> tuple[bool, str]:

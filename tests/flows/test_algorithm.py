@@ -19,8 +19,8 @@ from graftwork.flows.settings import Workspace
 from graftwork.flows.tracks import load_spec
 from graftwork.flows.watch import watch_releases
 from graftwork.fs import file_sha256
+from graftwork.storage import evals
 from graftwork.storage import registry as rows
-from graftwork.storage import runs
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, EvalResult, Promotion
 from graftwork.tasks.gate import decide
@@ -63,16 +63,16 @@ def test_three_releases_go_through_the_whole_flow(data_dir: Path, testbed: Testb
         champion = None
         assert len(promotions) == 3
         for candidate, promotion in zip(candidates, promotions, strict=True):
-            evals = {
+            scored = {
                 s: [r for r in session.scalars(select(EvalResult).where(EvalResult.release_id == candidate.release_id))
                     if r.subject == s]
                 for s in ("candidate", "base")
             }  # fmt: skip
             expected = decide(
                 rules=gate,
-                candidate=evals["candidate"],
-                base=evals["base"],
-                champion=None if champion is None else runs.eval_results(session, candidate=champion),
+                candidate=scored["candidate"],
+                base=scored["base"],
+                champion=None if champion is None else evals.eval_results(session, candidate=champion),
             )
             assert promotion.reasons == list(expected.reasons)
             assert promotion.decision == ("promote" if expected.promote else "reject")

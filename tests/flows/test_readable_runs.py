@@ -89,7 +89,16 @@ def test_runs_are_named_tagged_keyed_and_logged_by_track_and_release(
         decision = next(a for a in artifacts if a.key == _key(two, "decision")).data
 
     first = ["finetune", "eval-candidate", "eval-base", "evals", "decision"]
-    second = ["transfer", "finetune", "eval-candidate", "eval-base", "eval-transferred", "evals", "decision"]
+    second = [
+        "transfer",
+        "finetune",
+        "eval-candidate",
+        "eval-base",
+        "eval-transferred",
+        "evals",
+        "comparison",
+        "decision",
+    ]
     assert keys == {(ids[0], _key(one, step)) for step in first} | {(ids[1], _key(two, step)) for step in second}
     assert decision.splitlines()[:4] == [
         f"# readable/{two}",
@@ -164,6 +173,11 @@ def _expected(data_dir: Path) -> list[Expected]:
                 *(
                     f"evaluate {subject}: " + _scores(session, release=release, subject=subject)
                     for subject in ("candidate", "base", *(() if carried is None else ("transferred",)))
+                ),
+                *(
+                    []
+                    if champion is None
+                    else [f"gate: {champion}'s stored evaluation is comparable with the candidate's"]
                 ),
                 f"gate: {promotion.decision} "
                 f"({'no champion before' if champion is None else f'against champion {champion}'}): "

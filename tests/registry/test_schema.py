@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from graftwork.errors import DatabaseError, ImmutableRowError, NotFoundError, SchemaTooNewError
-from graftwork.storage import Registry, runs
+from graftwork.storage import Registry, evals, runs
 from graftwork.storage import registry as rows
 from graftwork.storage.db import (
     current_revision,
@@ -248,10 +248,10 @@ def test_eval_results_keep_na_stderr_as_null(registry: Registry) -> None:
         track = track_named(session, "t")
         release, _ = rows.record_release(session, track=track, repo_id="o/m", revision=SHA)
         cand = candidate(session, release, mode=RecycleMode.NONE, uri="/m")
-        score = runs.Score("addition", "exact_match", "none", 0.93, None, 200, "0.4.13", "1.0")
-        runs.add_eval_results(session, scores=[score], subject=EvalSubject.CANDIDATE, candidate=cand)
+        score = evals.Score("addition", "exact_match", "none", 0.93, None, 200, "0.4.13", "1.0")
+        evals.add_eval_results(session, scores=[score], subject=EvalSubject.CANDIDATE, candidate=cand)
     with session_scope(registry.engine) as session:
-        [stored] = runs.eval_results(session, candidate=cand)
+        [stored] = evals.eval_results(session, candidate=cand)
         assert (stored.value, stored.stderr, stored.n) == (0.93, None, 200)
 
 

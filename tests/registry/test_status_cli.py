@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from graftwork.storage import evals, releases, runs
 from graftwork.storage import registry as rows
-from graftwork.storage import releases, runs
 from graftwork.storage.db import make_engine, session_scope
 from graftwork.storage.models import Promotion, Release, Track
 from graftwork.terms import ActorKind, CandidateKind, EvalSubject, GateDecision, RecycleMode, ReleaseState
@@ -20,8 +20,8 @@ from tests.registry.conftest import add_track, candidate
 SHA = {name: hashlib.sha1(name.encode()).hexdigest() for name in ("01-M1", "02-M2", "03-M3", "04-M4", "05-M5")}
 
 
-def _score(value: float, metric: str = "exact_match") -> runs.Score:
-    return runs.Score("testbed_add", metric, "none", value, None, 100, "0.4.13", None)
+def _score(value: float, metric: str = "exact_match") -> evals.Score:
+    return evals.Score("testbed_add", metric, "none", value, None, 100, "0.4.13", None)
 
 
 def _release(session: Session, track: Track, name: str, content: str) -> Release:
@@ -29,7 +29,9 @@ def _release(session: Session, track: Track, name: str, content: str) -> Release
     return releases.record(session, track=track, found=found)[0]
 
 
-def _gated(session: Session, release: Release, scores: dict[EvalSubject, list[runs.Score]], reasons: list[str]) -> None:
+def _gated(
+    session: Session, release: Release, scores: dict[EvalSubject, list[evals.Score]], reasons: list[str]
+) -> None:
     """Release's candidate, scored and decided as a recycle run records it (promoted when no reason failed);
     the release is done."""
     made = candidate(session, release, mode=RecycleMode.ITERATIVE, uri=f"/m/{release.ref}")
@@ -73,8 +75,8 @@ def _build(database_url: str) -> None:
             finetune=None,
             kind=CandidateKind.BACKPORT,
         )
-        runs.add_eval_results(session, scores=[_score(0.7)], subject=cand, candidate=ported, release=first)
-        runs.add_eval_results(session, scores=[_score(0.25)], subject=base, release=first)
+        evals.add_eval_results(session, scores=[_score(0.7)], subject=cand, candidate=ported, release=first)
+        evals.add_eval_results(session, scores=[_score(0.25)], subject=base, release=first)
         scores = {base: [_score(0.3)], EvalSubject.TRANSFERRED: [_score(0.55)], cand: [_score(0.5)]}
         _gated(session, second, {**scores, EvalSubject.CHAMPION: [_score(0.6)]}, REJECTED)
         assert releases.status(session, release=same).state is ReleaseState.SKIPPED
@@ -101,6 +103,7 @@ def _row(n: int, name: str, state: str, **fields: Any) -> dict[str, Any]:
         "reasons": [],
         "reason": None,
         "champion": False,
+        "waiting": False,
     }
     return {**row, **fields}
 
@@ -221,8 +224,8 @@ def test_registry_show_says_why_a_candidate_was_rejected(graft, database_url: st
         made = runs.get_candidate(session, candidate_id=3)
         decision = session.get(Promotion, 2)
         assert decision is not None
-        evals = runs.eval_results(session, candidate=made)
-        at = {"candidate": made.created_at, "promotion": decision.created_at, "eval": evals[0].created_at}
+        results = evals.eval_results(session, candidate=made)
+        at = {"candidate": made.created_at, "promotion": decision.created_at, "eval": results[0].created_at}
     engine.dispose()
     assert graft("registry", "show", "candidate-3").splitlines() == [
         f"candidate-3 on track demo, recorded {at['candidate']:%Y-%m-%d %H:%M:%S}",
@@ -249,7 +252,7 @@ def test_registry_show_says_why_a_candidate_was_rejected(graft, database_url: st
         "created_at": at["promotion"].isoformat(),
     }
     result = {
-        "id": evals[0].id,
+        "id": results[0].id,
         "candidate_id": 3,
         "release_id": 2,
         "subject": "candidate",
@@ -261,6 +264,10 @@ def test_registry_show_says_why_a_candidate_was_rejected(graft, database_url: st
         "n": 100,
         "harness_version": "0.4.13",
         "task_version": None,
+        "samples_blob": None,
+        "fingerprint": None,
+        "setup_sha256": None,
+        "model_sha256": None,
         "created_at": at["eval"].isoformat(),
     }
     shown = {
