@@ -24,6 +24,7 @@ def _replicate() -> object:
 
 
 @pytest.mark.slow
+@pytest.mark.endtoend
 def test_quick_replicate_shows_the_robust_findings(testbed: Testbed, tmp_path: Path) -> None:
     rep = _replicate()
     start, cpu = time.perf_counter(), time.process_time()

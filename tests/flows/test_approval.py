@@ -92,6 +92,7 @@ def _decisions() -> list[tuple[GateDecision, int | None, ActorKind, str, str]]:
         return [(p.decision, p.to_candidate_id, p.actor_kind, p.actor, p.reasons[-1]) for p in rows]
 
 
+@pytest.mark.endtoend
 def test_a_run_waits_suspended_for_a_person_and_records_who_decided(
     data_dir: Path, testbed: Testbed, tmp_path: Path
 ) -> None:

@@ -53,6 +53,7 @@ def _decided(data_dir: Path) -> list[tuple[str, str]]:
         return [(rows.get(session, ref=f"candidate-{p.to_candidate_id}").release.ref, p.decision) for p in promotions]  # type: ignore[union-attr]
 
 
+@pytest.mark.endtoend
 def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_path: Path) -> None:
     """On a clean data dir the demo publishes release after release; killed once the second is published
     and recorded, its next run finishes that release (not publishing it again) and the third, with one
@@ -117,6 +118,7 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
     assert "(3 of 3 releases done by an earlier run, reused)." in reused
 
 
+@pytest.mark.endtoend
 def test_a_demo_killed_in_a_fine_tune_then_after_a_diff_ends_with_one_row_of_each(tmp_path: Path) -> None:
     """Killed during its first fine-tune, then (the next run) between registering M2's Δ and evaluating and
     gating M2, the third run finishes the job with the rows of an uninterrupted run: one candidate, one Δ

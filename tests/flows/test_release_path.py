@@ -45,7 +45,7 @@ from graftwork.tasks.testbed import Testbed
 from graftwork.terms import ReleaseState
 from tests.hub_fixtures import OlahServer, commit_all, copy_model, free_port, git, hub_payload, init_repo
 
-pytestmark = [pytest.mark.slow, pytest.mark.hub]
+pytestmark = [pytest.mark.slow, pytest.mark.endtoend, pytest.mark.hub]
 pytest.importorskip("olah", reason="olah (a dev extra) serves the test Hub: pip install -e '.[dev]'")
 
 SECRET = "release-path-secret-0123456789"
