@@ -109,7 +109,11 @@ def test_mcnemar_does_not_overflow_on_many_disagreements() -> None:
 def test_examples_come_in_document_order() -> None:
     a = {("add", "none", doc): 1.0 for doc in (1, 2, 10, 100)}
     b = {("add", "none", doc): 0.0 for doc in (1, 2, 10, 100)}
-    assert paired_difference(a=a, b=b, examples=3).examples == (("add", "none", 1), ("add", "none", 2), ("add", "none", 10))
+    assert paired_difference(a=a, b=b, examples=3).examples == (
+        ("add", "none", 1),
+        ("add", "none", 2),
+        ("add", "none", 10),
+    )
 
 
 def test_mismatched_keys_are_refused_naming_the_counts() -> None:
