@@ -6,7 +6,18 @@ For each seed it builds (or reuses) a test bed and measures: the transfer matrix
 and FT(M_i) (Table 3); learning curves of FT(M_i) against FT(M_i + Δ_{i−1}) (Figure 2); Algorithm 1
 (iterative) against direct recycling and plain fine-tuning over the versions (Table 6, Figure 3); and a
 control lineage from another initialisation whose diffs must not transfer. It writes `report.md`,
-`results.json` and PNG plots, and states seed by seed which findings held.
+`seeds.json` (everything measured, seed by seed), `results.json` and PNG plots, and states seed by seed which
+findings held.
+
+    python benchmarks/replicate.py --auto [--seeds 0 1 2] [--out DIR] [--steps 200]
+
+measures `recycle.mode: auto` instead (see `auto_run`): for each seed and release M2..M5 every mode's final
+accuracy, every candidate start fine-tuned in full (to know the true winner), each probe's pick and cost, and
+the pre-check on the control lineage. It writes `auto.md` and `auto.json` (the detail).
+
+`results.json` is, in both cases, one row per seed, release and mode:
+`{"seed", "release", "mode", "final", "steps", "probe_steps"}`, `final` the exact-match accuracy in percent
+after the full fine-tune. (Before `auto`, `results.json` held what `seeds.json` holds now.)
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import statistics
@@ -28,7 +40,9 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "T
 
 from graftwork.tasks import engine  # noqa: E402
 from graftwork.tasks.evaluate import Suite, evaluate  # noqa: E402
+from graftwork.tasks.starts import PLAIN, Probe, make_starts, precheck, score_starts  # noqa: E402
 from graftwork.tasks.testbed import Testbed, build_testbed  # noqa: E402
+from graftwork.tasks.testbed.probe import probe_suite  # noqa: E402
 from graftwork.tasks.testbed.shipped import differences, unexplained  # noqa: E402
 from graftwork.tasks.training.finetune import finetune  # noqa: E402
 from graftwork.tasks.training.recipe import Recipe  # noqa: E402
@@ -213,7 +227,21 @@ def write_report(
 ) -> Path:
     """`report.md`, `results.json` and the plots under `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps([run.__dict__ for run in runs], indent=1))
+    (out / "seeds.json").write_text(json.dumps([run.__dict__ for run in runs], indent=1))
+    rows = [
+        {
+            "seed": r.seed,
+            "release": n,
+            "mode": mode,
+            "final": r.algorithm1[mode][n],
+            "steps": setup.steps,
+            "probe_steps": 0,
+        }
+        for r in runs
+        for mode in ("none", "direct", "iterative")
+        for n in list(r.base)[1:]
+    ]
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
     plots = _plots(runs, out=out)
     lines = [
         "# The paper's effects on the Graftwork test bed",
@@ -354,6 +382,217 @@ def _plots(runs: list[SeedRun], *, out: Path) -> tuple[str, str]:
     return "curves.png", "algorithm1.png"
 
 
+# -- recycle.mode: auto ------------------------------------------------------------------------------
+
+PROBES = {
+    "zero_shot": Probe(kind="zero_shot"),
+    "heldout_loss": Probe(kind="heldout_loss"),
+    "short_finetune": Probe(kind="short_finetune"),
+}
+FIXED = ("none", "direct", "iterative")
+
+
+@dataclass
+class AutoRun:
+    """One seed's modes (accuracy after the full fine-tune, percent), every start's accuracy, each probe's
+    pick and cost, and the pre-checks."""
+
+    seed: int
+    probe: str = "heldout_loss"
+    modes: dict[str, dict[str, float]] = field(default_factory=dict)
+    starts: dict[str, dict[str, float]] = field(default_factory=dict)
+    picks: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
+    prechecks: dict[str, dict[str, object]] = field(default_factory=dict)
+    control: dict[str, object] = field(default_factory=dict)
+    full_seconds: float = 0.0
+    seconds: float = 0.0
+
+
+def auto_run(
+    *, seed: int, setup: Setup, root: Path, beds: Path, control: Path | None, default: str = Probe().kind
+) -> AutoRun:
+    """none, direct, iterative and auto over M2..M5 on one seed's bed, every start fully fine-tuned.
+
+    auto's own chain follows the `default` probe's picks (Δ^iter is auto's previous candidate minus its base);
+    the other probes are scored on the same starts. Fine-tunes are shared where two modes start from the same
+    weights (a fine-tune is deterministic for a start), and found again in the work folder by name: those that
+    start from auto's own chain carry the probe's name.
+    """
+    began = time.perf_counter()
+    bed = build(seed=seed, setup=setup, beds=beds, own_control=control is None)
+    control = control or bed.control
+    lab = Lab(bed=bed, work=root / f"auto-seed{seed}", setup=setup)
+    saved = lab.work / f"run-{setup.steps}-{default}.json"
+    if saved.is_file():  # a finished seed is not measured again (the control's pre-check is)
+        run = AutoRun(**json.loads(saved.read_text()))
+        if control is not None:
+            run.control = _control_check(bed=bed, lab=lab, control=control)
+        return run
+    run = AutoRun(seed=seed, probe=default)
+    psuite = probe_suite(bed=bed, suite=lab.suite, out=lab.work / "probe-task", examples=Probe().examples)
+    versions = {f"M{i}": p for i, p in enumerate((*bed.releases, bed.new_release), 1)}
+    names = list(versions)
+    done: dict[str, Path] = {}
+    full_times: list[float] = []
+
+    def ft(name: str, model: Path) -> Path:
+        if name not in done and (lab.work / "ft" / name / "config.json").is_file():
+            done[name] = lab.work / "ft" / name
+        if name not in done:
+            t = time.perf_counter()
+            done[name] = lab.finetune(name, model, curve=False)[0]
+            full_times.append(time.perf_counter() - t)
+        return done[name]
+
+    plain = {n: ft(f"{n}", versions[n]) for n in names}
+    dirs = {n: lab.diff(f"dir-{n}", plain[n], versions[n]) for n in names}
+    star = {"iterative": plain[names[0]], "auto": plain[names[0]]}
+    for mode in (*FIXED, "auto"):
+        run.modes[mode] = {}
+    for prev, name in itertools.pairwise(names):
+        base = versions[name]
+        run.modes["none"][name] = lab.acc(plain[name])
+        run.modes["direct"][name] = lab.acc(ft(f"{name}+dir@1", lab.apply(f"{name}+dir@1", dirs[prev], base)))
+        chain = lab.diff(f"iter-{prev}", star["iterative"], versions[prev])
+        star["iterative"] = ft(f"{name}+iterative", lab.apply(f"{name}+iterative", chain, base))
+        run.modes["iterative"][name] = lab.acc(star["iterative"])
+        # auto: the pre-check, the starts, every start fine-tuned in full, each probe's pick.
+        check = precheck(previous_base=versions[prev], base=base, diff=dirs[prev])
+        run.prechecks[name] = check.model_dump(mode="json")
+        auto_iter = lab.diff(f"auto-iter-{prev}", star["auto"], versions[prev])
+        diffs: dict[str, Path] = {"dir": dirs[prev]}
+        if prev != names[0]:  # at M2, Δ^iter is Δ^dir
+            diffs["iter"] = auto_iter
+        starts = make_starts(base=base, diffs=diffs, alphas=Probe().alphas, out=lab.work / "starts" / name,
+                             overwrite=True)  # fmt: skip
+        fts = {s: f"{name}+{s}" + (f"~{default}" if s.startswith("iter") else "") for s in starts}
+        fts[PLAIN] = name
+        finals = {s: lab.acc(ft(fts[s], path)) for s, path in starts.items()}
+        run.starts[name] = finals
+        picks = {}
+        for kind, probe in PROBES.items():
+            result = score_starts(
+                starts=starts, probe=probe, recipe=lab.recipe, data=bed.train_data,
+                work=lab.work / "probes" / name / kind, suite=psuite, threads=setup.threads,
+            )  # fmt: skip
+            picks[kind] = {
+                "chosen": result.chosen,
+                "final": finals[result.chosen],
+                "scores": {s: v.score for s, v in result.scores.items()},
+                "probe_steps": result.probe_steps,
+                "evaluations": result.evaluations,
+                "seconds": result.seconds,
+            }
+        run.picks[name] = picks
+        chosen = PLAIN if check.lineage_broken else str(picks[default]["chosen"])
+        run.modes["auto"][name] = finals[chosen]
+        star["auto"] = done[fts[chosen]]
+    run.full_seconds = statistics.fmean(full_times or [math.nan])
+    run.seconds = time.perf_counter() - began
+    saved.write_text(json.dumps(run.__dict__))
+    if control is not None:
+        run.control = _control_check(bed=bed, lab=lab, control=control)
+    return run
+
+
+def _control_check(*, bed: Testbed, lab: Lab, control: Path) -> dict[str, object]:
+    """The pre-check of the last pretraining release's Δ onto a model from another initialisation: auto must
+    fall back to the plain release."""
+    last = bed.releases[-1]
+    diff = lab.work / "diffs" / f"dir-M{len(bed.releases)}"
+    check = precheck(previous_base=last, base=control, diff=diff)
+    return {
+        "control": str(control),
+        "precheck": check.model_dump(mode="json"),
+        "auto_start": PLAIN if check.lineage_broken else "a recycled start",
+    }
+
+
+def auto_rows(runs: list[AutoRun], *, setup: Setup) -> list[dict[str, object]]:
+    """results.json: one row per seed, release and mode."""
+    rows: list[dict[str, object]] = []
+    for r in runs:
+        for name in r.modes["none"]:
+            for mode in (*FIXED, "auto"):
+                probe = r.picks[name][r.probe]["probe_steps"] if mode == "auto" else 0
+                rows.append({"seed": r.seed, "release": name, "mode": mode, "final": r.modes[mode][name],
+                             "steps": setup.steps, "probe_steps": probe})  # fmt: skip
+    return rows
+
+
+def auto_report(runs: list[AutoRun], *, out: Path, setup: Setup, seconds: float) -> Path:
+    """`auto.md`, `auto.json` and `results.json` under `out`: the targets, checked, and each probe's record."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(auto_rows(runs, setup=setup), indent=1))
+    (out / "auto.json").write_text(json.dumps([r.__dict__ for r in runs], indent=1))
+    names = list(runs[0].modes["none"])
+    cases = [(r, n) for r in runs for n in names]
+    best = {(r.seed, n): max(r.modes[m][n] for m in FIXED) for r, n in cases}
+    near = sum(r.modes["auto"][n] >= best[(r.seed, n)] - 2 for r, n in cases)
+    below = [(r.seed, n) for r, n in cases if r.modes["auto"][n] < r.modes["none"][n] - 2]
+    means = {m: statistics.fmean(r.modes[m][n] for r, n in cases) for m in (*FIXED, "auto")}
+    lines = [
+        "# recycle.mode: auto on the test bed",
+        "",
+        f"Seeds {', '.join(str(r.seed) for r in runs)}; releases {', '.join(names)}; full fine-tune {setup.steps} "
+        f"steps; exact match in percent on `testbed_add` (200 eval sums). auto's probe: {runs[0].probe}; "
+        f"α in {list(Probe().alphas)}. Total time {seconds:.0f} s.",
+        "",
+        "| seed | release | " + " | ".join((*FIXED, "auto")) + " | auto's start | best start (all fine-tuned) |",
+        "| --- | --- | " + " | ".join("---" for _ in (*FIXED, "auto")) + " | --- | --- |",
+    ]
+    for r, n in cases:
+        top = max(r.starts[n].values())
+        winners = ", ".join(s for s, v in r.starts[n].items() if v == top)
+        lines.append(
+            f"| {r.seed} | {n} | "
+            + " | ".join(f"{r.modes[m][n]:.1f}" for m in (*FIXED, "auto"))
+            + f" | {r.picks[n][r.probe]['chosen']} | {winners} ({top:.1f}) |"
+        )
+    lines += [
+        "",
+        "| mean | | " + " | ".join(f"{means[m]:.1f}" for m in (*FIXED, "auto")) + " | | |",
+        "",
+        "## Targets",
+        "",
+        f"- auto within 2 points of the best fixed mode: {near} of {len(cases)} (target ≥ 10 of 12): "
+        f"**{'held' if near >= len(cases) - 2 else 'failed'}**",
+        f"- auto never more than 2 points below plain FT: {'held' if not below else '**failed** at ' + str(below)}",
+        f"- auto's mean above every fixed mode's: "
+        f"{'held' if means['auto'] > max(means[m] for m in FIXED) else '**failed**'}",
+        "",
+        "## Probes: how often each picked the true winner, and what it cost",
+        "",
+        "A pick counts as right when its start's final accuracy equals the best start's (ties count). Cost: "
+        "probe optimizer steps and wall time against one full fine-tune "
+        f"(mean {statistics.fmean(r.full_seconds for r in runs):.1f} s) .",
+        "",
+        "| probe | release | right picks | mean points lost to the best start | probe steps / full steps | "
+        "probe seconds / full fine-tune |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind in PROBES:
+        for n in names:
+            right = sum(r.picks[n][kind]["final"] == max(r.starts[n].values()) for r in runs)
+            lost = statistics.fmean(max(r.starts[n].values()) - r.picks[n][kind]["final"] for r in runs)
+            steps = statistics.fmean(r.picks[n][kind]["probe_steps"] / setup.steps for r in runs)
+            secs = statistics.fmean(r.picks[n][kind]["seconds"] / r.full_seconds for r in runs)
+            lines.append(f"| {kind} | {n} | {right}/{len(runs)} | {lost:.1f} | {steps:.2f} | {secs:.2f} |")
+    lines += ["", "## Pre-check", "", "| seed | pair | base_shift | shift / ‖Δ‖ | cosine | lineage_broken |",
+              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in runs:
+        checks = [(f"M{int(n[1:]) - 1}→{n}", c) for n, c in r.prechecks.items()]
+        if r.control:
+            checks.append(("M4→control", r.control["precheck"]))
+        for pair, c in checks:
+            o = c["overall"]  # type: ignore[index]
+            lines.append(f"| {r.seed} | {pair} | {o['base_shift']:.3f} | {o['shift_to_diff']:.2f} | "
+                         f"{o['cosine']:+.3f} | {c['lineage_broken']} |")  # type: ignore[index]  # fmt: skip
+    report = out / "auto.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report
+
+
 def _build_one(args: tuple[int, Setup, Path, bool]) -> Testbed:
     seed, setup, beds, own_control = args
     return build(seed=seed, setup=setup, beds=beds, own_control=own_control)
@@ -366,13 +605,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/replicate"))
     parser.add_argument("--beds", type=Path, default=Path("benchmarks/.cache/testbeds"), help="test bed cache")
     parser.add_argument("--jobs", type=int, default=3, help="seeds run at once, one process and one thread each")
+    parser.add_argument("--auto", action="store_true", help="measure recycle.mode: auto (auto.md, auto.json)")
+    parser.add_argument("--steps", type=int, help="override the full fine-tune's steps")
+    parser.add_argument("--probe", choices=list(PROBES), default=Probe().kind, help="the probe auto follows")
     ns = parser.parse_args(argv)
     setup = QUICK if ns.quick else FULL
     if ns.seeds:
-        setup = Setup(**{**setup.__dict__, "seeds": tuple(ns.seeds)})
+        setup = Setup(**{**setup.__dict__, "seeds": tuple(dict.fromkeys(ns.seeds))})
+    if ns.steps:
+        setup = Setup(**{**setup.__dict__, "steps": ns.steps})
+    if ns.auto:  # the shipped seed-0 bed serves; other seeds are pretrained (and cached under --beds)
+        setup = Setup(**{**setup.__dict__, "from_scratch": False, "new_release": True})
     start = time.perf_counter()
     seeds = setup.seeds
     jobs = max(1, min(ns.jobs, len(seeds)))
+    if ns.auto:
+        return _main_auto(setup=setup, out=ns.out, beds=ns.beds, jobs=jobs, probe=ns.probe)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         # With several seeds, each seed's control is the next seed's last release: another initialisation.
         shared = len(seeds) > 1
@@ -390,6 +638,25 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(runs, out=ns.out, setup=setup, seconds=time.perf_counter() - start, shipped=shipped)
     print(report.read_text())
     return 1 if shipped else 0
+
+
+def _main_auto(*, setup: Setup, out: Path, beds: Path, jobs: int, probe: str) -> int:
+    start = time.perf_counter()
+    seeds = setup.seeds
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shared = len(seeds) > 1
+        built = list(pool.map(_build_one, [(s, setup, beds, not shared) for s in seeds]))
+        controls = [built[(k + 1) % len(built)].releases[-1] if shared else None for k in range(len(built))]
+        futures = [
+            pool.submit(auto_run, seed=s, setup=setup, root=out / "work", beds=beds, control=c, default=probe)
+            for s, c in zip(seeds, controls, strict=True)
+        ]
+        runs = [f.result() for f in futures]
+    for run in runs:
+        print(f"seed {run.seed}: {run.seconds:.0f} s", file=sys.stderr)
+    report = auto_report(runs, out=out, setup=setup, seconds=time.perf_counter() - start)
+    print(report.read_text())
+    return 0
 
 
 if __name__ == "__main__":

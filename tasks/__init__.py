@@ -10,7 +10,9 @@ records (no Prefect, no database, no settings). Each sub-package has one job:
 | `hub` | the Hugging Face Hub: releases, pinned downloads, publishing |
 | `evaluate` | lm-eval suites in, eval records out |
 | `gate` | the pure promotion decision |
+| `starts` | `recycle.mode: auto`: the transferability pre-check, the starts M_i + α·Δ, the probes that pick one |
 
 Inside, imports point one way: `engine` uses `io`; `training`, `evaluate`, `gate`, `hub` and `testbed`
-use `io`'s public names at most, never `engine`'s internals.
+use `io`'s public names at most, never `engine`'s internals; `starts` uses the engine, training and
+evaluation, and the test bed builds its probe suite with it.
 """

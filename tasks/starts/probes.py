@@ -1,0 +1,260 @@
+"""Cheap probes that score candidate starts for a release's fine-tune, and the choice among them.
+
+`recycle.mode: auto` fine-tunes a new release M_i from the best of several starts: M_i itself, and
+M_i + α·Δ for each diff and α (`make_starts`). Each start is scored by one probe (`Probe.kind`):
+
+- `zero_shot`: the start's score on a probe suite (a task whose documents are disjoint from the gate's,
+  see `split.write_probe_task`), with no training;
+- `heldout_loss`: the start's completion-only loss on a held-out slice of the fine-tuning data (lower is
+  better; scored as its negative);
+- `short_finetune`: successive halving: every start is fine-tuned for a fraction of the recipe's steps
+  (through `training.finetune`, on the data without the held-out slice), the better half (by held-out loss,
+  or by the probe suite) goes on for as many steps again from where it stopped, until one is left.
+
+Scores are "higher is better"; ties go to the start named first (put the plain release first).
+
+The default, `zero_shot`, is the one measured best on the test bed (`benchmarks/replicate.py --auto`, seeds 0–2,
+M2..M5, every start also fine-tuned in full to know the true winner): it picked the true winner 6 of 12 times,
+losing 2.4 points to it on average, with no training; `short_finetune` lost 2.4 too (5 of 12) for 0.3–0.65 of a
+full fine-tune's steps; `heldout_loss` lost 5.1 (4 of 12): the held-out slice was in every earlier fine-tune's
+data, so the starts that saw it most (large α, Δ^iter) look best, and at M2 it chose M2 + Δ1 where plain FT
+ended 39 points higher. No probe has a signal on a weak base (M2: every start scores ~0 zero-shot).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ...errors import FinetuneConfigError
+from ..evaluate import Suite, evaluate
+from ..training.finetune import IGNORE, finetune, read_pairs, tokenize_pair
+from ..training.recipe import Recipe
+from .split import heldout_split
+
+ProbeKind = Literal["zero_shot", "heldout_loss", "short_finetune"]
+
+
+class Probe(BaseModel):
+    """How `recycle.mode: auto` picks the start of a release's fine-tune (a track's `recycle.probe`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    kind: ProbeKind = Field(
+        default="zero_shot",
+        description="zero_shot: the probe suite's score of each start; heldout_loss: each start's loss on a "
+        "held-out slice of the fine-tuning data; short_finetune: successive halving of short fine-tunes.",
+    )
+    alphas: tuple[float, ...] = Field(
+        default=(0.5, 0.75, 1.0), min_length=1, description="Scales α of each diff: the starts are M_i + α·Δ (and M_i)."
+    )
+    examples: int = Field(
+        default=100,
+        ge=1,
+        description="Held-out fine-tuning examples (heldout_loss, short_finetune) or probe documents.",
+    )
+    steps_fraction: float = Field(
+        default=0.05, gt=0, le=1, description="short_finetune: the recipe's steps each start trains per halving round."
+    )
+    score_by: Literal["heldout_loss", "zero_shot"] = Field(
+        default="heldout_loss", description="short_finetune: what ranks the starts after each round."
+    )
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [a for a in value if not 0 < a <= 2]
+        if bad:
+            raise ValueError(f"alphas {bad} are out of range: each α must be in (0, 2], e.g. [0.5, 0.75, 1.0]")
+        if len(set(value)) != len(value):
+            raise ValueError(f"alphas {list(value)} repeat a value; list each α once")
+        return value
+
+
+class StartScore(BaseModel):
+    """One start's probe outcome."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)
+
+    path: str = Field(description="The start's model folder.")
+    score: float = Field(description="Higher is better: the probe suite's score, or minus the held-out loss.")
+    curve: tuple[tuple[int, float], ...] = Field(
+        default=(), description="short_finetune: (probe steps trained, score) after each round it took part in."
+    )
+    rounds: int = Field(default=0, description="short_finetune: halving rounds the start took part in.")
+
+
+class ProbeResult(BaseModel):
+    """The probe's scores of every start, the start chosen, and what the probe cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)
+
+    kind: ProbeKind
+    scores: dict[str, StartScore]
+    chosen: str = Field(description="The start to fine-tune from with the full recipe.")
+    probe_steps: int = Field(description="Optimizer steps the probe trained, over all starts.")
+    evaluations: int = Field(description="Scorings run (one per start, per round for short_finetune).")
+    full_steps: int = Field(description="The full recipe's steps, for scale.")
+    seconds: float = Field(description="Wall time of the probe.")
+
+    @property
+    def steps_fraction(self) -> float:
+        """Probe steps as a fraction of one full fine-tune."""
+        return self.probe_steps / self.full_steps if self.full_steps else 0.0
+
+
+def choose(scores: Mapping[str, float]) -> str:
+    """The name with the highest score; the first of them on a tie.
+
+    Raises:
+        FinetuneConfigError: `scores` is empty.
+    """
+    if not scores:
+        raise FinetuneConfigError("no starts to choose from; pass at least the plain release.", field="starts")
+    return max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+
+
+def heldout_loss(*, model_dir: Path, data: Path, recipe: Recipe, batch_size: int = 64) -> float:
+    """The mean per-token loss of the model folder `model_dir` on the `{"prompt", "completion"}` records of
+    `data`, tokenized as `recipe` fine-tunes (completion only when it says so), in float32 on the CPU or the
+    first GPU. Deterministic for given files.
+
+    Raises:
+        FinetuneDataError: `data` cannot be used.
+        OSError, ValueError: `model_dir` is not a model folder transformers can load.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pairs = read_pairs(data=data)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    examples = [tokenize_pair(tokenizer=tokenizer, recipe=recipe, **p) for p in pairs]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = model.to(device).eval()
+    pad = tokenizer.pad_token_id or 0
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            width = max(len(e["input_ids"]) for e in batch)
+            ids = torch.tensor([e["input_ids"] + [pad] * (width - len(e["input_ids"])) for e in batch], device=device)
+            labels = torch.tensor([e["labels"] + [IGNORE] * (width - len(e["labels"])) for e in batch], device=device)
+            mask = (torch.arange(width, device=device)[None, :] < torch.tensor([len(e["input_ids"]) for e in batch],
+                    device=device)[:, None]).long()  # fmt: skip
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            losses = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
+            total += float(losses)
+            count += int((target != IGNORE).sum())
+    return total / count if count else math.nan
+
+
+def score_starts(
+    *,
+    starts: Mapping[str, Path],
+    probe: Probe,
+    recipe: Recipe,
+    data: Path,
+    work: Path,
+    suite: Suite | None = None,
+    threads: int | None = None,
+) -> ProbeResult:
+    """Score each of `starts` (name → model folder; the plain release first) with `probe` and choose one.
+
+    Args:
+        starts: the candidate starts, e.g. from `make_starts`.
+        probe: which probe, and its size.
+        recipe: the full fine-tuning recipe (short fine-tunes take its settings and a fraction of its steps).
+        data: the fine-tuning data (JSONL of prompt/completion records).
+        work: a folder for the held-out split and the short fine-tunes' models (created; may be removed after).
+        suite: the probe suite (zero_shot, and short_finetune scored by zero_shot): documents disjoint from the
+            gate's, e.g. from `split.write_probe_task`. Its first record's value is the score.
+        threads: torch CPU threads for the short fine-tunes.
+
+    Raises:
+        FinetuneConfigError: `starts` is empty, or the probe needs a probe suite and none was given.
+        FinetuneDataError: `data` cannot be read or is too small for `probe.examples` held-out records.
+        ModelFolderError, SuiteError: from fine-tuning or evaluating a start.
+    """
+    began = time.perf_counter()
+    if not starts:
+        raise FinetuneConfigError("no starts to score; pass at least the plain release.", field="starts")
+    needs_suite = probe.kind == "zero_shot" or (probe.kind == "short_finetune" and probe.score_by == "zero_shot")
+    if needs_suite and suite is None:
+        raise FinetuneConfigError(
+            f"the {probe.kind} probe{' scored by zero_shot' if probe.kind == 'short_finetune' else ''} needs a probe "
+            "suite whose documents are disjoint from the gate's (split.write_probe_task makes one); pass suite=, or "
+            "use kind: heldout_loss.",
+            field="suite",
+        )
+    work = Path(work)
+    train, heldout = (None, None)
+    if probe.kind != "zero_shot":
+        train, heldout = heldout_split(data=data, examples=probe.examples, out=work / "split")
+
+    def score(model: Path, *, by: str) -> float:
+        if by == "zero_shot":
+            assert suite is not None
+            return float(evaluate(model_dir=model, suite=suite)[0].value)
+        assert heldout is not None
+        return -heldout_loss(model_dir=model, data=heldout, recipe=recipe)
+
+    if probe.kind != "short_finetune":
+        values = {name: score(path, by=probe.kind) for name, path in starts.items()}
+        return ProbeResult(
+            kind=probe.kind,
+            scores={n: StartScore(path=str(p), score=values[n], curve=(), rounds=0) for n, p in starts.items()},
+            chosen=choose(values),
+            probe_steps=0,
+            evaluations=len(starts),
+            full_steps=recipe.steps,
+            seconds=time.perf_counter() - began,
+        )
+    assert train is not None
+    step = max(1, round(probe.steps_fraction * recipe.steps))
+    first = recipe.model_copy(
+        update={"steps": step, "schedule": "constant_with_warmup", "warmup_steps": min(recipe.warmup_steps, step // 2)}
+    )
+    later = recipe.model_copy(update={"steps": step, "schedule": "constant", "warmup_steps": 0})
+    current = dict(starts)
+    curves: dict[str, list[tuple[int, float]]] = {n: [] for n in starts}
+    last: dict[str, float] = {}
+    alive, trained, evaluations, rounds = list(starts), 0, 0, 0
+    while len(alive) > 1:
+        for name in alive:
+            out = work / "short" / f"{name}-r{rounds}"
+            current[name] = finetune(
+                model_dir=current[name],
+                data=train,
+                recipe=first if rounds == 0 else later,
+                out_dir=out,
+                threads=threads,
+                overwrite=True,
+            ).out_dir
+            last[name] = score(current[name], by=probe.score_by)
+            curves[name].append((step * (rounds + 1), last[name]))
+            trained, evaluations = trained + step, evaluations + 1
+        rounds += 1
+        ranked = sorted(alive, key=lambda n: (-last[n], list(starts).index(n)))
+        alive = ranked[: math.ceil(len(alive) / 2)] if len(alive) > 2 else ranked[:1]
+    chosen = alive[0]
+    return ProbeResult(
+        kind=probe.kind,
+        scores={
+            n: StartScore(path=str(p), score=last.get(n, math.nan), curve=tuple(curves[n]), rounds=len(curves[n]))
+            for n, p in starts.items()
+        },
+        chosen=chosen,
+        probe_steps=trained,
+        evaluations=evaluations,
+        full_steps=recipe.steps,
+        seconds=time.perf_counter() - began,
+    )
