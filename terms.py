@@ -27,12 +27,15 @@ class RecycleMode(StrEnum):
     first Δ of that release's lineage, the one no recycling made (the track's first plain fine-tune's, or
     one imported), as the paper's Section 2 transfers one Δ_s. Neither is the paper's Δ^dir (the Δ of a
     plain fine-tune of the previous release), which `benchmarks/replicate.py` measures. `none` is plain
-    fine-tuning, FT(M_i).
+    fine-tuning, FT(M_i). `auto` decides per release: a pre-check of the weights, then a probe of M_i,
+    M_i + α·Δ^iter and M_i + α·Δ^source for each α of a grid; the candidate records the start it chose (as
+    one of the other three modes) and why.
     """
 
     ITERATIVE = "iterative"
     SOURCE = "source"
     NONE = "none"
+    AUTO = "auto"
 
 
 class CarryRule(StrEnum):

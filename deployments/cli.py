@@ -14,6 +14,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from ..flows.settings import GraftSettings
+from ..terms import RecycleMode
 from .compare_cli import compare
 from .console import DataDir, err, live_progress, say, user_errors
 from .plan_cli import plan
@@ -274,6 +275,10 @@ def demo(
     testbed: Annotated[
         Path | None, typer.Option("--testbed", help="Use (or build) the test bed in this folder instead.")
     ] = None,
+    mode: Annotated[
+        RecycleMode | None,
+        typer.Option("--mode", help="The track's recycle mode (default: the shipped track's, iterative)."),
+    ] = None,
 ) -> None:
     """Graftwork end to end on the CPU test bed: releases published one by one, each carried over,
     fine-tuned, evaluated, gated and promoted through Prefect; then the lineage and what recycling saved.
@@ -289,6 +294,7 @@ def demo(
         seed=seed,
         fast=fast,
         testbed=testbed,
+        mode=mode,
     )
     with user_errors(), live_progress() as listener, listening(listener):
         run_demo(options=options, say=say)

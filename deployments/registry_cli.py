@@ -221,6 +221,10 @@ def _details(session: Session, row: Artifact) -> list[str]:
         lines.append("lineage: " + " ← ".join([rows.public_id(row), *(rows.public_id(d) for d in chain)]))
     if isinstance(row, Candidate):
         lines.append(f"{row.kind}, started from {row.carry_reason or 'an unrecorded Δ (made before carry reasons)'}")
+        if row.start_choice is not None:
+            from ..flows.startchoice import describe
+
+            lines += describe(row.start_choice)
         if row.finetune_run is not None:
             lines.append(_finetune_run(row.finetune_run))
         lines += [

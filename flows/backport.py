@@ -17,7 +17,8 @@ from ..tasks.evaluate import Evaluation
 from ..tasks.training.gpus import gpu_lease
 from ..terms import CandidateKind, EvalSubject, RecycleMode, ReleaseState
 from .evidence import store_evaluation
-from .recycle import Plan, carry_over, fetch, release_ref, run_eval
+from .names import release_ref
+from .recycle import Plan, carry_over, fetch, run_eval
 from .settings import Workspace
 from .tracks import TrackSpec, load_spec
 

@@ -30,9 +30,11 @@ from ..errors import ReleaseOrderError
 from ..fs import Say, write_text_atomic
 from ..storage import registry as rows
 from ..storage.db import session_scope
-from ..tasks.evaluate import EvalRecord
+from ..tasks.evaluate import EvalRecord, Suite
 from ..tasks.testbed import Testbed, build_testbed
+from ..tasks.testbed.probe import probe_suite
 from ..tasks.training.finetune import finetune
+from ..terms import RecycleMode
 from .demo_table import HEADER, ReleaseRow, decided, line, release_row, summary
 from .local_server import local_prefect
 from .progress import told
@@ -55,6 +57,7 @@ class DemoOptions:
     seed: int = 0
     fast: bool = False
     testbed: Path | None = None
+    mode: RecycleMode | None = None
 
     @property
     def root(self) -> Path:
@@ -199,6 +202,11 @@ def _register_track(options: DemoOptions, bed: Testbed, say: Say) -> TrackSpec:
     spec["eval"]["task_dirs"] = [str(bed.task_dir)]
     if options.fast:
         spec["eval"]["limit"] = 50
+    if options.mode is not None:
+        spec["recycle"]["mode"] = options.mode.value
+    if options.mode is RecycleMode.AUTO:  # its zero-shot probe scores the starts on sums the gate never sees
+        probe = probe_suite(bed=bed, suite=Suite.model_validate(spec["eval"]), out=options.root / "probe", examples=100)
+        spec["recycle"]["probe_suite"] = probe.model_dump(mode="json")
     path = options.root / f"{TRACK}.yaml"
     write_text_atomic(path, yaml.safe_dump(spec, sort_keys=False))
     track = load_track(path)

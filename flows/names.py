@@ -4,13 +4,21 @@ names (`TRACK/LABEL`), tags and artifact keys built from the track and that labe
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
+from ..storage.models import Release
 from ..tasks.hub import LOCAL_PREFIX, ReleaseRef
 
 SHORT_SHA = 8
+
+
+def release_ref(release: Release) -> ReleaseRef:
+    """The release as the tasks name it."""
+    path = None if release.path is None else Path(release.path)
+    return ReleaseRef(repo_id=release.repo_id, revision=release.revision, ref=release.ref, path=path)
 
 
 def release_label(release: ReleaseRef) -> str:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
@@ -24,7 +25,6 @@ from ..fs import file_sha256, megabytes, write_text_atomic
 from ..storage import registry as rows
 from ..storage import runs
 from ..storage.db import session_scope
-from ..storage.models import Release
 from ..tasks import engine
 from ..tasks.evaluate import EvalRecord, Evaluation, run_evaluation
 from ..tasks.gate import Decision
@@ -34,9 +34,10 @@ from ..tasks.training.gpus import gpu_env, gpu_lease, pin
 from ..tasks.training.launch import run_launch
 from ..terms import EvalSubject, RecycleMode
 from .approvals import await_approval
+from .autostart import choose_start
 from .gating import champion_evaluation, gate_and_promote, publish_champion
 from .lifecycle import release_run, start_next_pass
-from .names import run_name, run_tags, step_key, tag_this_run
+from .names import release_ref, run_name, run_tags, step_key, tag_this_run
 from .progress import progress_artifact
 from .registry import register_diff, streamed_diff
 from .report import report_run
@@ -56,6 +57,7 @@ class Plan:
     carry_reason: str
     mode: RecycleMode
     work: Path
+    alpha: float = 1.0
 
     @property
     def label(self) -> str:
@@ -76,23 +78,27 @@ def plan(where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: R
         ReleaseOrderError: the release this one carries from is not done.
     """
     mode = mode or spec.recycle.mode
+    auto = mode is RecycleMode.AUTO  # it carries Δ^iter or Δ^source, or nothing: `choose_start` decides
     with session_scope(where.registry().engine) as session:
         release = rows.get_release(session, release_id=release_id)
-        carried = runs.carry(session, release=release, mode=mode, rule=spec.recycle.carry, channel=spec.channel)
+        carried = runs.carry(
+            session,
+            release=release,
+            mode=RecycleMode.ITERATIVE if auto else mode,
+            rule=spec.recycle.carry,
+            channel=spec.channel,
+        )
         carried_id = None if carried.diff is None else rows.public_id(carried.diff)
         ref = release_ref(release)
     effective = mode if carried_id else RecycleMode.NONE
-    folder = effective.value if carried_id is None else f"{effective}-a{spec.recycle.alpha:g}"
+    folder = effective.value if carried_id is None or auto else f"{effective}-a{spec.recycle.alpha:g}"
     work = where.data_dir / "runs" / track / ref.revision[:12] / folder
+    if auto and carried_id:
+        get_run_logger().info("plan: auto mode: pre-check, then probe the starts; working folder %s", work)
+        return Plan(track, release_id, ref, None, carried.reason, effective, work)
     carries = "nothing to carry over" if carried_id is None else f"carry {carried_id} over"
     get_run_logger().info("plan: %s, %s mode (%s); working folder %s", carries, effective, carried.reason, work)
-    return Plan(track, release_id, ref, carried_id, carried.reason, effective, work)
-
-
-def release_ref(release: Release) -> ReleaseRef:
-    """The release as the tasks name it."""
-    path = None if release.path is None else Path(release.path)
-    return ReleaseRef(repo_id=release.repo_id, revision=release.revision, ref=release.ref, path=path)
+    return Plan(track, release_id, ref, carried_id, carried.reason, effective, work, spec.recycle.alpha)
 
 
 @task
@@ -182,9 +188,11 @@ def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str], *,
 
 
 @task
-def record_candidate(where: Workspace, the_plan: Plan, spec: TrackSpec, candidate: Path) -> int:
-    """Record the candidate and the fine-tune run that made it (its loss curve as a blob); return its id.
-    Recording it again (a resumed run) returns the same id."""
+def record_candidate(
+    where: Workspace, the_plan: Plan, spec: TrackSpec, candidate: Path, start_choice: dict[str, Any] | None = None
+) -> int:
+    """Record the candidate and the fine-tune run that made it (its loss curve as a blob), and for an `auto`
+    track how its start was chosen; return its id. Recording it again (a resumed run) returns the same id."""
     report = json.loads((the_plan.work / "finetune.json").read_text())
     registry = where.registry()
     curve = json.dumps(report["loss_curve"]).encode()
@@ -211,12 +219,13 @@ def record_candidate(where: Workspace, the_plan: Plan, spec: TrackSpec, candidat
             session,
             release=release,
             mode=the_plan.mode,
-            alpha=0.0 if source is None else spec.recycle.alpha,
+            alpha=0.0 if source is None else the_plan.alpha,
             model_uri=str(candidate),
             source_diff=source,
             finetune=run,
             carry_reason=the_plan.carry_reason,
             spec=version,
+            start_choice=start_choice,
         )
         candidate_id, number = row.id, version.version
     get_run_logger().info("record: candidate-%d, with its fine-tune run and spec version %d", candidate_id, number)
@@ -308,10 +317,24 @@ def _recycle(
     the_plan = plan(where, track, release_id, spec, mode)
     tag_this_run(*run_tags(track=track, release=the_plan.release))
     base = fetch(the_plan)
-    start = base if the_plan.carried_diff is None else carry_over(where, the_plan, base, spec.recycle.alpha)
+    choice = None
+    if the_plan.mode is RecycleMode.AUTO:
+        choice = choose_start(
+            where, work=the_plan.work, release_id=release_id, base=base, spec=spec, key=the_plan.key("start")
+        )
+        the_plan = replace(
+            the_plan,
+            carried_diff=choice.carried_diff,
+            carry_reason=choice.carry_reason,
+            mode=choice.mode,
+            alpha=choice.alpha,
+        )
+        start = choice.start
+    else:
+        start = base if the_plan.carried_diff is None else carry_over(where, the_plan, base, the_plan.alpha)
     with gpu_lease(count=spec.finetune.launch.processes) as gpus:
         candidate = fine_tune(the_plan, start, spec, gpus)
-    candidate_id = record_candidate(where, the_plan, spec, candidate)
+    candidate_id = record_candidate(where, the_plan, spec, candidate, None if choice is None else choice.record)
     diff_id = new_diff(where, the_plan, candidate, base, candidate_id)
     with gpu_lease(count=1) as gpus:
         scores = {

@@ -10,7 +10,9 @@ finetune:
   data: data/train.jsonl           # {"prompt": ..., "completion": ...} per line
   recipe: {steps: 100, learning_rate: 1.0e-3}
   launch: {processes: 1}           # > 1: accelerate with distributed: fsdp | deepspeed
-recycle: {mode: iterative, carry: previous, alpha: 1.0}   # iterative | source | none; previous | champion
+recycle: {mode: iterative, carry: previous, alpha: 1.0}   # iterative | source | none | auto; previous | champion
+# auto: per release, a pre-check of the weights, then a probe of base and base + α·Δ (Δ^iter, Δ^source) for each α:
+#   recycle: {mode: auto, probe: {alphas: [0.5, 0.75, 1.0], kind: zero_shot, examples: 100}, probe_suite: {...}}
 eval:                              # an lm-eval suite: task names and local task folders, and how to run it
   tasks: [testbed_addition]
   task_dirs: [tasks/]
@@ -39,7 +41,7 @@ from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import SuiteError, TrackError
 from ..storage import Registry
@@ -48,6 +50,7 @@ from ..storage.db import session_scope
 from ..storage.models import Track
 from ..tasks.evaluate import Suite, load_suite
 from ..tasks.gate import GateRules
+from ..tasks.starts import Probe
 from ..tasks.training.finetune import read_pairs
 from ..tasks.training.launch import Launch
 from ..tasks.training.recipe import Recipe
@@ -138,6 +141,25 @@ class RecycleSpec(_Spec):
         description="Scale of the diff vector: base + alpha·Δ. Any finite value: a negative one subtracts Δ "
         "(undoes the fine-tuning it holds), which some users want; 0 carries nothing.",
     )
+    probe: Probe = Field(
+        default=Probe(), description="auto: the α grid of the starts and how each is scored before the fine-tune."
+    )
+    probe_suite: Suite | None = Field(
+        default=None,
+        description="auto with probe kind zero_shot: an eval suite whose documents are not the gate's (other tasks).",
+    )
+
+    @model_validator(mode="after")
+    def _probe_has_its_suite(self) -> RecycleSpec:
+        zero_shot = self.probe.kind == "zero_shot" or (
+            self.probe.kind == "short_finetune" and self.probe.score_by == "zero_shot"
+        )
+        if self.mode is RecycleMode.AUTO and zero_shot and self.probe_suite is None:
+            raise ValueError(
+                "the zero_shot probe scores each start on a probe suite: set recycle.probe_suite (tasks whose "
+                "documents are not the gate's), or use probe: {kind: heldout_loss}"
+            )
+        return self
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -193,6 +215,17 @@ class TrackSpec(_Spec):
         if not _NAME.match(name):
             raise ValueError("use letters, digits, '-', '_' and '.', starting with a letter or digit")
         return name
+
+    @model_validator(mode="after")
+    def _probe_is_not_the_gate(self) -> TrackSpec:
+        probe = self.recycle.probe_suite
+        shared = sorted(set(probe.tasks) & set(self.eval.tasks)) if probe is not None else []
+        if shared:
+            raise ValueError(
+                f"recycle.probe_suite scores starts on {shared}, which the gate evaluates too: a probe must not see "
+                "the gate's documents; give it other tasks (a held-out split of the same skill)"
+            )
+        return self
 
 
 def parse_track(data: Any, *, base_dir: Path, origin: str) -> TrackSpec:
@@ -279,11 +312,18 @@ def _resolved(spec: TrackSpec, base: Path) -> TrackSpec:
     source = spec.source
     if isinstance(source, LocalSource):
         source = source.model_copy(update={"release_dir": where(source.release_dir)})
+
+    def suite(given: Suite) -> Suite:
+        return given.model_copy(update={"task_dirs": tuple(where(d) for d in given.task_dirs)})
+
+    probe = spec.recycle.probe_suite
+    recycle = spec.recycle.model_copy(update={"probe_suite": None if probe is None else suite(probe)})
     return spec.model_copy(
         update={
             "source": source,
             "finetune": spec.finetune.model_copy(update={"data": where(spec.finetune.data)}),
-            "eval": spec.eval.model_copy(update={"task_dirs": tuple(where(d) for d in spec.eval.task_dirs)}),
+            "recycle": recycle,
+            "eval": suite(spec.eval),
         }
     )
 

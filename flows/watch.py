@@ -35,8 +35,8 @@ from ..tasks.hub.facts import Order
 from ..terms import ReleaseState
 from . import events
 from .lifecycle import RECYCLE_DEPLOYMENT, why_not_started
-from .names import run_name, run_tags, tag_this_run, track_tag
-from .recycle import recycle_then_finetune, release_ref
+from .names import release_ref, run_name, run_tags, tag_this_run, track_tag
+from .recycle import recycle_then_finetune
 from .settings import Workspace
 from .tracks import HubRefsSource, HubReposSource, LocalSource, TrackSpec, load_spec
 

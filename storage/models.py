@@ -233,7 +233,8 @@ class FinetuneRun(Immutable, Base):
 
 class Candidate(Immutable, Base):
     """A model produced for a release of a track: what made it (`kind`), from which Δ and why (`source_diff_id`,
-    `carry_reason`), and where its folder is."""
+    `carry_reason`; for an `auto` track, the pre-check and probe that chose its start: `start_choice`), and where
+    its folder is."""
 
     __tablename__ = "candidates"
 
@@ -245,6 +246,7 @@ class Candidate(Immutable, Base):
     alpha: Mapped[float] = mapped_column(Float)
     source_diff_id: Mapped[int | None] = mapped_column(ForeignKey("diffs.id", use_alter=True))
     carry_reason: Mapped[str | None] = mapped_column(Text)
+    start_choice: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     finetune_run_id: Mapped[int | None] = mapped_column(ForeignKey("finetune_runs.id"))
     spec_id: Mapped[int | None] = mapped_column(ForeignKey("track_specs.id"))
     model_uri: Mapped[str] = mapped_column(Text)

@@ -142,10 +142,11 @@ def record_candidate(
     carry_reason: str | None = None,
     kind: CandidateKind = CandidateKind.RECYCLE,
     spec: TrackSpecVersion | None = None,
+    start_choice: dict[str, Any] | None = None,
 ) -> Candidate:
     """Record the candidate made for `release` at `model_uri`, with the fine-tune run that made it, the
-    Δ it started from (and why that one) and the track's spec version it was made with; once: recording it
-    again (a resumed run) returns the first row."""
+    Δ it started from (and why that one: `carry_reason`, and for an `auto` track `start_choice`) and the track's
+    spec version it was made with; once: recording it again (a resumed run) returns the first row."""
     existing = session.scalars(
         select(Candidate)
         .where(Candidate.release_id == release.id, Candidate.model_uri == model_uri)
@@ -169,6 +170,7 @@ def record_candidate(
         source_diff_id=None if source_diff is None else source_diff.id,
         finetune_run_id=None if run is None else run.id,
         spec_id=None if spec is None else spec.id,
+        start_choice=start_choice,
     )
     session.add(row)
     session.flush()

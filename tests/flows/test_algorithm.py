@@ -130,7 +130,7 @@ def test_a_lora_track_runs_algorithm_1_on_full_candidates(data_dir: Path, testbe
 
 
 def test_an_unknown_recycle_mode_is_refused_before_the_run_starts(data_dir: Path) -> None:
-    with pytest.raises(ParameterTypeError, match=r"mode.*Input should be 'iterative', 'source' or 'none'"):
+    with pytest.raises(ParameterTypeError, match=r"mode.*Input should be 'iterative', 'source', 'none' or 'auto'"):
         recycle.recycle_then_finetune(track="bed", release_id=1, mode="iterativ")  # type: ignore[arg-type]
 
 

@@ -73,7 +73,19 @@ def test_relative_paths_are_taken_from_the_files_folder(tmp_path: Path) -> None:
             {"source": {"kind": "ftp"}},
             "source: Input tag 'ftp' found using 'kind' does not match any of the expected tags",
         ),
-        ({"recycle": {"mode": "sideways"}}, "recycle.mode: Input should be 'iterative', 'source' or 'none'"),
+        ({"recycle": {"mode": "sideways"}}, "recycle.mode: Input should be 'iterative', 'source', 'none' or 'auto'"),
+        (
+            {"recycle": {"mode": "auto"}},
+            "recycle: Value error, the zero_shot probe scores each start on a probe suite: set recycle.probe_suite",
+        ),
+        (
+            {"recycle": {"mode": "auto", "probe_suite": {"tasks": ["y", "x"]}}},
+            "track: Value error, recycle.probe_suite scores starts on ['x'], which the gate evaluates too",
+        ),
+        (
+            {"recycle": {"mode": "auto", "probe": {"kind": "heldout_loss", "alphas": [0.5, 3]}}},
+            "recycle.probe.alphas: Value error, alphas [3.0] are out of range: each α must be in (0, 2]",
+        ),
         (
             {"finetune": {"data": "d.jsonl", "recipe": {"steps": -1}}},
             "finetune.recipe.steps: Input should be greater than",

@@ -282,6 +282,7 @@ def test_registry_show_says_why_a_candidate_was_rejected(graft, database_url: st
         "alpha": 1.0,
         "source_diff_id": None,
         "carry_reason": None,
+        "start_choice": None,
         "finetune_run_id": None,
         "spec_id": None,
         "model_uri": "/m/02-M2",

@@ -1,0 +1,25 @@
+"""How `recycle.mode: auto` chose a candidate's start, in words: for `graft registry show` and the run's log.
+Reads the JSON record a candidate keeps (`candidates.start_choice`, made by `flows.autostart`); imports nothing
+heavy, so that the CLI stays quick to start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def describe(record: dict[str, Any]) -> list[str]:
+    """The choice, the pre-check's overall figures and each start's probe score, one line each."""
+    lines = [f"auto chose {record['chosen']}: {record['why']}"]
+    check = record.get("precheck")
+    if check is not None:
+        shift = check["overall"]
+        lines.append(
+            f"pre-check: the base moved {shift['base_shift']:.4f} of the previous release's norm "
+            f"({shift['shift_to_diff']:.4f} of ‖Δ‖, cos(Δ, move) {shift['cosine']:+.4f}); lineage broken above "
+            f"{check['threshold']:g}: {'yes' if check['lineage_broken'] else 'no'}"
+        )
+    probe = record.get("probe")
+    if probe is not None:
+        scores = ", ".join(f"{name} {score['score']:.4f}" for name, score in probe["scores"].items())
+        lines.append(f"probe {probe['kind']}: {scores}")
+    return lines
