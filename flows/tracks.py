@@ -41,7 +41,16 @@ from string import Formatter
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from ..errors import SuiteError, TrackError
 from ..storage import Registry
@@ -148,6 +157,17 @@ class RecycleSpec(_Spec):
         default=None,
         description="auto with probe kind zero_shot: an eval suite whose documents are not the gate's (other tasks).",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_auto_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out `probe` and `probe_suite` while they are the defaults: a track's spec (and its sha256, its
+        version) is the same as before `auto` existed."""
+        data: dict[str, Any] = handler(self)
+        if self.probe == Probe():
+            data.pop("probe", None)
+        if self.probe_suite is None:
+            data.pop("probe_suite", None)
+        return data
 
     @model_validator(mode="after")
     def _probe_has_its_suite(self) -> RecycleSpec:

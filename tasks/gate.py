@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from .paired import PairedDiff, paired_difference
 
@@ -72,6 +72,9 @@ class Superior(BaseModel):
     confidence: float = Field(0.95, gt=0, lt=1, description="Of the one-sided lower bound.")
 
 
+EVIDENCE_FIELDS = ("non_inferior", "superior", "resamples", "seed", "approval", "approval_timeout_hours")
+
+
 class GateRules(BaseModel):
     """What a candidate must show to be promoted."""
 
@@ -95,6 +98,16 @@ class GateRules(BaseModel):
     approval_timeout_hours: float = Field(
         168, gt=0, description="How long a suspended run waits for a person before it fails (the candidate waits on)."
     )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_evidence_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out the paired and approval fields while they are the defaults: the spec of a track that uses
+        none of them (and its sha256, its version) is the same as before they existed."""
+        data: dict[str, Any] = handler(self)
+        for name in EVIDENCE_FIELDS:
+            if getattr(self, name) == GateRules.model_fields[name].default:
+                data.pop(name, None)
+        return data
 
     @property
     def paired(self) -> bool:

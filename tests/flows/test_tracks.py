@@ -65,6 +65,21 @@ def test_relative_paths_are_taken_from_the_files_folder(tmp_path: Path) -> None:
     assert (spec.recycle.mode, spec.recycle.alpha, spec.channel) == ("iterative", 1.0, "production")
 
 
+def test_a_track_using_no_new_field_keeps_its_spec_and_its_version(tmp_path: Path) -> None:
+    dumped = load_track(_write(tmp_path, GOOD)).model_dump(mode="json")
+    assert set(dumped["recycle"]) == {"mode", "carry", "alpha"}  # no auto probe fields: the sha256 is unchanged
+    assert set(dumped["gate"]) == {
+        "metrics", "min_primary", "beat_base_by", "beat_champion_by", "max_regression", "stderr_multiplier"
+    }  # fmt: skip
+    auto = {**GOOD, "recycle": {"mode": "auto", "probe": {"kind": "heldout_loss", "alphas": [1.0]}}}
+    gated = {**auto, "gate": {**GOOD["gate"], "approval": "required", "resamples": 500}}  # type: ignore[dict-item]
+    spec = load_track(_write(tmp_path, gated))
+    dumped = spec.model_dump(mode="json")
+    assert dumped["recycle"]["probe"]["alphas"] == [1.0]
+    assert (dumped["gate"]["approval"], dumped["gate"]["resamples"]) == ("required", 500)
+    assert parse_track(dumped, base_dir=tmp_path, origin="stored") == spec
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
