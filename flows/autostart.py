@@ -26,7 +26,7 @@ from ..storage import registry as rows
 from ..storage import runs
 from ..storage.db import session_scope
 from ..tasks.hub import download
-from ..tasks.starts import PLAIN, Precheck, ProbeResult, make_starts, precheck, score_starts
+from ..tasks.starts import PLAIN, ProbeResult, make_starts, precheck, score_starts
 from ..terms import RecycleMode
 from .names import release_ref
 from .registry import streamed_diff
@@ -75,7 +75,8 @@ def choose_start(
                 role: stack.enter_context(streamed_diff(registry, ref=ref, scratch=work / "diffs" / role))
                 for role, ref in diffs.items()
             }
-            check = _precheck(opened["iterative"], previous=previous, base=base)
+            folder, reader = opened["iterative"]
+            check = precheck(previous_base=previous, base=base, diff=folder, reader=reader)
             record["precheck"] = check.model_dump(mode="json")
             if check.lineage_broken:
                 record |= {"chosen": PLAIN, "why": f"the pre-check says the lineage broke: {check.reason}"}
@@ -126,11 +127,6 @@ def _diffs(where: Workspace, *, release_id: int, spec: TrackSpec) -> tuple[dict[
     if ref is None:
         return ids, reasons, Path()
     return ids, reasons, ref.path if ref.path is not None else download(release=ref)
-
-
-def _precheck(opened: tuple[Any, Any], *, previous: Path, base: Path) -> Precheck:
-    folder, reader = opened
-    return precheck(previous_base=previous, base=base, diff=folder, reader=reader)
 
 
 def _keep_only(chosen: str, *, starts: Path, probe: Path) -> None:
