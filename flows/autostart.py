@@ -31,6 +31,7 @@ from ..terms import RecycleMode
 from .names import release_ref
 from .registry import streamed_diff
 from .settings import Workspace
+from .startchoice import describe_check
 from .tracks import TrackSpec
 
 ROLES = {"iterative": RecycleMode.ITERATIVE, "source": RecycleMode.SOURCE}
@@ -136,12 +137,21 @@ def _keep_only(chosen: str, *, starts: Path, probe: Path) -> None:
 
 
 def _why(result: ProbeResult) -> str:
-    best = result.scores[result.chosen].score
-    return (
-        f"{result.chosen} scored best by the {result.kind} probe ({best:.4f}) of {len(result.scores)} starts; "
+    check = result.versus_plain
+    cost = (
         f"probe cost {result.probe_steps} steps ({result.steps_fraction:.0%} of the fine-tune) and "
         f"{result.evaluations} scorings"
     )
+    if check is not None and not check.kept:
+        return (
+            f"{check.start} scored best by the {result.kind} probe, but only {check.diff:+.4f} above {PLAIN} "
+            f"(lower bound {check.lower_bound:+.4f} at {check.confidence:.0%}, n = {check.n}): not surely better, "
+            f"so the release is fine-tuned plain; {cost}"
+        )
+    best = result.scores[result.chosen].score
+    sure = "" if check is None else f"; {check.diff:+.4f} above {PLAIN}, lower bound {check.lower_bound:+.4f}"
+    starts = len(result.scores)
+    return f"{result.chosen} scored best by the {result.kind} probe ({best:.4f}{sure}) of {starts} starts; {cost}"
 
 
 def _choice(record: dict[str, Any], *, work: Path, base: Path) -> StartChoice:
@@ -180,4 +190,6 @@ def start_table(record: dict[str, Any]) -> str:
         for name, score in probe["scores"].items():
             mark = " (chosen)" if name == record["chosen"] else ""
             lines.append(f"| {name}{mark} | {score['score']:.4f} | {score['rounds']} |")
+        if probe.get("versus_plain") is not None:
+            lines += ["", describe_check(probe["versus_plain"])]
     return "\n".join(lines)

@@ -8,7 +8,8 @@ from typing import Any
 
 
 def describe(record: dict[str, Any]) -> list[str]:
-    """The choice, the pre-check's overall figures and each start's probe score, one line each."""
+    """The choice, the pre-check's overall figures, each start's probe score and the best recycled start's paired
+    check against the plain release, one line each."""
     lines = [f"auto chose {record['chosen']}: {record['why']}"]
     check = record.get("precheck")
     if check is not None:
@@ -22,4 +23,18 @@ def describe(record: dict[str, Any]) -> list[str]:
     if probe is not None:
         scores = ", ".join(f"{name} {score['score']:.4f}" for name, score in probe["scores"].items())
         lines.append(f"probe {probe['kind']}: {scores}")
+        check = probe.get("versus_plain")
+        if check is not None:
+            lines.append(describe_check(check))
     return lines
+
+
+def describe_check(check: dict[str, Any]) -> str:
+    """The best recycled start's paired check against the plain release (`ProbeResult.versus_plain`), in words."""
+    verdict = "kept" if check["kept"] else "not surely better: plain fine-tuning"
+    return (
+        f"{check['start']} against plain on {check['n']} probe documents: {check['diff']:+.4f}, lower bound "
+        f"{check['lower_bound']:+.4f} at {check['confidence']:.0%} ({check['resamples']} resamples)"
+        + ("" if check["p_value"] is None else f", one-sided McNemar p = {check['p_value']:.3g}")
+        + f": {verdict}"
+    )

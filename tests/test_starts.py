@@ -20,6 +20,7 @@ from graftwork.tasks.starts import (
     Precheck,
     Probe,
     choose,
+    choose_over_plain,
     heldout_loss,
     heldout_split,
     make_starts,
@@ -126,9 +127,48 @@ def test_choosing_picks_the_argmax_and_the_first_on_a_tie() -> None:
         choose({})
 
 
+def _scores(right: set[int], n: int = 100) -> dict[tuple[str, str, int], float]:
+    return {("probe", "none", d): float(d in right) for d in range(n)}
+
+
+def test_a_recycled_start_must_beat_plain_surely_on_the_probe_documents() -> None:
+    plain = _scores(set(range(40)))
+    # 10 more right answers and none lost: one-sided McNemar p = 2^-10, far below 5 %.
+    chosen, check = choose_over_plain(samples={PLAIN: plain, "dir@1": _scores(set(range(50)))}, confidence=0.95)
+    assert chosen == "dir@1" and check is not None and check.kept
+    assert (check.start, check.n, check.diff, check.p_value) == ("dir@1", 100, pytest.approx(0.10), 2**-10)
+    assert check.lower_bound > 0 and (check.confidence, check.resamples) == (0.95, 2000)
+    # A weak base: 4 right answers against none. The bootstrap's 5 % bound is above 0 (a resample misses all 4
+    # with probability 0.96^100 < 2 %), but McNemar's p = 1/16: not sure, so plain.
+    weak = {PLAIN: _scores(set()), "dir@0.5": _scores({1}), "dir@1": _scores({3, 7, 9, 11})}
+    chosen, check = choose_over_plain(samples=weak, confidence=0.95)
+    assert chosen == PLAIN and check is not None and not check.kept
+    assert (check.start, check.diff, check.p_value) == ("dir@1", pytest.approx(0.04), 0.0625)
+    assert check.lower_bound > 0
+    # Wins and losses that nearly cancel: 12 against 8.
+    mixed = _scores(set(range(8, 52)))
+    chosen, check = choose_over_plain(samples={PLAIN: plain, "iter@1": mixed}, confidence=0.95)
+    assert chosen == PLAIN and check is not None and not check.kept
+    assert (check.diff, check.p_value) == (pytest.approx(0.04), pytest.approx(0.2517, abs=1e-4))
+    # Plain scoring best (or tied) needs no check.
+    assert choose_over_plain(samples={PLAIN: plain, "dir@1": dict(plain)}, confidence=0.95) == (PLAIN, None)
+    # Scores that are not 0/1 rely on the bootstrap alone.
+    graded = {PLAIN: {k: 0.5 for k in plain}, "dir@1": {k: 0.5 + 0.01 * (k[2] % 3) for k in plain}}
+    chosen, check = choose_over_plain(samples=graded, confidence=0.95)
+    assert chosen == "dir@1" and check is not None and check.p_value is None and check.kept
+
+
+def test_choosing_over_plain_needs_plain_and_the_same_documents() -> None:
+    with pytest.raises(FinetuneConfigError, match=r"needs its scores; the starts are \['dir@1'\]"):
+        choose_over_plain(samples={"dir@1": _scores(set())}, confidence=0.95)
+    with pytest.raises(ValueError, match="not scored on the same samples"):
+        choose_over_plain(samples={PLAIN: _scores(set()), "dir@1": _scores({1}, n=50)}, confidence=0.95)
+
+
 def test_the_probe_config_has_measured_defaults_and_rejects_bad_values() -> None:
     probe = Probe()
-    assert (probe.kind, probe.alphas, probe.examples) == ("zero_shot", (0.5, 0.75, 1.0), 100)
+    assert (probe.kind, probe.alphas, probe.examples, probe.confidence) == ("zero_shot", (0.5, 0.75, 1.0), 100, 0.95)
+    assert Probe.model_validate({"confidence": None}).confidence is None
     assert Probe.model_validate({"kind": "short_finetune", "alphas": [0.5, 1]}).alphas == (0.5, 1.0)
     cases = {
         "alphas [0.0] are out of range: each α must be in (0, 2]": {"alphas": [0.0]},
@@ -136,6 +176,7 @@ def test_the_probe_config_has_measured_defaults_and_rejects_bad_values() -> None
         "at least 1 item": {"alphas": []},
         "'zero_shot', 'heldout_loss' or 'short_finetune'": {"kind": "oracle"},
         "greater than 0": {"steps_fraction": 0},
+        "less than 1": {"confidence": 1.0},
         "greater than or equal to 1": {"examples": 0},
         "Extra inputs are not permitted": {"steps": 10},
     }
@@ -190,6 +231,10 @@ def test_zero_shot_and_short_finetune_probes_score_and_halve(
     zero = score_starts(starts=starts, probe=Probe(kind="zero_shot"), recipe=recipe, data=testbed.train_data,
                         work=tmp_path / "z", suite=suite)  # fmt: skip
     assert all(0 <= s.score <= 1 for s in zero.scores.values()) and zero.probe_steps == 0
+    assert zero.versus_plain is None or zero.versus_plain.n == 20
+    assert zero.chosen == (zero.versus_plain.start if zero.versus_plain and zero.versus_plain.kept else PLAIN) or (
+        zero.versus_plain is None and zero.chosen == PLAIN
+    )
     short = score_starts(
         starts=starts,
         probe=Probe(kind="short_finetune", steps_fraction=0.25, examples=50),

@@ -4,18 +4,20 @@ a new release (`precheck`), the candidate starts (`make_starts`), the probes tha
 
 from .make import PLAIN, make_starts, start_name
 from .precheck import BROKEN_SHIFT, Precheck, Shift, precheck
-from .probes import Probe, ProbeResult, StartScore, choose, heldout_loss, score_starts
+from .probes import PlainCheck, Probe, ProbeResult, StartScore, choose, choose_over_plain, heldout_loss, score_starts
 from .split import heldout_split, write_probe_task
 
 __all__ = [
     "BROKEN_SHIFT",
     "PLAIN",
+    "PlainCheck",
     "Precheck",
     "Probe",
     "ProbeResult",
     "Shift",
     "StartScore",
     "choose",
+    "choose_over_plain",
     "heldout_loss",
     "heldout_split",
     "make_starts",

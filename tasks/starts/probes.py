@@ -11,7 +11,11 @@ M_i + α·Δ for each diff and α (`make_starts`). Each start is scored by one p
   (through `training.finetune`, on the data without the held-out slice), the better half (by held-out loss,
   or by the probe suite) goes on for as many steps again from where it stopped, until one is left.
 
-Scores are "higher is better"; ties go to the start named first (put the plain release first).
+Scores are "higher is better"; ties go to the start named first (put the plain release first). With the
+zero_shot probe and a `confidence`, a recycled start must also beat the plain release with that confidence on
+the probe's documents (a one-sided paired bootstrap, `tasks.paired`): a probe that cannot tell the starts apart
+(a weak base on which every start scores ~0) leaves the release to plain fine-tuning, the choice that never
+costs a team the release (`choose_over_plain`).
 
 The default, `zero_shot`, is the one measured best on the test bed (`benchmarks/replicate.py --auto`, seeds 0–2,
 M2..M5, every start also fine-tuned in full to know the true winner): it picked the true winner 6 of 12 times,
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,9 +37,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...errors import FinetuneConfigError
-from ..evaluate import Suite, evaluate
+from ..evaluate import Suite, run_evaluation
+from ..paired import paired_difference
 from ..training.finetune import IGNORE, finetune, read_pairs, tokenize_pair
 from ..training.recipe import Recipe
+from .make import PLAIN
 from .split import heldout_split
 
 ProbeKind = Literal["zero_shot", "heldout_loss", "short_finetune"]
@@ -65,6 +71,13 @@ class Probe(BaseModel):
     score_by: Literal["heldout_loss", "zero_shot"] = Field(
         default="heldout_loss", description="short_finetune: what ranks the starts after each round."
     )
+    confidence: float | None = Field(
+        default=0.95,
+        gt=0,
+        lt=1,
+        description="zero_shot: a recycled start is chosen over the plain release only when it scores higher on the "
+        "probe's documents with this confidence (one-sided paired bootstrap); null: the highest score wins.",
+    )
 
     @field_validator("alphas")
     @classmethod
@@ -90,6 +103,23 @@ class StartScore(BaseModel):
     rounds: int = Field(default=0, description="short_finetune: halving rounds the start took part in.")
 
 
+class PlainCheck(BaseModel):
+    """The best-scoring recycled start against the plain release on the probe's documents, paired."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    start: str = Field(description="The recycled start that scored best.")
+    diff: float = Field(description="Its mean score minus the plain release's, over the probe's documents.")
+    lower_bound: float = Field(description="The one-sided lower confidence bound of `diff`.")
+    confidence: float
+    resamples: int
+    n: int = Field(description="Probe documents both were scored on.")
+    p_value: float | None = Field(
+        description="0/1 scores: the exact one-sided McNemar p-value that `start` is no better than plain."
+    )
+    kept: bool = Field(description="Whether `start` was chosen (lower_bound > 0) rather than the plain release.")
+
+
 class ProbeResult(BaseModel):
     """The probe's scores of every start, the start chosen, and what the probe cost."""
 
@@ -102,6 +132,9 @@ class ProbeResult(BaseModel):
     evaluations: int = Field(description="Scorings run (one per start, per round for short_finetune).")
     full_steps: int = Field(description="The full recipe's steps, for scale.")
     seconds: float = Field(description="Wall time of the probe.")
+    versus_plain: PlainCheck | None = Field(
+        default=None, description="zero_shot with a confidence: the best recycled start's paired check against plain."
+    )
 
     @property
     def steps_fraction(self) -> float:
@@ -118,6 +151,46 @@ def choose(scores: Mapping[str, float]) -> str:
     if not scores:
         raise FinetuneConfigError("no starts to choose from; pass at least the plain release.", field="starts")
     return max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+
+
+def choose_over_plain(
+    *, samples: Mapping[str, Mapping[Hashable, float]], confidence: float, resamples: int = 2000, seed: int = 0
+) -> tuple[str, PlainCheck | None]:
+    """The start to fine-tune from, given each start's per-document probe scores (`PLAIN` among them): the start
+    with the highest mean (`choose`) if it is the plain release, or if it beats the plain release's scores with
+    `confidence`: the one-sided lower bound of a paired bootstrap (`resamples` draws from seed `seed`) is above 0
+    and, for 0/1 scores, the exact one-sided McNemar test agrees (the bootstrap alone is too eager on a handful
+    of disagreements: 4 right answers against 0 pass it, p = 1/16); the plain release otherwise.
+
+    Returns:
+        The chosen name, and the paired check (None when the plain release scored best).
+
+    Raises:
+        FinetuneConfigError: `samples` has no `PLAIN` entry.
+        ValueError: from `paired_difference`: two starts were scored on different documents, or on none.
+    """
+    if PLAIN not in samples:
+        raise FinetuneConfigError(
+            f"choosing over the plain release needs its scores; the starts are {sorted(samples)}", field="starts"
+        )
+    means = {name: math.fsum(values.values()) / max(1, len(values)) for name, values in samples.items()}
+    top = choose(means)
+    if top == PLAIN:
+        return PLAIN, None
+    paired = paired_difference(a=samples[top], b=samples[PLAIN], confidence=confidence, resamples=resamples, seed=seed)
+    p_value = None if paired.mcnemar_p is None else paired.mcnemar_p / 2  # one-sided: top scored higher
+    kept = paired.lower_bound > 0 and (p_value is None or p_value < 1 - confidence)
+    check = PlainCheck(
+        start=top,
+        diff=paired.diff,
+        lower_bound=paired.lower_bound,
+        confidence=confidence,
+        resamples=resamples,
+        n=paired.n,
+        p_value=p_value,
+        kept=kept,
+    )
+    return (top if kept else PLAIN), check
 
 
 def heldout_loss(*, model_dir: Path, data: Path, recipe: Recipe, batch_size: int = 64) -> float:
@@ -200,23 +273,33 @@ def score_starts(
     if probe.kind != "zero_shot":
         train, heldout = heldout_split(data=data, examples=probe.examples, out=work / "split")
 
+    per_doc: dict[str, dict[Hashable, float]] = {}
+
     def score(model: Path, *, by: str) -> float:
         if by == "zero_shot":
             assert suite is not None
-            return float(evaluate(model_dir=model, suite=suite)[0].value)
+            evaluation = run_evaluation(model_dir=model, suite=suite)
+            first = evaluation.records[0]
+            per_doc[str(model)] = evaluation.scores_of(task=first.task, metric=first.metric, filter=first.filter)
+            return float(first.value)
         assert heldout is not None
         return -heldout_loss(model_dir=model, data=heldout, recipe=recipe)
 
     if probe.kind != "short_finetune":
         values = {name: score(path, by=probe.kind) for name, path in starts.items()}
+        chosen, check = choose(values), None
+        if probe.kind == "zero_shot" and probe.confidence is not None and PLAIN in starts:
+            samples = {name: per_doc[str(path)] for name, path in starts.items()}
+            chosen, check = choose_over_plain(samples=samples, confidence=probe.confidence)
         return ProbeResult(
             kind=probe.kind,
             scores={n: StartScore(path=str(p), score=values[n], curve=(), rounds=0) for n, p in starts.items()},
-            chosen=choose(values),
+            chosen=chosen,
             probe_steps=0,
             evaluations=len(starts),
             full_steps=recipe.steps,
             seconds=time.perf_counter() - began,
+            versus_plain=check,
         )
     assert train is not None
     step = max(1, round(probe.steps_fraction * recipe.steps))
