@@ -30,7 +30,7 @@ TASK_ROOMS = {
     "io": set(),
     "training": {"io", "evaluate"},
     "testbed": {"io", "evaluate", "starts"},
-    "starts": {"io", "engine", "training", "evaluate"},
+    "starts": {"io", "engine", "training", "evaluate", "paired"},
     "hub": {"io"},
     "evaluate": set(),
     "gate": set(),
