@@ -13,8 +13,9 @@ M_i + α·Δ for each diff and α (`make_starts`). Each start is scored by one p
 
 Scores are "higher is better"; ties go to the start named first (put the plain release first). With the
 zero_shot probe and a `confidence`, a recycled start must also beat the plain release with that confidence on
-the probe's documents (a one-sided paired bootstrap, `tasks.paired`): a probe that cannot tell the starts apart
-(a weak base on which every start scores ~0) leaves the release to plain fine-tuning (`choose_over_plain`).
+the probe's documents (a one-sided paired bootstrap and, for 0/1 scores, the exact McNemar test: `tasks.paired`):
+a probe that cannot tell the starts apart (a weak base on which every start scores ~0) leaves the release to
+plain fine-tuning (`choose_over_plain`).
 
 The default, `zero_shot` with `confidence: 0.95`, is the one measured best on the test bed
 (`benchmarks/replicate.py --auto`, seeds 0–2, M2..M5, every start also fine-tuned in full to know the true
@@ -76,7 +77,8 @@ class Probe(BaseModel):
         gt=0,
         lt=1,
         description="zero_shot: a recycled start is chosen over the plain release only when it scores higher on the "
-        "probe's documents with this confidence (one-sided paired bootstrap); null: the highest score wins.",
+        "probe's documents with this confidence (one-sided paired bootstrap, and exact McNemar for 0/1 scores); null: "
+        "the highest score wins.",
     )
 
     @field_validator("alphas")
@@ -117,7 +119,10 @@ class PlainCheck(BaseModel):
     p_value: float | None = Field(
         description="0/1 scores: the exact one-sided McNemar p-value that `start` is no better than plain."
     )
-    kept: bool = Field(description="Whether `start` was chosen (lower_bound > 0) rather than the plain release.")
+    kept: bool = Field(
+        description="Whether `start` was chosen rather than the plain release: lower_bound > 0 and, for 0/1 scores, "
+        "p_value < 1 − confidence."
+    )
 
 
 class ProbeResult(BaseModel):
@@ -287,10 +292,11 @@ def score_starts(
 
     if probe.kind != "short_finetune":
         values = {name: score(path, by=probe.kind) for name, path in starts.items()}
-        chosen, check = choose(values), None
         if probe.kind == "zero_shot" and probe.confidence is not None and PLAIN in starts:
             samples = {name: per_doc[str(path)] for name, path in starts.items()}
             chosen, check = choose_over_plain(samples=samples, confidence=probe.confidence)
+        else:
+            chosen, check = choose(values), None
         return ProbeResult(
             kind=probe.kind,
             scores={n: StartScore(path=str(p), score=values[n], curve=(), rounds=0) for n, p in starts.items()},
