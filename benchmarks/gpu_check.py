@@ -9,6 +9,10 @@
 
     python benchmarks/gpu_check.py [--steps 200] [--params 1e9] [--peak-tflops 989]
     python benchmarks/gpu_check.py --device cpu --steps 5 --params 5e7   # a smoke run of the script itself
+    bash benchmarks/gpu_check.sh                # on an offline GPU image with PyTorch only (see gpu_kit.py)
+
+Each part runs even when an earlier one failed (the evaluation needs the fine-tune's model); the exit status
+is 1 when any failed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import os
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,6 +39,8 @@ from graftwork.tasks.testbed import build_testbed  # noqa: E402
 from graftwork.tasks.testbed.synthetic import FamilySpec, build_family  # noqa: E402
 from graftwork.tasks.training.finetune import finetune  # noqa: E402
 from graftwork.tasks.training.recipe import Recipe  # noqa: E402
+
+T = TypeVar("T")
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 """Dense bf16 tensor-core peaks (NVIDIA data sheets), by a substring of the device name."""
@@ -48,11 +57,28 @@ def main() -> None:
         sys.exit("gpu_check: no CUDA GPU here; run it on a GPU worker (or --device cpu for a smoke run).")
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device: {name}; torch {torch.__version__}")
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="graft-gpu-check-") as scratch:
         root = Path(scratch)
-        tuned = _finetune(root, steps=args.steps, device=args.device, peak=_peak(name, args.peak_tflops))
-        _evaluate(root, tuned, device=args.device)
-        _transfer(root, params=args.params, device=args.device)
+        peak = _peak(name, args.peak_tflops)
+        tuned = _part("fine-tune", failed, lambda: _finetune(root, steps=args.steps, device=args.device, peak=peak))
+        if tuned is not None:
+            _part("evaluate", failed, lambda: _evaluate(root, tuned, device=args.device))
+        _part("transfer", failed, lambda: _transfer(root, params=args.params, device=args.device))
+    if failed:
+        sys.exit(f"gpu_check: failed: {', '.join(failed)} (tracebacks above)")
+
+
+def _part(what: str, failed: list[str], run: Callable[[], T]) -> T | None:
+    """Run one part of the check; a failure is printed and noted, and the other parts still run (a device's
+    minutes are scarce: one run should say all it can)."""
+    try:
+        return run()
+    except Exception:
+        traceback.print_exc()
+        print(f"{what}: FAILED")
+        failed.append(what)
+        return None
 
 
 def _peak(name: str, given: float | None) -> float | None:
