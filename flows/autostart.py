@@ -127,7 +127,7 @@ def _diffs(where: Workspace, *, release_id: int, spec: TrackSpec) -> tuple[dict[
         reasons = {role: found[role].reason for role in ids}
     if ref is None:
         return ids, reasons, Path()
-    return ids, reasons, ref.path if ref.path is not None else download(release=ref)
+    return ids, reasons, download(release=ref)  # a local release is its own folder
 
 
 def _keep_only(chosen: str, *, starts: Path, probe: Path) -> None:
