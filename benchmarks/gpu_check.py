@@ -24,6 +24,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,6 +43,9 @@ from graftwork.tasks.training.recipe import Recipe  # noqa: E402
 
 T = TypeVar("T")
 
+VERSIONS_SHOWN = ("transformers", "accelerate", "peft", "lm_eval", "datasets", "pyarrow")
+"""Printed first: on a GPU image some come from the image and some from the kit (gpu_kit.py)."""
+
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
 """Dense bf16 tensor-core peaks (NVIDIA data sheets), by a substring of the device name."""
 
@@ -56,7 +60,8 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA GPU here; run it on a GPU worker (or --device cpu for a smoke run).")
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}")
+    versions = ", ".join(f"{package} {version(package)}" for package in VERSIONS_SHOWN)
+    print(f"device: {name}; torch {torch.__version__}; {versions}")
     failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="graft-gpu-check-") as scratch:
         root = Path(scratch)
