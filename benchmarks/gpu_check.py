@@ -11,8 +11,8 @@
     python benchmarks/gpu_check.py --device cpu --steps 5 --params 5e7   # a smoke run of the script itself
     bash benchmarks/gpu_check.sh                # on an offline GPU image with PyTorch only (see gpu_kit.py)
 
-Each part runs even when an earlier one failed (the evaluation needs the fine-tune's model); the exit status
-is 1 when any failed.
+Each part runs even when an earlier one failed (the fine-tune needs the test bed, the evaluation the fine-tune's
+model); the exit status is 1 when any failed.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 
 from graftwork.tasks import engine  # noqa: E402
 from graftwork.tasks.evaluate import Suite, evaluate  # noqa: E402
-from graftwork.tasks.testbed import build_testbed  # noqa: E402
+from graftwork.tasks.testbed import Testbed, build_testbed  # noqa: E402
 from graftwork.tasks.testbed.synthetic import FamilySpec, build_family  # noqa: E402
 from graftwork.tasks.training.finetune import finetune  # noqa: E402
 from graftwork.tasks.training.recipe import Recipe  # noqa: E402
@@ -66,9 +66,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="graft-gpu-check-") as scratch:
         root = Path(scratch)
         peak = _peak(name, args.peak_tflops)
-        tuned = _part("fine-tune", failed, lambda: _finetune(root, steps=args.steps, device=args.device, peak=peak))
-        if tuned is not None:
-            _part("evaluate", failed, lambda: _evaluate(root, tuned, device=args.device))
+        bed = _part("test bed", failed, lambda: build_testbed(out=root / "testbed", seed=0, control=False))
+        if bed is not None:
+            tuned = _part(
+                "fine-tune", failed, lambda: _finetune(bed, root, steps=args.steps, device=args.device, peak=peak)
+            )
+            if tuned is not None:
+                _part("evaluate", failed, lambda: _evaluate(bed, tuned, device=args.device))
         _part("transfer", failed, lambda: _transfer(root, params=args.params, device=args.device))
     if failed:
         sys.exit(f"gpu_check: failed: {', '.join(failed)} (tracebacks above)")
@@ -93,8 +97,7 @@ def _peak(name: str, given: float | None) -> float | None:
     return found[0] * 1e12 if found else None
 
 
-def _finetune(root: Path, *, steps: int, device: str, peak: float | None) -> Path:
-    bed = build_testbed(out=root / "testbed", seed=0, control=False)
+def _finetune(bed: Testbed, root: Path, *, steps: int, device: str, peak: float | None) -> Path:
     params = sum(t.numel() for t in _state(bed.releases[-1]).values())
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -110,8 +113,7 @@ def _finetune(root: Path, *, steps: int, device: str, peak: float | None) -> Pat
     return result.out_dir
 
 
-def _evaluate(root: Path, model: Path, *, device: str) -> None:
-    bed = build_testbed(out=root / "testbed", seed=0, control=False)
+def _evaluate(bed: Testbed, model: Path, *, device: str) -> None:
     suite = Suite(name="testbed", tasks=(bed.generate_task,), task_dirs=(bed.task_dir,), device=device)
     backends = ["hf"] + (["vllm"] if device == "cuda" and _has("vllm") else [])
     for backend in backends:
