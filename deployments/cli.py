@@ -283,10 +283,12 @@ def demo(
     """Graftwork end to end on the CPU test bed: releases published one by one, each carried over,
     fine-tuned, evaluated, gated and promoted through Prefect; then the lineage and what recycling saved.
 
-    Everything stays under the data dir; a second run reuses what exists.
+    Everything stays under the data dir; a second run reuses what exists. The runs go to the data dir's
+    Prefect server (`graft ui` shows them): the one running, else one started for the demo and stopped after it.
     """
     from ..flows.demo import DemoOptions, run_demo
     from ..flows.progress import listening
+    from .local_server import prefect_service
 
     options = DemoOptions(
         data_dir=(data_dir or GraftSettings().data_dir).resolve(),
@@ -296,7 +298,12 @@ def demo(
         testbed=testbed,
         mode=mode,
     )
-    with user_errors(), live_progress() as listener, listening(listener):
+    with (
+        user_errors(),
+        prefect_service(settings=GraftSettings(data_dir=options.data_dir), say=say, own=True),
+        live_progress() as listener,
+        listening(listener),
+    ):
         run_demo(options=options, say=say)
 
 

@@ -68,21 +68,19 @@ def live_progress() -> Iterator[Listener]:
 @contextmanager
 def track_flows(track: str) -> Iterator[None]:
     """Run a track's flows in this command: the track is checked first (an unknown one is refused before
-    any server starts), then the flows run on the Prefect server PREFECT_API_URL names, else on one
-    started for the command on the data dir's own Prefect database (the one `graft ui` serves), with
+    any server starts), then the flows run on the Prefect server PREFECT_API_URL names, else on the data dir's
+    own (the one `graft serve` and `graft ui` run, started for the command when none runs), with
     their long steps drawn as live bars; errors reach the user as `user_errors` says."""
-    from ..flows.local_server import local_prefect
     from ..flows.progress import listening
     from ..flows.settings import GraftSettings
     from ..flows.tracks import load_spec
+    from .local_server import prefect_service
 
-    settings = GraftSettings()
     with user_errors():
         load_spec(open_registry(), track=track)
-    home, timeout = settings.data_dir / "prefect", settings.prefect_startup_timeout
     with (
         user_errors(),
-        local_prefect(home=home, startup_timeout=timeout, say=say),
+        prefect_service(settings=GraftSettings(), say=say),
         live_progress() as listener,
         listening(listener),
     ):

@@ -81,15 +81,26 @@ def reject(
 
 def _answer(candidate: str, *, approve: bool, comment: str, name: str | None) -> None:
     from ..flows.approvals import Approval, decide_approval, resume_waiting_run
+    from ..flows.settings import GraftSettings
+    from .prefect_api import check, connected, endpoint
 
     registry = open_registry()
     with user_errors():
         answer = Approval(approve=approve, approver=name or _user(), comment=comment)
         done = decide_approval(registry, candidate=candidate, answer=answer)
-        resumed = resume_waiting_run(registry, candidate=candidate, answer=answer)
+        target = endpoint(GraftSettings())
+        reachable = check(target)
     say(done.line())
     for reason in done.reasons:
         say(f"    {reason}")
+    if not reachable:
+        say(
+            f"no Prefect server answers at {target.api_url}: a suspended run of it stays suspended until this "
+            "command runs again with the server up (`graft serve`)"
+        )
+        return
+    with user_errors(), connected(target):
+        resumed = resume_waiting_run(registry, candidate=candidate, answer=answer)
     if resumed is not None:
         say(f"resumed its suspended flow run {resumed}")
 

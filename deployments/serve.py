@@ -9,6 +9,8 @@ process (or the recycle runs by a pool's workers, `--recycle-pool`). With worker
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -18,11 +20,12 @@ from datetime import timedelta
 from typing import Any, NoReturn, cast
 
 import httpx
-from prefect import Flow, deploy, serve
+from prefect import Flow, deploy
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
+from prefect.runner import Runner
 from prefect.settings import PREFECT_API_URL
 from prefect.types.entrypoint import EntrypointType
 
@@ -31,6 +34,7 @@ from ..flows.backport import backport
 from ..flows.oneoff import evaluate, promote, rollback, transfer
 from ..flows.recycle import recycle_then_finetune, run_series
 from ..flows.watch import watch_all_tracks, watch_releases
+from ..fs import Say
 
 POOLS = ("cpu", "gpu")
 
@@ -88,19 +92,28 @@ def deploy_recycle(*, pool: str) -> None:
     )
 
 
-def serve_all(*, watch_every: timedelta, recycle_pool: str | None = None) -> None:
-    """Serve the deployments from this process until interrupted (the recycle deployment on `recycle_pool`'s
-    workers, when one is given).
+def serve_all(*, watch_every: timedelta, recycle_pool: str | None = None, say: Say) -> None:
+    """Serve the deployments from this process until Ctrl-C or SIGTERM (the recycle deployment on `recycle_pool`'s
+    workers, when one is given). Either signal stops it the same way: the runner cancels what it runs and pauses
+    the schedules it served, then returns.
 
     Raises:
         PrefectUnreachableError: the Prefect API stopped answering (seen at the latest when stopping).
     """
     if recycle_pool is not None:
         deploy_recycle(pool=recycle_pool)
+    deployments = build_deployments(watch_every=watch_every, recycle_pool=recycle_pool)
+    runner = Runner(pause_on_shutdown=True)
+    for served in deployments:
+        runner.add_deployment(served)
+    # Prefect's own SIGTERM handler stops the runner from inside the running loop, leaving a coroutine never
+    # awaited ("Runner.astop"); a SIGTERM that stops it as Ctrl-C does ends it cleanly.
+    runner.handle_sigterm = _as_ctrl_c  # type: ignore[method-assign]
+    say(f"serving {len(deployments)} deployments: " + ", ".join(d.full_name for d in deployments))
     loop_errors = logging.getLogger("asyncio")
     loop_errors.addFilter(_api_gone)
     try:
-        serve(*build_deployments(watch_every=watch_every, recycle_pool=recycle_pool))
+        run_runner(runner)
     except httpx.HTTPError as e:
         url = PREFECT_API_URL.value()
         raise PrefectUnreachableError(
@@ -112,6 +125,16 @@ def serve_all(*, watch_every: timedelta, recycle_pool: str | None = None) -> Non
     finally:
         loop_errors.removeFilter(_api_gone)
         _collect_interrupted_runner()
+
+
+def run_runner(runner: Runner) -> None:
+    """Run `runner` until it is interrupted."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(runner.start())
+
+
+def _as_ctrl_c(*args: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _collect_interrupted_runner() -> None:
@@ -153,6 +176,7 @@ async def ensure_pool(*, name: str, concurrency: int | None) -> bool:
             return True
 
 
-def start_worker(*, pool: str) -> NoReturn:
-    """Replace this process with a Prefect worker for `pool` (so that stopping it stops the worker)."""
-    os.execv(sys.executable, [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool])
+def start_worker(*, pool: str, env: dict[str, str]) -> NoReturn:
+    """Replace this process with a Prefect worker for `pool` with the environment `env` (so that stopping it stops
+    the worker)."""
+    os.execve(sys.executable, [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool], env)

@@ -208,8 +208,8 @@ def _score(value: float | None) -> str:
 def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> None:
     """Look for new releases once and run Algorithm 1 on each, here, in release order.
 
-    The runs go to the Prefect server PREFECT_API_URL names, else to one started for the command on the
-    data dir's own Prefect database (the one `graft ui` serves).
+    The runs go to the Prefect server PREFECT_API_URL names, else to the data dir's own (the one `graft serve`
+    and `graft ui` run), started for the command when none runs.
     """
     from ..flows.watch import watch_releases
 

@@ -16,9 +16,11 @@ def webhook(
     host: Annotated[str, typer.Option("--host", help="The address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="The port to listen on.")] = 8000,
 ) -> None:
-    """Receive Hub webhooks at POST /hooks/hub and start the watchers of the tracks they concern."""
+    """Receive Hub webhooks at POST /hooks/hub and start the watchers of the tracks they concern, on the Prefect
+    server PREFECT_API_URL names, else on the data dir's (`graft serve` serves the watcher deployment there)."""
     import uvicorn
 
+    from .prefect_api import connected, endpoint, require
     from .webhook import create_app
 
     settings = GraftSettings()
@@ -33,10 +35,13 @@ def webhook(
         )
         raise typer.Exit(1)
     with user_errors():
+        target = endpoint(settings)
+        require(target)
         app = create_app(registry=Workspace.from_settings(settings).registry(), secret=secret)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-    say(f"receiving Hub webhooks at http://{host}:{port}/hooks/hub (health: /healthz)")
-    uvicorn.run(app, host=host, port=port, log_level="info", log_config=access_log_config())
+    say(f"receiving Hub webhooks at http://{host}:{port}/hooks/hub (health: /healthz); runs start on {target.api_url}")
+    with connected(target):
+        uvicorn.run(app, host=host, port=port, log_level="info", log_config=access_log_config())
 
 
 class NoQueryStrings(logging.Filter):

@@ -36,9 +36,8 @@ from ..tasks.testbed.probe import probe_suite
 from ..tasks.training.finetune import finetune
 from ..terms import RecycleMode
 from .demo_table import HEADER, ReleaseRow, decided, line, release_row, summary
-from .local_server import local_prefect
 from .progress import told
-from .settings import GraftSettings, Workspace
+from .settings import Workspace
 from .shipped import shipped_file
 from .tracks import TrackSpec, load_track
 from .watch import watch_releases
@@ -78,24 +77,12 @@ def run_demo(*, options: DemoOptions, say: Say) -> list[ReleaseRow]:
 
     Raises:
         TestbedError: the test bed cannot be built where asked.
-        LocalPrefectError: the local Prefect server did not come up.
         GraftError: a step of the flow failed (its message says which and why).
     """
-    with _quiet_libraries(options.log), _local_prefect(options, say):
+    from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
+
+    with _quiet_libraries(options.log), temporary_settings(updates={PREFECT_LOGGING_LEVEL: "WARNING"}):
         return _run(options, say)
-
-
-@contextmanager
-def _local_prefect(options: DemoOptions, say: Say) -> Iterator[None]:
-    """The data dir's own Prefect server (whatever PREFECT_API_URL says: the demo's runs stay with its data)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_LOGGING_LEVEL, temporary_settings
-
-    timeout = GraftSettings().prefect_startup_timeout
-    with (
-        temporary_settings(updates={PREFECT_LOGGING_LEVEL: "WARNING"}, restore_defaults={PREFECT_API_URL}),
-        local_prefect(home=options.data_dir / "prefect", startup_timeout=timeout, say=say),
-    ):
-        yield
 
 
 @contextmanager

@@ -44,7 +44,7 @@ def transfer(
 ) -> str:
     """target + alpha·(finetuned − base), evaluated against the bare target with `track`'s suite."""
     paths = {role: fetch(ref) for role, ref in (("finetuned", finetuned), ("base", base), ("target", target))}
-    with progress_artifact(key=f"transfer-{Path(out).name}", description="target + α·(finetuned − base)") as report:
+    with progress_artifact(description="target + α·(finetuned − base)") as report:
         summary = engine.transfer(
             finetuned=paths["finetuned"],
             base=paths["base"],

@@ -48,11 +48,13 @@ def told(what: str) -> Iterator[Report]:
 
 
 @contextmanager
-def progress_artifact(*, key: str, description: str) -> Iterator[Report]:
-    """A `report(done, total)` callback that keeps the progress artifact `key` (`names.step_key`) up to date
-    (at most every couple of seconds, and at 100 % when the block completes) and tells the listeners of every
-    call."""
-    artifact = cast(UUID, create_progress_artifact(progress=0.0, key=key, description=description))
+def progress_artifact(*, description: str) -> Iterator[Report]:
+    """A `report(done, total)` callback that keeps a progress artifact of the current run up to date (at most
+    every couple of seconds, and at 100 % when the block completes) and tells the listeners of every call.
+
+    The artifact has no key: it is shown with its run (its Artifacts tab, named by `description`), not on the
+    Prefect UI's Artifacts page, which lists keyed artifacts and is kept for results (tables, decisions)."""
+    artifact = cast(UUID, create_progress_artifact(progress=0.0, description=description))
     last = 0.0
 
     with told(description) as tell:

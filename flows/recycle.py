@@ -109,7 +109,7 @@ def fetch(the_plan: Plan) -> Path:
     if release.path is not None:
         get_run_logger().info("fetch: the release is the local folder %s", release.path)
         return release.path
-    with progress_artifact(key=the_plan.key("download"), description=f"download {release}") as report:
+    with progress_artifact(description=f"download {release}") as report:
         folder = download(release=release)
         report(1, 1)
     get_run_logger().info("fetch: %s is in %s", release, folder)
@@ -130,7 +130,7 @@ def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Pa
             diff,
             reader,
         ),
-        progress_artifact(key=the_plan.key("transfer"), description=what) as report,
+        progress_artifact(description=what) as report,
     ):
         engine.apply(diff=diff, reader=reader, target=base, out=out, alpha=alpha, progress=report)
     get_run_logger().info("carry over: base + %g·%s in %s", alpha, the_plan.carried_diff, out)
@@ -166,7 +166,7 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str]) -> 
 def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str], *, out: Path, report: Path) -> None:
     launch = spec.finetune.launch
     if launch.processes == 1 and not gpus:
-        with progress_artifact(key=the_plan.key("finetune"), description=f"{the_plan.label}: fine-tune") as progress:
+        with progress_artifact(description=f"{the_plan.label}: fine-tune") as progress:
             result = finetune(
                 model_dir=start,
                 data=spec.finetune.data,
@@ -264,7 +264,7 @@ def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec,
         return done
     what = f"{the_plan.label}: evaluate {subject}"
     pin(gpus)
-    with progress_artifact(key=the_plan.key(f"eval-{subject}"), description=what) as report:
+    with progress_artifact(description=what) as report:
         done = run_evaluation(model_dir=model, suite=spec.eval, progress=report)
     write_text_atomic(saved, done.model_dump_json())
     get_run_logger().info("evaluate %s: %s", subject, scores_line(done.records))

@@ -33,6 +33,17 @@ class GraftSettings(BaseSettings):
         default=None,
         description="The blob store: a folder or any fsspec URL such as s3://bucket/prefix (default: DATA_DIR/blobs).",
     )
+    prefect_host: str = Field(
+        default="127.0.0.1",
+        description="Where the data dir's own Prefect server listens (no PREFECT_API_URL set). Beyond loopback, "
+        "`graft serve` and `graft ui` need PREFECT_API_AUTH_STRING.",
+    )
+    prefect_port: int = Field(
+        default=4200,
+        ge=1,
+        le=65535,
+        description="The port of the data dir's own Prefect server, its API and UI (no PREFECT_API_URL set).",
+    )
     prefect_startup_timeout: float = Field(
         default=300.0,
         gt=0,

@@ -10,6 +10,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 import fcntl  # noqa: E402
 import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
@@ -26,6 +27,25 @@ if TYPE_CHECKING:
     from graftwork.tasks.training.finetune import FinetuneResult
 
 VOCAB = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789 .,!?")
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> Iterator[None]:
+    """A temporary Prefect server (SQLite) for every test of the session that talks to Prefect; PREFECT_API_URL
+    names it in this process."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _prefect_port_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's data-dir Prefect servers listen on a free port: the default, 4200, is a user's, and the tests
+    run side by side."""
+    from tests.service import free_port
+
+    monkeypatch.setenv("GRAFT_PREFECT_PORT", str(free_port()))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

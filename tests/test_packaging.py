@@ -130,12 +130,22 @@ def test_compose_config_passes() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_compose_needs_the_secrets(tmp_path: Path) -> None:
-    """Without POSTGRES_PASSWORD the stack refuses to start, naming the variable."""
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
-    result = compose("config", "--quiet", env_file=empty)
-    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stderr
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "PREFECT_API_AUTH_STRING", "GRAFT_WEBHOOK_SECRET"])
+def test_compose_needs_the_secrets(tmp_path: Path, secret: str) -> None:
+    """Without one of its secrets the stack refuses to start, naming the variable."""
+    without = tmp_path / "without.env"
+    lines = (DOCKER / ".env.example").read_text().splitlines()
+    without.write_text("\n".join(line for line in lines if not line.startswith(f"{secret}=")))
+    result = compose("config", "--quiet", env_file=without)
+    assert result.returncode != 0 and f"set {secret} in docker/.env" in result.stderr
+
+
+def test_the_stacks_prefect_api_requires_the_auth_string_every_client_sends() -> None:
+    services = compose_model()["services"]
+    auth = services["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    assert auth.startswith("admin:change-me")  # .env.example's placeholder, interpolated
+    for name in ("migrate", "webhook", "worker-cpu", "worker-gpu"):
+        assert services[name]["environment"]["PREFECT_API_AUTH_STRING"] == auth, name
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))

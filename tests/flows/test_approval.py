@@ -19,12 +19,10 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.flow_runs import resume_flow_run
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
-from graftwork.flows.local_server import local_prefect
 from graftwork.flows.settings import Workspace
 from graftwork.flows.watch import watch_releases
 from graftwork.storage.db import session_scope
@@ -32,11 +30,12 @@ from graftwork.storage.models import ApprovalRequest, Promotion
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import ActorKind, GateDecision
 from tests.flows.conftest import write_track
+from tests.service import own_prefect
 
 pytestmark = pytest.mark.slow
 
 GRAFT = Path(sys.executable).parent / "graft"
-SERVING = "Your deployments are being served"
+SERVING = " deployments: run-series/run-series"
 
 
 @contextmanager
@@ -44,10 +43,7 @@ def serving(data_dir: Path, home: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`graft serve` on a Prefect server of its own (its deployments are seen by no other test), the server
     and the serve's output under `home`; its process group killed afterwards."""
     log = home / "serve.log"
-    with (
-        temporary_settings(restore_defaults={PREFECT_API_URL}),
-        local_prefect(home=home / "prefect-server", startup_timeout=180) as url,
-    ):
+    with own_prefect(home / "prefect-server") as url:
         env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "PREFECT_API_URL": url}
         with log.open("w") as out:
             process = subprocess.Popen([str(GRAFT), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT,

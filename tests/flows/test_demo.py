@@ -183,8 +183,7 @@ def test_a_prefect_server_that_never_comes_up_is_one_sentence(tmp_path: Path) ->
     output = _demo(["--fast", "--releases", "1", "--data-dir", str(tmp_path / "data")], code=1, **slow)
     log = tmp_path / "data" / "prefect" / "server.log"
     assert (
-        f"error: the local Prefect server did not answer within 3 s (the machine may be busy); its log is {log}. "
-        "Run the command again, raise GRAFT_PREFECT_STARTUP_TIMEOUT, or start a server with `graft ui` and set "
-        "PREFECT_API_URL=http://127.0.0.1:4200/api." in output.replace("\n", " ")
+        f"error: the Prefect server did not answer within 3 s (the machine may be busy); its log is {log}. "
+        "Run the command again, or raise GRAFT_PREFECT_STARTUP_TIMEOUT." in output.replace("\n", " ")
     )
     assert "Traceback" not in output

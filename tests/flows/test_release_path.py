@@ -15,11 +15,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,13 +26,10 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
-from graftwork.flows.local_server import local_prefect
 from graftwork.flows.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
@@ -44,6 +38,7 @@ from graftwork.storage.models import Candidate, Diff, Promotion, Release, Webhoo
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import ReleaseState
 from tests.hub_fixtures import OlahServer, commit_all, copy_model, free_port, git, hub_payload, init_repo
+from tests.service import Processes, own_prefect, runner_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.endtoend, pytest.mark.hub]
 pytest.importorskip("olah", reason="olah (a dev extra) serves the test Hub: pip install -e '.[dev]'")
@@ -52,64 +47,6 @@ SECRET = "release-path-secret-0123456789"
 TRACK = "bed"
 RECYCLE = "recycle-then-finetune/recycle-then-finetune"
 WATCH = "watch-releases/watch-releases"
-GRAFT = str(Path(sys.executable).parent / "graft")
-
-
-@dataclass
-class Services:
-    """The processes of the test, each in its own session (so that killing one kills its children), with
-    their logs under `logs`; `stop` ends them all."""
-
-    env: dict[str, str]
-    logs: Path
-    running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{name}.log").open("ab") as log:
-            process = subprocess.Popen(
-                [GRAFT, *args],
-                env=self.env,
-                cwd=self.logs,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.running[name] = process
-        return process
-
-    def kill(self, name: str) -> None:
-        process = self.running.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-    def stop(self) -> None:
-        for name, process in list(self.running.items()):
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-            del self.running[name]
-
-    def tail(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.logs.glob("*.log")))
-
-
-def _wait(what: str, ready: Callable[[], object], services: Services, *, timeout: float) -> object:
-    """Poll `ready` until it returns something true; fail with the services' logs after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if value := ready():
-                return value
-        except (httpx.HTTPError, ObjectNotFound):
-            pass
-        for name, process in services.running.items():
-            assert process.poll() is None, f"{name} exited with {process.returncode}\n{services.tail()}"
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f} s\n{services.tail()}"
-        time.sleep(1)
 
 
 def _mirror(root: Path, testbed: Testbed) -> list[str]:
@@ -148,17 +85,6 @@ def _states() -> dict[str, tuple[ReleaseState, int]]:
         return found
 
 
-def _runner_of(ref: str) -> int | None:
-    with session_scope(Workspace.from_settings().registry().engine) as session:
-        release = session.scalars(select(Release).where(Release.ref == ref)).one_or_none()
-        if release is None:
-            return None
-        row = releases.status(session, release=release)
-        if row.state is not ReleaseState.RUNNING or not row.runner:
-            return None
-        return int(row.runner.rpartition(":")[2])
-
-
 def _runs_of(deployment: str) -> list[FlowRun]:
     with get_client(sync_client=True) as client:
         found = client.read_deployment_by_name(deployment)
@@ -176,7 +102,7 @@ def _deliver(url: str, payload: dict[str, object]) -> str:
 
 
 @pytest.fixture
-def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, testbed: Testbed) -> Iterator[tuple[Services, list[str]]]:
+def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, testbed: Testbed) -> Iterator[tuple[Processes, list[str]]]:
     """olah, a Prefect server and the test's environment; the Graftwork services are started by the test
     and stopped here, before the servers."""
     data = tmp_path / "data"
@@ -189,10 +115,7 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, testbed: Testbed) -
     olah = OlahServer(mirrors=mirrors, workdir=tmp_path)
     olah.start(probe="/api/models/acme/bed/refs")
     try:
-        with (
-            temporary_settings(restore_defaults={PREFECT_API_URL}),  # a server of its own, not the session's
-            local_prefect(home=tmp_path / "prefect-server", startup_timeout=180) as url,
-        ):
+        with own_prefect(tmp_path / "prefect-server") as url:  # a server of its own, not the session's
             env = {
                 **os.environ,
                 "PREFECT_API_URL": url,
@@ -205,7 +128,7 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, testbed: Testbed) -
                 "HF_HOME": str(tmp_path / "hf"),
                 "OMP_NUM_THREADS": "1",
             }
-            services = Services(env=env, logs=logs)
+            services = Processes(env=env, home=logs)
             try:
                 yield services, shas
             finally:
@@ -215,26 +138,26 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, testbed: Testbed) -
 
 
 def test_releases_flow_from_a_webhook_through_the_deployments_and_survive_a_killed_worker(
-    service: tuple[Services, list[str]], testbed: Testbed, tmp_path: Path
+    service: tuple[Processes, list[str]], testbed: Testbed, tmp_path: Path
 ) -> None:
     services, shas = service
     result = CliRunner().invoke(app, ["track", "add", str(_track(tmp_path, testbed))])
     assert result.exit_code == 0, result.output
 
     services.start("worker", "worker", "--pool", "gpu")
-    _wait("the gpu pool", lambda: _pool_exists("gpu"), services, timeout=120)
+    services.wait("the gpu pool", lambda: _pool_exists("gpu"), timeout=120)
     services.start("serve", "serve", "--recycle-pool", "gpu")
-    _wait("the deployments", lambda: _deployed(WATCH) and _deployed(RECYCLE), services, timeout=180)
+    services.wait("the deployments", lambda: _deployed(WATCH) and _deployed(RECYCLE), timeout=180)
     port = free_port()
     services.start("webhook", "webhook", "--port", str(port))
     hook = f"http://127.0.0.1:{port}"
-    _wait("the webhook receiver", lambda: _healthy(hook), services, timeout=120)
+    services.wait("the webhook receiver", lambda: _healthy(hook), timeout=120)
 
     payload = hub_payload("acme/bed", refs=("refs/tags/r1", "refs/tags/r2", "refs/tags/r3"), head=shas[2])
     assert _deliver(hook, payload) == "started"
     assert _deliver(hook, payload) == "duplicate"
 
-    runner = _wait("r2's run", lambda: _runner_of("r2"), services, timeout=600)
+    runner = services.wait("r2's run", lambda: runner_of("r2"), timeout=600)
     assert _states()["r1"] == (ReleaseState.DONE, 1)
     assert isinstance(runner, int)
     services.kill("worker")  # and the run it was running (in a session of its own), as a lost machine
@@ -245,7 +168,7 @@ def test_releases_flow_from_a_webhook_through_the_deployments_and_survive_a_kill
     services.start("worker", "worker", "--pool", "gpu")
     run_deployment("watch-all-tracks/watch-all", timeout=0)  # the next scheduled pass, started now
     everything_done = {ref: (ReleaseState.DONE, 2 if ref == "r2" else 1) for ref in ("r1", "r2", "r3")}
-    _wait("every release done", lambda: _states() == everything_done, services, timeout=900)
+    services.wait("every release done", lambda: _states() == everything_done, timeout=900)
 
     # Nothing starts anything again: a replayed delivery, and a watcher pass after the end.
     assert _deliver(hook, payload) == "duplicate"

@@ -3,32 +3,29 @@ it was given has gone away, it ends with one line saying so instead of a traceba
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
-from graftwork.flows.local_server import local_prefect
+from tests.service import GRAFT, child_env, free_port, own_prefect, start
 
 pytestmark = pytest.mark.slow
-GRAFT = Path(sys.executable).parent / "graft"
-SERVING = "Your deployments are being served"
+SERVING = " deployments: run-series/run-series"
 
 
 @contextmanager
-def serving(data_dir: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
-    """`graft serve` on `data_dir`, a few seconds after it says it serves (its runner starts polling after the
-    banner); killed if the test fails before it stops."""
-    base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "GRAFT_DATABASE_URL", "GRAFT_BLOB_URL")}
-    command = [str(GRAFT), "serve"]
-    process = subprocess.Popen(command, env={**base, "GRAFT_DATA_DIR": str(data_dir), **env}, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+def serving(data_dir: Path, *, port: int | None = None, **env: str) -> Iterator[subprocess.Popen[str]]:
+    """`graft serve` on `data_dir` (its Prefect server on `port`, else a free one), a few seconds after it says it
+    serves (its runner starts polling after the banner); killed if the test fails before it stops."""
+    env = child_env(GRAFT_DATA_DIR=str(data_dir), GRAFT_PREFECT_PORT=str(port or free_port()), **env)
+    process = start([str(GRAFT), "serve"], env=env, cwd=data_dir.parent, text=True,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         assert process.stdout is not None
         deadline = time.monotonic() + 240
@@ -41,23 +38,27 @@ def serving(data_dir: Path, **env: str) -> Iterator[subprocess.Popen[str]]:
         process.wait()
 
 
-def _interrupt(process: subprocess.Popen[str]) -> str:
-    process.send_signal(signal.SIGINT)
+def _interrupt(process: subprocess.Popen[str], how: signal.Signals = signal.SIGINT) -> str:
+    process.send_signal(how)
     _, stderr = process.communicate(timeout=120)
     return stderr
 
 
-def test_ctrl_c_stops_serve_and_its_server_quietly(tmp_path: Path) -> None:
-    with serving(tmp_path / "data") as process:
-        stderr = _interrupt(process)
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_serve_and_its_server_quietly(tmp_path: Path, how: signal.Signals) -> None:
+    port = free_port()
+    with serving(tmp_path / "data", port=port) as process:
+        stderr = _interrupt(process, how)
     assert process.returncode == 0, stderr
-    assert "Traceback" not in stderr and "RuntimeWarning" not in stderr, stderr
+    assert "Traceback" not in stderr and "RuntimeWarning" not in stderr and "never awaited" not in stderr, stderr
     assert (tmp_path / "data" / "prefect" / "prefect.db").is_file()  # the data dir's own, the one `graft ui` serves
+    assert not (tmp_path / "data" / "prefect" / "server.json").exists()
+    with pytest.raises(httpx.ConnectError):  # the server it started is stopped with it
+        httpx.get(f"http://127.0.0.1:{port}/api/health")
 
 
-def test_a_prefect_api_that_went_away_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with local_prefect(home=tmp_path / "elsewhere", startup_timeout=240) as url:
+def test_a_prefect_api_that_went_away_is_one_line(tmp_path: Path) -> None:
+    with own_prefect(tmp_path / "elsewhere") as url:
         server = serving(tmp_path / "data", PREFECT_API_URL=url)
         process = server.__enter__()
     try:  # the server of `url` is stopped now; serve's runner finds out as it polls

@@ -25,6 +25,7 @@ import typer
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from prefect.settings import PREFECT_API_URL
 from sqlalchemy import create_engine, func, select
 from typer.testing import CliRunner
 
@@ -369,7 +370,9 @@ def test_the_delivery_key_is_stable_and_ignores_the_order_of_refs() -> None:
     assert one.updated_refs == tuple((ref, one.head_sha) for ref in refs)
 
 
-def test_graft_webhook_needs_a_secret_and_never_prints_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_graft_webhook_needs_a_secret_and_never_prints_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prefect_server: None
+) -> None:
     cli = typer.Typer()
     cli.command()(webhook_cli.webhook)
     served: list[dict[str, Any]] = []
@@ -394,13 +397,14 @@ def test_graft_webhook_needs_a_secret_and_never_prints_it(monkeypatch: pytest.Mo
         create_app(registry=Registry(engine=create_engine("sqlite://"), store=BlobStore(str(tmp_path))), secret="")
 
 
-def test_a_secret_sent_in_the_query_string_never_reaches_the_access_log(tmp_path: Path) -> None:
+def test_a_secret_sent_in_the_query_string_never_reaches_the_access_log(tmp_path: Path, prefect_server: None) -> None:
     """`graft webhook` as it runs: a request that carries a secret in its query string is refused, and
     the access log shows its path without the query."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "GRAFT_DATA_DIR": str(tmp_path), "GRAFT_WEBHOOK_SECRET": SECRET}
+    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())  # the session's server, where runs would start
     for name in ("GRAFT_DATABASE_URL", "GRAFT_BLOB_URL"):
         env.pop(name, None)
     graft = Path(sys.executable).parent / "graft"
