@@ -184,6 +184,27 @@ def test_only_the_processor_that_built_the_bed_must_rebuild_its_weights_bit_for_
         assert unexplained(found, root=tmp_path) == expected
 
 
+def test_a_config_written_by_another_transformers_is_explained_and_nothing_else_is(tmp_path: Path) -> None:
+    from graftwork.tasks.testbed.shipped import differences, shipped_root, unexplained
+
+    shipped = shipped_root() / "seed0" / "releases" / "M1" / "config.json"
+    config = json.loads(shipped.read_text())
+    built = tmp_path / "releases" / "M1" / "config.json"
+    built.parent.mkdir(parents=True)
+    built.write_text(json.dumps({**config, "transformers_version": "99.0.0"}, indent=2))
+    found = differences(tmp_path)
+    assert (
+        f"releases/M1/config.json: only transformers_version differs (99.0.0, shipped {config['transformers_version']})"
+        in found
+    )
+    assert "releases/M1/model.safetensors: missing" in found
+    left = unexplained(found)
+    assert not any(f.startswith("releases/M1/config.json") for f in left)
+    assert "releases/M1/model.safetensors: missing" in left
+    built.write_text(json.dumps({**config, "transformers_version": "99.0.0", "hidden_size": 7}, indent=2))
+    assert "releases/M1/config.json: other bytes" in unexplained(differences(tmp_path))
+
+
 def test_a_killed_build_takes_its_pretraining_children_with_it(tmp_path: Path) -> None:
     import psutil
 
