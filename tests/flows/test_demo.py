@@ -111,8 +111,8 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
 
     slow = {"PYTHONPATH": str(SLOW_SERVER), "GRAFT_TEST_SERVER_DELAY": "25"}
     reused = _demo(args, **slow)
-    assert "waiting for the local Prefect server to start (10 s) ..." in reused
-    assert "waiting for the local Prefect server to start (20 s) ..." in reused
+    assert "waiting for the Prefect server to start (10 s) ..." in reused
+    assert "waiting for the Prefect server to start (20 s) ..." in reused
     assert "Reusing the CPU test bed" in reused and "Reusing track testbed-demo" in reused
     assert "published" not in reused and _table(reused) == table
     assert "(3 of 3 releases done by an earlier run, reused)." in reused
