@@ -35,7 +35,8 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 
 from graftwork.tasks import engine  # noqa: E402
-from graftwork.tasks.evaluate import Suite, evaluate  # noqa: E402
+from graftwork.tasks.evaluate import evaluate  # noqa: E402
+from graftwork.tasks.suite import Suite  # noqa: E402
 from graftwork.tasks.testbed import Testbed, build_testbed  # noqa: E402
 from graftwork.tasks.testbed.synthetic import FamilySpec, build_family  # noqa: E402
 from graftwork.tasks.training.finetune import finetune  # noqa: E402

@@ -39,8 +39,12 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "T
     os.environ.setdefault(_var, "1")
 
 from graftwork.tasks import engine  # noqa: E402
-from graftwork.tasks.evaluate import Suite, evaluate  # noqa: E402
-from graftwork.tasks.starts import PLAIN, Probe, ProbeResult, choose, make_starts, precheck, score_starts  # noqa: E402
+from graftwork.tasks.evaluate import evaluate  # noqa: E402
+from graftwork.tasks.starts.make import PLAIN, make_starts  # noqa: E402
+from graftwork.tasks.starts.precheck import precheck  # noqa: E402
+from graftwork.tasks.starts.probes import ProbeResult, choose, score_starts  # noqa: E402
+from graftwork.tasks.starts.spec import Probe  # noqa: E402
+from graftwork.tasks.suite import Suite  # noqa: E402
 from graftwork.tasks.testbed import Testbed, build_testbed  # noqa: E402
 from graftwork.tasks.testbed.probe import probe_suite  # noqa: E402
 from graftwork.tasks.testbed.shipped import differences, unexplained  # noqa: E402

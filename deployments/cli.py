@@ -286,8 +286,8 @@ def demo(
     Everything stays under the data dir; a second run reuses what exists. The runs go to the data dir's
     Prefect server (`graft ui` shows them): the one running, else one started for the demo and stopped after it.
     """
-    from ..flows.demo import DemoOptions, run_demo
     from ..flows.progress import listening
+    from .demo import DemoOptions, run_demo
     from .local_server import prefect_service
 
     options = DemoOptions(

@@ -17,7 +17,8 @@ from .console import open_registry, say, user_errors
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
     from ..storage import Registry
-    from ..tasks.evaluate import Evaluation, Suite
+    from ..tasks.evaluate import Evaluation
+    from ..tasks.suite import Suite
 
 
 def compare(
@@ -65,13 +66,14 @@ def _evaluation(registry: Registry, ref: str, *, track: str | None, suite: Path 
     from ..storage import registry as rows
     from ..storage.db import session_scope
     from ..storage.models import Candidate, Release
-    from ..tasks.evaluate import run_evaluation
 
     if Path(ref).is_dir():
         if suite is None and track is None:
             raise SuiteError(
                 f"{ref} is a model folder: say how to evaluate it with --suite FILE or --track TRACK.", suite=None
             )
+        from ..tasks.evaluate import run_evaluation  # a folder is evaluated now: stored results need no ML stack
+
         return run_evaluation(model_dir=Path(ref), suite=_suite(registry, track=track, suite=suite))
     with session_scope(registry.engine) as session:
         row = rows.get(session, ref=ref if "-" in ref else f"candidate-{ref}")
@@ -88,7 +90,7 @@ def _evaluation(registry: Registry, ref: str, *, track: str | None, suite: Path 
 
 def _suite(registry: Registry, *, track: str | None, suite: Path | None) -> Suite:
     from ..flows.tracks import load_spec
-    from ..tasks.evaluate import load_suite
+    from ..tasks.suite import load_suite
 
     if suite is not None:
         return load_suite(path=suite)

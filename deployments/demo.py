@@ -27,20 +27,21 @@ from pathlib import Path
 import yaml
 
 from ..errors import ReleaseOrderError
+from ..flows.progress import told
+from ..flows.settings import Workspace
+from ..flows.shipped import shipped_file
+from ..flows.tracks import TrackSpec, load_track
+from ..flows.watch import watch_releases
 from ..fs import Say, write_text_atomic
 from ..storage import registry as rows
 from ..storage.db import session_scope
-from ..tasks.evaluate import EvalRecord, Suite
+from ..tasks.evaluate import EvalRecord
+from ..tasks.suite import Suite
 from ..tasks.testbed import Testbed, build_testbed
 from ..tasks.testbed.probe import probe_suite
 from ..tasks.training.finetune import finetune
 from ..terms import RecycleMode
 from .demo_table import HEADER, ReleaseRow, decided, line, release_row, summary
-from .progress import told
-from .settings import Workspace
-from .shipped import shipped_file
-from .tracks import TrackSpec, load_track
-from .watch import watch_releases
 
 TRACK = "testbed-demo"
 CURVE_EVERY = 10

@@ -21,18 +21,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import DatabaseError, WebhookSecretError
-from ..flows.webhooks import (
-    HubEvent,
-    Outcome,
-    RunStartError,
-    StartRun,
-    WebhookPayloadError,
-    handle_delivery,
-    start_watcher,
-)
+from ..errors import DatabaseError, RunStartError, WebhookPayloadError, WebhookSecretError
 from ..storage import Registry
 from ..storage.db import current_revision
+from .deliveries import Outcome, StartRun, handle_delivery, start_watcher
+from .hub_events import HubEvent
 
 SECRET_HEADER = "X-Webhook-Secret"
 log = logging.getLogger("graftwork.webhook")

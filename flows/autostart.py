@@ -26,7 +26,9 @@ from ..storage import registry as rows
 from ..storage import runs
 from ..storage.db import session_scope
 from ..tasks.hub import download
-from ..tasks.starts import PLAIN, ProbeResult, make_starts, precheck, score_starts
+from ..tasks.starts.make import PLAIN, make_starts
+from ..tasks.starts.precheck import precheck
+from ..tasks.starts.probes import ProbeResult, score_starts
 from ..terms import RecycleMode
 from .names import release_ref
 from .registry import streamed_diff

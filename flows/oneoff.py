@@ -9,9 +9,10 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from ..tasks import engine
-from ..tasks.evaluate import EvalRecord, Suite
+from ..tasks.evaluate import EvalRecord
 from ..tasks.evaluate import evaluate as run_suite
 from ..tasks.hub import fetch_model
+from ..tasks.suite import Suite
 from ..terms import EvalSubject
 from . import promotions
 from .progress import progress_artifact

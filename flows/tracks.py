@@ -57,10 +57,10 @@ from ..storage import Registry
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Track
-from ..tasks.evaluate import Suite, load_suite
 from ..tasks.gate import GateRules
-from ..tasks.starts import Probe
-from ..tasks.training.finetune import read_pairs
+from ..tasks.starts.spec import Probe
+from ..tasks.suite import Suite, load_suite
+from ..tasks.training.data import read_pairs
 from ..tasks.training.launch import Launch
 from ..tasks.training.recipe import Recipe
 from ..terms import CarryRule, RecycleMode, SourceKind

@@ -22,7 +22,7 @@ from safetensors.torch import load_file  # noqa: E402
 from tests.databases import database_url, postgresql_server, pytest_terminal_summary  # noqa: E402, F401
 
 if TYPE_CHECKING:
-    from graftwork.tasks.evaluate import Suite
+    from graftwork.tasks.suite import Suite
     from graftwork.tasks.testbed import Testbed
     from graftwork.tasks.training.finetune import FinetuneResult
 
@@ -225,7 +225,7 @@ def testbed(request: pytest.FixtureRequest) -> Testbed:
 @pytest.fixture(scope="session")
 def testbed_suite(testbed: Testbed) -> Suite:
     """The test bed's exact-match task as a suite."""
-    from graftwork.tasks.evaluate import Suite
+    from graftwork.tasks.suite import Suite
 
     return Suite(name="testbed", tasks=(testbed.generate_task,), task_dirs=(testbed.task_dir,))
 

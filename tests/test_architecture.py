@@ -28,9 +28,9 @@ ALLOWED = {
 TASK_ROOMS = {
     "engine": {"io"},
     "io": set(),
-    "training": {"io", "evaluate"},
-    "testbed": {"io", "evaluate", "starts"},
-    "starts": {"io", "engine", "training", "evaluate", "paired"},
+    "training": {"io", "suite", "evaluate"},
+    "testbed": {"io", "suite", "evaluate", "starts"},
+    "starts": {"io", "engine", "training", "suite", "evaluate", "paired"},
     "hub": {"io"},
     "evaluate": set(),
     "gate": set(),

@@ -13,7 +13,8 @@ import torch
 from pydantic import ValidationError
 
 from graftwork.errors import EvalBackendError, GraftError, ModelFolderError, SuiteError
-from graftwork.tasks.evaluate import EvalRecord, Suite, device_for, evaluate, load_suite, records
+from graftwork.tasks.evaluate import EvalRecord, device_for, evaluate, records
+from graftwork.tasks.suite import Suite, load_suite
 from graftwork.tasks.testbed import Testbed
 from graftwork.tasks.training.finetune import FinetuneResult
 

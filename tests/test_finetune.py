@@ -7,17 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from graftwork.tasks.evaluate import Suite
+from graftwork.errors import FinetuneConfigError, FinetuneDataError
+from graftwork.tasks.suite import Suite
 from graftwork.tasks.testbed import Testbed
-from graftwork.tasks.training.finetune import (
-    IGNORE,
-    FinetuneConfigError,
-    FinetuneDataError,
-    FinetuneResult,
-    finetune,
-    read_pairs,
-    tokenize_pair,
-)
+from graftwork.tasks.training.data import read_pairs
+from graftwork.tasks.training.finetune import IGNORE, FinetuneResult, finetune, tokenize_pair
 from graftwork.tasks.training.recipe import Recipe
 from tests.conftest import bits_equal, load_state
 

@@ -12,10 +12,11 @@ import pytest
 from graftwork.flows.evidence import compare, pairs, store_evaluation, stored_evaluation, table
 from graftwork.storage import open_registry
 from graftwork.storage.models import EvalResult
-from graftwork.tasks.evaluate import Suite, run_evaluation
+from graftwork.tasks.evaluate import run_evaluation
 from graftwork.tasks.gate import GateRules, MetricRef, decide
 from graftwork.tasks.paired import unpaired_z
 from graftwork.tasks.results import EvalRecord, Evaluation, Fingerprint, SampleScore
+from graftwork.tasks.suite import Suite
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import EvalSubject
 

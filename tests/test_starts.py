@@ -13,23 +13,13 @@ from pydantic import ValidationError
 
 from graftwork.errors import FinetuneConfigError, FinetuneDataError, GraftError, SuiteError
 from graftwork.tasks import engine
-from graftwork.tasks.evaluate import Suite
 from graftwork.tasks.io.stfile import TensorReader
-from graftwork.tasks.starts import (
-    PLAIN,
-    Precheck,
-    Probe,
-    choose,
-    choose_over_plain,
-    heldout_loss,
-    heldout_split,
-    make_starts,
-    precheck,
-    score_starts,
-    write_probe_task,
-)
-from graftwork.tasks.starts.precheck import group_of
-from graftwork.tasks.starts.split import PROBE_DATA, read_jsonl
+from graftwork.tasks.starts.make import PLAIN, make_starts
+from graftwork.tasks.starts.precheck import Precheck, group_of, precheck
+from graftwork.tasks.starts.probes import choose, choose_over_plain, heldout_loss, score_starts
+from graftwork.tasks.starts.spec import Probe
+from graftwork.tasks.starts.split import PROBE_DATA, heldout_split, read_jsonl, write_probe_task
+from graftwork.tasks.suite import Suite
 from graftwork.tasks.testbed import Testbed, corpus
 from graftwork.tasks.testbed.shipped import shipped_root
 from graftwork.tasks.training.finetune import finetune

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from ...fs import atomic_output_dir, copy_files, write_json
-from ..io.checkpoints import GENERATION_CONFIG, ModelFolder, open_model_folder
+from ..io.checkpoints import ModelFolder, open_model_folder
 from ..io.difffolder import DIFF_PREFIX, DiffFolder, open_diff_folder, tokenizer_folder, write_manifest
+from ..io.layout import GENERATION_CONFIG
 from ..io.shards import DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter
 from ..io.stfile import DTYPE_CODES, TensorReader, numel
 from .checks import check_architectures, check_diff_architecture, check_tensors

@@ -11,7 +11,7 @@ from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
 from ...errors import HubNotFoundError, ModelFolderError, ModelRefError, OutputExistsError
-from ..io.checkpoints import SAFETENSORS_INDEX
+from ..io.layout import SAFETENSORS_INDEX
 from .refs import (
     FULL_SHA,
     MODEL_PATTERNS,

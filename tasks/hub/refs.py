@@ -17,7 +17,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ...errors import HubNotFoundError, HubUnavailableError, ModelRefError
-from ..io.checkpoints import GENERATION_CONFIG, TOKENIZER_FILES
+from ..io.layout import GENERATION_CONFIG, TOKENIZER_FILES
 from .translate import hub_errors
 
 #: What a release download fetches: weights as safetensors, config, generation config, tokenizer.

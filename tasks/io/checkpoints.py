@@ -20,23 +20,9 @@ import torch
 
 from ...errors import ModelFolderError, PickleWeightsError
 from ...fs import file_sha256
+from .layout import PICKLE_INDEX, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, TOKENIZER_FILES
 from .stfile import DTYPE_CODES, ShardWriter, TensorInfo, read_header
 
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-GENERATION_CONFIG = "generation_config.json"
 OUTPUT_EMBEDDING_ALIASES = ("lm_head.weight",)
 _SNAPSHOT = re.compile(r"^[0-9a-f]{40}$")
 

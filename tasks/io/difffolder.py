@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegative
 
 from ...errors import ModelFolderError
 from ...fs import write_json
-from .checkpoints import TOKENIZER_FILES
+from .layout import TOKENIZER_FILES
 from .stfile import TensorInfo, read_header
 from .tokenizers import Tokenizer
 

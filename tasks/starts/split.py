@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from ...errors import FinetuneDataError, SuiteError
-from ..evaluate import Suite
-from ..training.finetune import read_pairs
+from ..suite import Suite
+from ..training.data import read_pairs
 
 HELDOUT = "heldout.jsonl"
 TRAIN = "train.jsonl"

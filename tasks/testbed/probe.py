@@ -6,9 +6,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from ..evaluate import Suite
-from ..starts import write_probe_task
-from ..starts.split import read_jsonl
+from ..starts.split import read_jsonl, write_probe_task
+from ..suite import Suite
 from . import corpus
 from .build import Testbed
 

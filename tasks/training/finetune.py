@@ -28,11 +28,13 @@ import torch
 import yaml
 from transformers import PrinterCallback, TrainerCallback
 
-from ...errors import FinetuneConfigError, FinetuneDataError, ModelFolderError
+from ...errors import FinetuneConfigError, ModelFolderError
 from ...fs import atomic_output_dir, scratch_dir, write_text_atomic
-from ..evaluate import EvalRecord, Suite, evaluate_model
-from ..io.checkpoints import GENERATION_CONFIG
+from ..evaluate import EvalRecord, evaluate_model
+from ..io.layout import GENERATION_CONFIG
+from ..suite import Suite
 from .candidate import folder_dtype, load_dtype, with_adapter, write_candidate
+from .data import read_pairs
 from .recipe import Recipe
 
 IGNORE = -100
@@ -73,36 +75,6 @@ class FinetuneResult:
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat(),
         }
-
-
-def read_pairs(*, data: Path) -> list[dict[str, str]]:
-    """The `{"prompt", "completion"}` records of a JSONL file.
-
-    Raises:
-        FinetuneDataError: the file is missing, empty, or a line lacks a string prompt or completion.
-    """
-    try:
-        lines = Path(data).read_text().splitlines()
-    except OSError as exc:
-        raise FinetuneDataError(f"fine-tuning data {data} cannot be read: {exc}.", path=data) from exc
-    rows = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FinetuneDataError(
-                f"{data}:{number} is not JSON ({exc}); write one JSON object per line.", path=data
-            ) from exc
-        if not (
-            isinstance(row, dict) and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)
-        ):
-            raise FinetuneDataError(f'{data}:{number} needs string fields "prompt" and "completion".', path=data)
-        rows.append({"prompt": row["prompt"], "completion": row["completion"]})
-    if not rows:
-        raise FinetuneDataError(f"fine-tuning data {data} holds no examples.", path=data)
-    return rows
 
 
 def tokenize_pair(*, tokenizer: Any, prompt: str, completion: str, recipe: Recipe) -> dict[str, list[int]]:

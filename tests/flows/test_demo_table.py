@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from graftwork.flows.demo_table import HEADER, ReleaseRow, line
+from graftwork.deployments.demo_table import HEADER, ReleaseRow, line
 
 
 def test_a_row_prints_percentages_that_do_not_round_half_a_point_away() -> None:

@@ -21,11 +21,11 @@ from prefect.client.schemas.objects import FlowRun
 from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
+from graftwork.deployments.hub_events import HubEvent, delivery_key
 from graftwork.deployments.serve import recycle_deployment
 from graftwork.deployments.webhook import create_app
 from graftwork.flows.settings import Workspace
 from graftwork.flows.watch import watch_releases
-from graftwork.flows.webhooks import HubEvent, delivery_key
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope

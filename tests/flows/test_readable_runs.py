@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
-from graftwork.flows.demo import _quiet_libraries
+from graftwork.deployments.demo import _quiet_libraries
 from graftwork.flows.names import artifact_key, release_label
 from graftwork.flows.settings import Workspace
 from graftwork.flows.watch import watch_releases

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from graftwork.flows.autostart import _why, start_table
 from graftwork.flows.startchoice import describe
-from graftwork.tasks.starts import PLAIN, PlainCheck, ProbeResult, StartScore
+from graftwork.tasks.starts.make import PLAIN
+from graftwork.tasks.starts.probes import PlainCheck, ProbeResult, StartScore
 
 
 def _result(*, kept: bool) -> ProbeResult:

@@ -10,7 +10,7 @@ import yaml
 
 from graftwork.errors import TrackError
 from graftwork.flows.tracks import HubRefsSource, LocalSource, load_track, parse_track
-from graftwork.tasks.evaluate import Suite, load_suite
+from graftwork.tasks.suite import Suite, load_suite
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import RecycleMode
 

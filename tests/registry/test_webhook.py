@@ -30,9 +30,10 @@ from sqlalchemy import create_engine, func, select
 from typer.testing import CliRunner
 
 from graftwork.deployments import webhook_cli
+from graftwork.deployments.deliveries import tracks_watching
+from graftwork.deployments.hub_events import HubEvent, delivery_key
 from graftwork.deployments.webhook import create_app
 from graftwork.errors import WebhookSecretError
-from graftwork.flows.webhooks import HubEvent, delivery_key, tracks_watching
 from graftwork.storage import Registry
 from graftwork.storage import registry as rows
 from graftwork.storage.blobs import BlobStore
