@@ -105,7 +105,8 @@ def test_the_schedule_runs_releases_through_a_killed_serve_and_the_api_holds_eve
         service.wait("both releases decided", lambda: _states(TRACK) == done, timeout=900)
 
         shas = _shas(TRACK)
-        recycle = _recycle_runs()
+        # A release is done once its decision is recorded; its run then reports and ends a moment later.
+        recycle = service.wait("the last recycle run to end", _recycle_runs_once_the_last_ended, timeout=120)
         assert [r.idempotency_key for r in recycle] == [
             f"{TRACK}:{shas['01-M1']}:1",
             f"{TRACK}:{shas['02-M2']}:1",
@@ -113,14 +114,20 @@ def test_the_schedule_runs_releases_through_a_killed_serve_and_the_api_holds_eve
         ], service.tail()
         assert [r.state.type.value if r.state else None for r in recycle][::2] == ["COMPLETED", "COMPLETED"]
         assert _decisions(TRACK) == 2  # one per release: nothing doubled by the killed run or a later pass
-        # Every step of each run that finished, as a task run: the first release carries nothing over, and each
-        # evaluation (candidate, base, and base + Δ after the first) is one.
-        first, second = _steps(recycle[0]), _steps(recycle[2])
+        # Every step of each run that finished, as a completed task run (the server's task-run recorder writes them
+        # in batches): the first release carries nothing over, and each evaluation (candidate, base, and base + Δ
+        # after the first) is one.
         steps = ["fetch", "fine_tune", "gate_and_promote", "new_diff", "plan", "record_candidate"]
-        assert [s for s in first if s in {*steps, "run_eval"}] == sorted([*steps, "run_eval", "run_eval"]), first
-        assert [s for s in second if s in {*steps, "carry_over", "run_eval"}] == sorted(
-            [*steps, "carry_over", "run_eval", "run_eval", "run_eval"]
-        ), second
+        expected = [
+            sorted([*steps, "run_eval", "run_eval"]),
+            sorted([*steps, "carry_over", "run_eval", "run_eval", "run_eval"]),
+        ]
+        known = {*steps, "carry_over", "run_eval"}
+        service.wait(
+            "every step of both runs as a completed task run",
+            lambda: [[s for s in _steps(run) if s in known] for run in recycle[::2]] == expected,
+            timeout=60,
+        )
         # The events come in as the server's event persister writes them, in batches of a few seconds.
         releases = sorted(sha[:12] for sha in shas.values())
         evaluated = service.wait(
@@ -137,7 +144,7 @@ def test_the_schedule_runs_releases_through_a_killed_serve_and_the_api_holds_eve
         )
         fired = service.wait("the automation", lambda: _events(url, "prefect.automation.action.executed"), timeout=120)
         assert any(e["resource"]["prefect.resource.id"] == f"prefect.automation.{automation}" for e in fired), fired
-        _the_ui_shows(url.removesuffix("/api"), recycle[2], steps=second)
+        _the_ui_shows(url.removesuffix("/api"), recycle[2], steps=expected[1])
 
 
 def _the_ui_shows(ui: str, run: FlowRun, *, steps: list[str]) -> None:
@@ -225,6 +232,11 @@ def _recycle_runs() -> list[FlowRun]:
         deployment = client.read_deployment_by_name(RECYCLE)
         runs = [r for r in client.read_flow_runs() if r.deployment_id == deployment.id]
     return sorted(runs, key=lambda r: r.created or 0)
+
+
+def _recycle_runs_once_the_last_ended() -> list[FlowRun] | None:
+    runs = _recycle_runs()
+    return runs if runs and runs[-1].state is not None and runs[-1].state.is_final() else None
 
 
 def _steps(run: FlowRun) -> list[str]:
