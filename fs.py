@@ -119,6 +119,11 @@ def die_with_parent() -> Callable[[], None] | None:
     return arrange
 
 
+def as_ctrl_c(*_: object) -> None:
+    """A signal handler (SIGTERM's) that stops the program as Ctrl-C does: it raises KeyboardInterrupt."""
+    raise KeyboardInterrupt
+
+
 def process_alive(pid: int) -> bool:
     """Whether process `pid` on this machine runs; a zombie (dead, not yet reaped: what a run whose worker
     died becomes where no init reaps orphans) does not."""

@@ -28,7 +28,7 @@ import httpx
 
 from ..errors import LocalPrefectError
 from ..flows.settings import GraftSettings
-from ..fs import Say, die_with_parent, process_alive, write_text_atomic
+from ..fs import Say, as_ctrl_c, die_with_parent, process_alive, write_text_atomic
 from .prefect_api import (
     RECORD,
     Endpoint,
@@ -40,7 +40,6 @@ from .prefect_api import (
     is_loopback,
     prefect_home,
     read_record,
-    send_pending,
 )
 
 HEALTH_POLL_S = 0.25
@@ -48,7 +47,8 @@ SAY_EVERY_S = 10.0
 SERVER_LOG = "server.log"
 STOP_TIMEOUT_S = 30.0
 # The server's event persister and task-run recorder write what they are sent in batches, and write what they hold
-# when the server stops; this is the time left to the server to take in what the command sent last.
+# when the server stops; this is the time left to the server to take in what the command sent last (`connected`
+# sends what the command still holds as its block ends, before the server is stopped).
 SETTLE_S = 2.0
 
 
@@ -120,7 +120,7 @@ def _started(*, home: Path, host: str, port: int, timeout: float, say: Say) -> I
             yield target
         finally:
             (home / RECORD).unlink(missing_ok=True)
-            _settle()
+            time.sleep(SETTLE_S)
     finally:
         _stop(server)
 
@@ -156,7 +156,7 @@ def _spawn(target: Endpoint, *, home: Path, host: str, port: int, log: Path) -> 
 
 def wait(target: Endpoint) -> None:
     """Block until the server of `target` (started by this process) stops answering, or Ctrl-C / SIGTERM."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, as_ctrl_c)
     try:
         with httpx.Client(timeout=5.0) as client:
             while True:
@@ -169,10 +169,6 @@ def wait(target: Endpoint) -> None:
         return
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _await_orphan(home: Path, *, say: Say) -> None:
     """Wait for a server whose command died (SIGKILL, the OOM killer) to finish stopping: the kernel has told it
     to, and a command that used it meanwhile would lose it mid-run."""
@@ -183,13 +179,6 @@ def _await_orphan(home: Path, *, say: Say) -> None:
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while process_alive(record["pid"]) and time.monotonic() < deadline:
         time.sleep(HEALTH_POLL_S)
-
-
-def _settle() -> None:
-    """Send what this process still holds (run logs, events) while the server is up, then give the server's
-    services the time to write it."""
-    send_pending()
-    time.sleep(SETTLE_S)
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:

@@ -34,7 +34,7 @@ from ..flows.backport import backport
 from ..flows.oneoff import evaluate, promote, rollback, transfer
 from ..flows.recycle import recycle_then_finetune, run_series
 from ..flows.watch import watch_all_tracks, watch_releases
-from ..fs import Say
+from ..fs import Say, as_ctrl_c
 
 POOLS = ("cpu", "gpu")
 
@@ -108,7 +108,7 @@ def serve_all(*, watch_every: timedelta, recycle_pool: str | None = None, say: S
         runner.add_deployment(served)
     # Prefect's own SIGTERM handler stops the runner from inside the running loop, leaving a coroutine never
     # awaited ("Runner.astop"); a SIGTERM that stops it as Ctrl-C does ends it cleanly.
-    runner.handle_sigterm = _as_ctrl_c  # type: ignore[method-assign]
+    runner.handle_sigterm = as_ctrl_c  # type: ignore[method-assign]
     say(f"serving {len(deployments)} deployments: " + ", ".join(d.full_name for d in deployments))
     loop_errors = logging.getLogger("asyncio")
     loop_errors.addFilter(_api_gone)
@@ -131,10 +131,6 @@ def run_runner(runner: Runner) -> None:
     """Run `runner` until it is interrupted."""
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(runner.start())
-
-
-def _as_ctrl_c(*args: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _collect_interrupted_runner() -> None:

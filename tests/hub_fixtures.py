@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from tests.service import free_port
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "graftwork-tests",
@@ -65,12 +66,6 @@ def blob(repo: Path, rev: str, path: str) -> str | None:
         ["git", "rev-parse", "-q", "--verify", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True
     )
     return done.stdout.strip() or None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 
 from graftwork.fs import die_with_parent
 from tests.browser import chromium_or_skip, open_browser
+from tests.service import free_port
 
 SERVER_START_TIMEOUT_S = 180.0
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -69,16 +69,10 @@ check()
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _prefect_server(tmp: Path) -> Iterator[str]:
     """A Prefect server with its UI on 127.0.0.1 for the block; yields its base URL (the UI's root)."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
         "PATH": PATH,

@@ -118,10 +118,9 @@ def _how_it_differs(built: Path, shipped: Path) -> str:
         return "other bytes"
     if not (isinstance(mine, dict) and isinstance(theirs, dict)):
         return "other bytes"
-    version = VERSION_KEY
-    if {**mine, version: None} != {**theirs, version: None}:
+    if {**mine, VERSION_KEY: None} != {**theirs, VERSION_KEY: None}:
         return "other bytes"
-    return f"{ONLY_VERSION} ({mine.get(version)}, shipped {theirs.get(version)})"
+    return f"{ONLY_VERSION} ({mine.get(VERSION_KEY)}, shipped {theirs.get(VERSION_KEY)})"
 
 
 def unexplained(found: list[str], *, root: Path | None = None) -> list[str]:

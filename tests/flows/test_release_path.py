@@ -37,8 +37,8 @@ from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, Promotion, Release, WebhookDelivery
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import ReleaseState
-from tests.hub_fixtures import OlahServer, commit_all, copy_model, free_port, git, hub_payload, init_repo
-from tests.service import Processes, own_prefect, runner_of
+from tests.hub_fixtures import OlahServer, commit_all, copy_model, git, hub_payload, init_repo
+from tests.service import Processes, free_port, own_prefect, runner_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.endtoend, pytest.mark.hub]
 pytest.importorskip("olah", reason="olah (a dev extra) serves the test Hub: pip install -e '.[dev]'")
