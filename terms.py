@@ -8,9 +8,12 @@ track YAML, flow parameters, the database), so an unknown value is an error, nev
 | `ReleaseState` | a release's life: `discovered` → `dispatched` → `running` → `done`, `failed` or `skipped` |
 | `CandidateKind` | what made a candidate: `recycle` (a release's run of Algorithm 1) or `backport` |
 | `GateDecision` | what a promotion row records: `promote`, `reject`, `rollback` |
+| `Verdict` | what the gate's rules say: `promote`, `reject`, or `wait` for a person's approval |
+| `Approval` | whether a candidate that passes also waits for a person: `none`, `required` |
+| `Dispatch` | how a watcher pass runs a release: `inline` (here) or as a `deployment` run |
 | `EvalSubject` | which model an eval result scores: `candidate`, `base`, `transferred` (base + α·Δ), `champion` |
 | `ActorKind` | who decided: the `gate`, or a `user` |
-| `SourceKind` | where a track's releases come from: `local`, `hub-repos`, `hub-refs` |
+| `ReleaseOrder` | how a release source orders its releases: `folder`, `commit`, `created` |
 | `ArtifactKind` | the registry's artifacts, as their public ids name them (`diff-3`) |
 """
 
@@ -73,6 +76,30 @@ class GateDecision(StrEnum):
     ROLLBACK = "rollback"
 
 
+class Verdict(StrEnum):
+    """What the gate's rules say of a candidate: promote it, reject it, or wait for a person's approval (it passed
+    the rules of a track whose gate requires one)."""
+
+    PROMOTE = "promote"
+    REJECT = "reject"
+    WAIT = "wait"
+
+
+class Approval(StrEnum):
+    """Whether a candidate that passes the gate's rules also waits for a person (`gate.approval`)."""
+
+    NONE = "none"
+    REQUIRED = "required"
+
+
+class Dispatch(StrEnum):
+    """How a watcher pass runs a release: here, one after the other (`inline`), or as a run of the recycle
+    deployment (`deployment`)."""
+
+    INLINE = "inline"
+    DEPLOYMENT = "deployment"
+
+
 class EvalSubject(StrEnum):
     """The model an eval result scores."""
 
@@ -89,12 +116,12 @@ class ActorKind(StrEnum):
     USER = "user"
 
 
-class SourceKind(StrEnum):
-    """Where a track's releases come from."""
+class ReleaseOrder(StrEnum):
+    """How a release source orders its releases: by folder name, by commit time, or by creation time (then commit)."""
 
-    LOCAL = "local"
-    HUB_REPOS = "hub-repos"
-    HUB_REFS = "hub-refs"
+    FOLDER = "folder"
+    COMMIT = "commit"
+    CREATED = "created"
 
 
 class ArtifactKind(StrEnum):

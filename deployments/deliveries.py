@@ -25,6 +25,7 @@ from ..storage import Registry
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Track
+from ..terms import Dispatch
 from .hub_events import HubEvent, delivery_key, release_refs
 
 StartRun = Callable[[str, str], None]
@@ -151,7 +152,7 @@ def start_watcher(track: str, idempotency_key: str) -> None:
     """
     run_deployment(
         WATCH_DEPLOYMENT,
-        parameters={"track": track, "dispatch": "deployment"},
+        parameters={"track": track, "dispatch": Dispatch.DEPLOYMENT},
         idempotency_key=idempotency_key,
         timeout=0,
     )

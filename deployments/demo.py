@@ -30,7 +30,6 @@ from ..errors import ReleaseOrderError
 from ..flows.progress import told
 from ..flows.settings import Workspace
 from ..flows.shipped import shipped_file
-from ..flows.tracks import TrackSpec, load_track
 from ..flows.watch import watch_releases
 from ..fs import Say, write_text_atomic
 from ..storage import registry as rows
@@ -39,8 +38,9 @@ from ..tasks.evaluate import EvalRecord
 from ..tasks.suite import Suite
 from ..tasks.testbed import Testbed, build_testbed
 from ..tasks.testbed.probe import probe_suite
+from ..tasks.track import TrackSpec, load_track, spec_digest
 from ..tasks.training.finetune import finetune
-from ..terms import RecycleMode
+from ..terms import Dispatch, RecycleMode
 from .demo_table import HEADER, ReleaseRow, decided, line, release_row, summary
 
 TRACK = "testbed-demo"
@@ -163,7 +163,7 @@ def _release(options: DemoOptions, model: Path, folder: Path, say: Say) -> None:
         say(f"{model.name}: published; the watcher finds it: carry over, fine-tune, evaluate, gate ...")
     else:
         say(f"{model.name}: published by an earlier run that stopped before its decision; finishing it ...")
-    done = watch_releases(track=TRACK, dispatch="inline", data_dir=options.data_dir)
+    done = watch_releases(track=TRACK, dispatch=Dispatch.INLINE, data_dir=options.data_dir)
     if not decided(options.workspace.registry(), track=TRACK, ref=folder.name):
         raise ReleaseOrderError(f"the demo's release {folder.name} did not run: {done.waiting}.", release=folder.name)
 
@@ -199,7 +199,9 @@ def _register_track(options: DemoOptions, bed: Testbed, say: Say) -> TrackSpec:
     write_text_atomic(path, yaml.safe_dump(spec, sort_keys=False))
     track = load_track(path)
     with session_scope(options.workspace.registry().engine) as session:
-        _, new = rows.save_track(session, name=track.name, spec=track.model_dump(mode="json"))
+        _, new = rows.save_track(
+            session, name=track.name, spec=track.model_dump(mode="json"), digest=spec_digest(track)
+        )
     say(f"{'Registered' if new else 'Reusing'} track {TRACK} ({path})")
     return track
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..flows.tracks import TrackSpec
 from ..fs import Say
 from ..storage import Registry, evals, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
+from ..tasks.track import TrackSpec
 from ..terms import EvalSubject
 
 HEADER = f"{'release':<8} {'base':>6} {'base+Δ':>7} {'FT(base+Δ)':>11} {'plain FT':>9}  gate"

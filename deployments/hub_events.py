@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from ..errors import WebhookPayloadError
-from ..flows.tracks import BRANCH_AND_TAG_PREFIXES
+from ..tasks.sources.hub_refs import BRANCH_AND_TAG_PREFIXES
 
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 _Sha = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]

@@ -11,7 +11,7 @@ import typer
 from .console import err, open_registry, say, user_errors
 
 if TYPE_CHECKING:
-    from ..flows.tracks import TrackSpec
+    from ..tasks.track import TrackSpec
 
 Model = Annotated[
     str | None,
@@ -34,7 +34,8 @@ def plan(
     the pool's GPUs (GRAFT_POOL_GPUS of GRAFT_POOL_GPU_MEMORY_GIB each)."""
     from ..flows.plan import find_config, heading, newest_release, plan_track
     from ..flows.settings import GraftSettings
-    from ..flows.tracks import load_spec, load_track
+    from ..flows.tracks import load_spec
+    from ..tasks.track import load_track
     from ..tasks.training.plan import render
 
     settings = GraftSettings()

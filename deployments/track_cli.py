@@ -26,9 +26,9 @@ def add(
     """Validate a track file and its data files, check that its fine-tune fits the pool's GPUs (see `graft plan`),
     and register it. Adding a changed file again adds a spec version; candidates keep the version they were
     made with (`graft registry show CANDIDATE --recipe`)."""
-    from ..flows.tracks import check_files, load_track
     from ..storage import registry as rows
     from ..storage.db import session_scope
+    from ..tasks.track import check_files, load_track, spec_digest
 
     with user_errors():
         spec = load_track(file)
@@ -37,7 +37,9 @@ def add(
         with session_scope(open_registry().engine) as session:
             known = {t.name: t for t in rows.list_tracks(session)}
             before = None if spec.name not in known else rows.newest_spec(session, track=known[spec.name])
-            track, new = rows.save_track(session, name=spec.name, spec=spec.model_dump(mode="json"))
+            track, new = rows.save_track(
+                session, name=spec.name, spec=spec.model_dump(mode="json"), digest=spec_digest(spec)
+            )
             version = rows.newest_spec(session, track=track)
             assert version is not None  # save_track made one
     what = f"track {spec.name} ({spec.source.kind} releases, {spec.recycle.mode} recycling)"
@@ -212,9 +214,10 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
     and `graft ui` run), started for the command when none runs.
     """
     from ..flows.watch import watch_releases
+    from ..terms import Dispatch
 
     with track_flows(name):
-        done = watch_releases(track=name, dispatch="inline")
+        done = watch_releases(track=name, dispatch=Dispatch.INLINE)
     say(f"track {name}: {len(done.new)} new release(s), {len(done.started)} run")
     _say_decisions(done.started)
     if done.failed:

@@ -27,10 +27,10 @@ from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Promotion
 from ..tasks.gate import Decision
-from ..terms import ActorKind, GateDecision
+from ..tasks.track import TrackSpec
+from ..terms import ActorKind, GateDecision, Verdict
 from . import events
 from .promotions import checked, record
-from .tracks import TrackSpec
 
 
 class Approval(RunInput):
@@ -123,7 +123,7 @@ def await_approval(registry: Registry, *, spec: TrackSpec, candidate_id: int, re
     asks = f"`graft approve {public}` or `graft reject {public} --reason ...`"
     if deployment.id is None:
         get_run_logger().warning("approval: %s waits for a person's decision: %s", public, asks)
-        return Decision(False, (*reasons, f"waiting for a person's approval: {asks}"), pending=True)
+        return Decision(Verdict.WAIT, (*reasons, f"waiting for a person's approval: {asks}"))
     get_run_logger().info("approval: %s passed the gate's rules; suspending until a person decides (%s)", public, asks)
     form = Approval.with_initial_data(
         description=f"**{public}** passed the gate of {spec.name}/{spec.channel}:\n\n"
@@ -163,4 +163,4 @@ def _approved(row: Promotion, *, before: bool) -> Approved:
 
 
 def _decision(done: Approved) -> Decision:
-    return Decision(done.decision is GateDecision.PROMOTE, tuple(done.reasons))
+    return Decision.recorded(done.decision, done.reasons)

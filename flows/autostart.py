@@ -29,12 +29,12 @@ from ..tasks.hub import download
 from ..tasks.starts.make import PLAIN, make_starts
 from ..tasks.starts.precheck import precheck
 from ..tasks.starts.probes import ProbeResult, score_starts
+from ..tasks.track import TrackSpec
 from ..terms import RecycleMode
 from .names import release_ref
 from .registry import streamed_diff
 from .settings import Workspace
 from .startchoice import describe_check
-from .tracks import TrackSpec
 
 ROLES = {"iterative": RecycleMode.ITERATIVE, "source": RecycleMode.SOURCE}
 

@@ -14,13 +14,14 @@ from ..storage import evals, releases, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..tasks.evaluate import Evaluation
+from ..tasks.track import TrackSpec, spec_digest
 from ..tasks.training.gpus import gpu_lease
 from ..terms import CandidateKind, EvalSubject, RecycleMode, ReleaseState
 from .evidence import store_evaluation
 from .names import release_ref
 from .recycle import Plan, carry_over, fetch, run_eval
 from .settings import Workspace
-from .tracks import TrackSpec, load_spec
+from .tracks import load_spec
 
 
 @task
@@ -71,7 +72,9 @@ def record_backport(
             finetune=None,
             carry_reason=the_plan.carry_reason,
             kind=CandidateKind.BACKPORT,
-            spec=rows.spec_version(session, track=release.track, spec=spec.model_dump(mode="json")),
+            spec=rows.spec_version(
+                session, track=release.track, spec=spec.model_dump(mode="json"), digest=spec_digest(spec)
+            ),
         )
         if not evals.eval_results(session, candidate=candidate):
             for subject, evaluation in scores.items():

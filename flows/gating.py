@@ -19,12 +19,12 @@ from ..storage.db import session_scope
 from ..tasks.evaluate import Evaluation, run_evaluation
 from ..tasks.gate import Decision, decide
 from ..tasks.hub import move_tag, publish
+from ..tasks.track import TrackSpec
 from ..tasks.training.gpus import pin
-from ..terms import EvalSubject, GateDecision
+from ..terms import ActorKind, Approval, EvalSubject, Verdict
 from . import events
 from .evidence import compare, pairs, store_evaluation, stored_evaluation, table
 from .settings import Workspace
-from .tracks import TrackSpec
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,9 @@ def gate_and_promote(
         request = approvals.approval_request(session, candidate=candidate)
         earlier = None
         if inputs.decided is not None:
-            earlier = Decision(inputs.decided.decision is GateDecision.PROMOTE, tuple(inputs.decided.reasons))
+            earlier = Decision.recorded(inputs.decided.decision, inputs.decided.reasons)
         elif request is not None:
-            earlier = Decision(False, tuple(request.reasons), pending=True)
+            earlier = Decision(Verdict.WAIT, tuple(request.reasons))
         if earlier is not None:
             stored = None if holder is None else stored_evaluation(registry, rows=inputs.champion_scores)
             _log_decision(earlier, holder, again=True)
@@ -131,7 +131,7 @@ def gate_and_promote(
     events.about_candidate(
         events.CANDIDATE_EVALUATED, track=track, candidate=candidate_id, release=release, scores=mine.records
     )
-    ask = decision.promote and spec.gate.approval == "required"
+    ask = decision.promote and spec.gate.approval is Approval.REQUIRED
     with session_scope(registry.engine) as session:
         candidate = runs.get_candidate(session, candidate_id=candidate_id)
         if ask:
@@ -139,7 +139,7 @@ def gate_and_promote(
                 session, candidate=candidate, channel=spec.channel, scores=recorded, reasons=decision.reasons,
                 flow_run_id=flow_run.get_id(),
             )  # fmt: skip
-            decision = Decision(False, decision.reasons, pending=True)
+            decision = Decision(Verdict.WAIT, decision.reasons)
         else:
             runs.record_gate_decision(
                 session, candidate=candidate, channel=spec.channel, scores=recorded, promote=decision.promote,
@@ -154,14 +154,16 @@ def gate_and_promote(
     )
     events.about_candidate(
         event, track=track, candidate=candidate_id, release=release, scores=mine.records, channel=spec.channel,
-        actor="gate", reasons=list(decision.reasons),
+        actor=ActorKind.GATE, reasons=list(decision.reasons),
     )  # fmt: skip
     _log_decision(decision, holder, again=False)
     return GateOutcome(decision, holder, champion)
 
 
 def _log_decision(decision: Decision, champion: str | None, *, again: bool) -> None:
-    verdict = "promote" if decision.promote else "wait for a person's approval" if decision.pending else "reject"
+    verdict = {Verdict.PROMOTE: "promote", Verdict.WAIT: "wait for a person's approval", Verdict.REJECT: "reject"}[
+        decision.verdict
+    ]
     against = f"against champion {champion}" if champion else "no champion before"
     earlier = ", decided by an earlier attempt" if again else ""
     get_run_logger().info("gate: %s (%s%s): %s", verdict, against, earlier, "; ".join(decision.reasons))

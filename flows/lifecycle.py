@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from ..storage import registry as rows
 from ..storage import releases
 from ..storage.db import session_scope
-from ..terms import ReleaseState
+from ..terms import Dispatch, ReleaseState
 from .settings import Workspace
 
 RECYCLE_DEPLOYMENT = "recycle-then-finetune/recycle-then-finetune"
@@ -79,7 +79,7 @@ def start_next_pass(*, track: str, after: str) -> None:
     try:
         run_deployment(
             WATCH_DEPLOYMENT,
-            parameters={"track": track, "dispatch": "deployment"},
+            parameters={"track": track, "dispatch": Dispatch.DEPLOYMENT},
             idempotency_key=f"{track}:after:{after}",
             timeout=0,
         )

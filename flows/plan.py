@@ -19,10 +19,9 @@ from ..storage import Registry, releases
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..tasks.hub import ReleaseRef, fetch_config, parse_model_ref
-from ..tasks.hub.refs import natural_key
+from ..tasks.track import TrackSpec
 from ..tasks.training.plan import FinetunePlan, model_shape, plan_finetune, read_config, render
 from ..tasks.training.recipe import Lora
-from .tracks import HubRefsSource, LocalSource, TrackSpec
 
 MODELS_HINT = "deployments/models/ holds the example tracks' configs"
 
@@ -74,25 +73,14 @@ def find_config(
         if release.path is not None:
             return read_config(path=release.path), str(release.path)
         return _hub_config(spec, release.repo_id, release.revision, online=online)
-    source = spec.source
-    if isinstance(source, LocalSource):
-        folders = sorted(
-            (p for p in source.release_dir.glob("*/config.json") if not p.parent.name.startswith((".", "_"))),
-            key=lambda p: natural_key(p.parent.name),
-        )
-        if not folders:
-            raise PlanModelError(
-                f"track {spec.name}: its release directory {source.release_dir} holds no model folder yet; "
-                f"pass --model with a model folder to plan on ({MODELS_HINT}).",
-                track=spec.name,
-            )
-        return read_config(path=folders[-1]), str(folders[-1].parent)
-    if isinstance(source, HubRefsSource):
-        return _hub_config(spec, source.repo, "main", online=online)
+    found = spec.source.newest_model()
+    if isinstance(found, Path):
+        return read_config(path=found), str(found)
+    if found is not None:
+        return _hub_config(spec, *found, online=online)
     raise PlanModelError(
-        f"track {spec.name} watches Hub repos of {source.author} named {source.name_pattern!r} and knows no "
-        f"release yet, so its model is unknown: pass --model with a model folder or org/name@revision "
-        f"({MODELS_HINT}).",
+        f"track {spec.name} {spec.source.unknown_model()}, so its model is unknown: pass --model with a model "
+        f"folder or org/name@revision ({MODELS_HINT}).",
         track=spec.name,
     )
 

@@ -22,8 +22,9 @@ from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Candidate, Promotion, Track
 from ..tasks.hub import move_tag, upload_model
+from ..tasks.track import TrackSpec
 from ..terms import ActorKind, GateDecision
-from .tracks import TrackSpec, spec_of
+from .tracks import spec_of
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,11 @@ from ..tasks import engine
 from ..tasks.evaluate import EvalRecord, Evaluation, run_evaluation
 from ..tasks.gate import Decision
 from ..tasks.hub import ReleaseRef, download
+from ..tasks.track import TrackSpec, spec_digest
 from ..tasks.training.finetune import finetune
 from ..tasks.training.gpus import gpu_env, gpu_lease, pin
 from ..tasks.training.launch import run_launch
-from ..terms import EvalSubject, RecycleMode
+from ..terms import EvalSubject, RecycleMode, Verdict
 from .approvals import await_approval
 from .autostart import choose_start
 from .gating import champion_evaluation, gate_and_promote, publish_champion
@@ -43,7 +44,7 @@ from .registry import register_diff, streamed_diff
 from .report import report_run
 from .settings import Workspace
 from .shipped import accelerate_config
-from .tracks import TrackSpec, load_spec
+from .tracks import load_spec
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,9 @@ def record_candidate(
     with session_scope(registry.engine) as session:
         source = None if the_plan.carried_diff is None else rows.get_diff(session, ref=the_plan.carried_diff)
         release = rows.get_release(session, release_id=the_plan.release_id)
-        version = rows.spec_version(session, track=release.track, spec=spec.model_dump(mode="json"))
+        version = rows.spec_version(
+            session, track=release.track, spec=spec.model_dump(mode="json"), digest=spec_digest(spec)
+        )
         row = runs.record_candidate(
             session,
             release=release,
@@ -306,7 +309,7 @@ def recycle_then_finetune(
         decision, sha, candidate_id = _recycle(where, track, release_id, spec, mode)
     if chain:
         start_next_pass(track=track, after=sha)
-    if decision.pending:
+    if decision.verdict is Verdict.WAIT:
         decision = await_approval(where.registry(), spec=spec, candidate_id=candidate_id, reasons=decision.reasons)
     return decision
 

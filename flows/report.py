@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from ..tasks.evaluate import EvalRecord
 from ..tasks.gate import Decision
 from ..tasks.hub import LOCAL_PREFIX, ReleaseRef
-from ..terms import EvalSubject
+from ..terms import EvalSubject, Verdict
 from .names import run_name, step_key
 
 COLUMNS = (EvalSubject.CANDIDATE, EvalSubject.CHAMPION, EvalSubject.BASE, EvalSubject.TRANSFERRED)
@@ -51,7 +51,9 @@ def report_run(
     title = run_name(track=track, release=release)
     evals = step_key(track=track, release=release, step="evals")
     create_table_artifact(table=eval_table(scores), key=evals, description=title)
-    verdict = "promoted" if decision.promote else "waiting for approval" if decision.pending else "rejected"
+    verdict = {Verdict.PROMOTE: "promoted", Verdict.WAIT: "waiting for approval", Verdict.REJECT: "rejected"}[
+        decision.verdict
+    ]
     lineage = f"{carried} → {new_diff}" if carried else f"{new_diff} (first of its chain: plain fine-tuning)"
     training = f"{len(losses)} steps, loss {losses[0][1]:.4f} → {losses[-1][1]:.4f}" if losses else "no steps"
     markdown = "\n".join(

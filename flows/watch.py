@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, tags, task
@@ -30,17 +30,16 @@ from ..storage import registry as rows
 from ..storage import releases
 from ..storage.db import session_scope
 from ..storage.models import ReleaseStatus, Track
-from ..tasks.hub import ReleaseRef, discover_local, discover_refs, discover_repos, release_facts
-from ..tasks.hub.facts import Order
-from ..terms import ReleaseState
+from ..tasks.hub import ReleaseRef, release_facts
+from ..tasks.track import TrackSpec
+from ..terms import Dispatch, ReleaseState
 from . import events
 from .lifecycle import RECYCLE_DEPLOYMENT, why_not_started
 from .names import release_ref, run_name, run_tags, tag_this_run, track_tag
 from .recycle import recycle_then_finetune
 from .settings import Workspace
-from .tracks import HubRefsSource, HubReposSource, LocalSource, TrackSpec, load_spec
+from .tracks import load_spec
 
-Dispatch = Literal["inline", "deployment"]
 DEAD_STATES = frozenset({"FAILED", "CRASHED", "CANCELLED", "CANCELLING"})
 LIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED"})
 
@@ -59,13 +58,7 @@ class Pass:
 @task
 def discover(spec: TrackSpec) -> list[ReleaseRef]:
     """The releases the track's source offers now."""
-    source = spec.source
-    if isinstance(source, LocalSource):
-        return discover_local(release_dir=source.release_dir)
-    if isinstance(source, HubRefsSource):
-        return discover_refs(repo_id=source.repo, ref_pattern=source.ref_pattern)
-    assert isinstance(source, HubReposSource)
-    return discover_repos(author=source.author, name_pattern=source.name_pattern)
+    return spec.source.discover()
 
 
 @task
@@ -76,7 +69,7 @@ def record_releases(where: Workspace, track: str, spec: TrackSpec, found: list[R
     with session_scope(where.registry().engine) as session:
         seen = releases.known(session, track=rows.get_track(session, name=track))
     fresh = [ref for ref in found if (ref.repo_id, ref.revision) not in seen]
-    facts = [release_facts(release=ref, order=_order(spec)) for ref in fresh]
+    facts = [release_facts(release=ref, order=spec.source.order) for ref in fresh]
     new = []
     with session_scope(where.registry().engine) as session:
         row = rows.get_track(session, name=track)
@@ -88,12 +81,6 @@ def record_releases(where: Workspace, track: str, spec: TrackSpec, found: list[R
                 new.append(release.id)
                 events.release_discovered(track=track, repo=ref.repo_id, revision=ref.revision, ref=ref.ref)
     return new
-
-
-def _order(spec: TrackSpec) -> Order:
-    if isinstance(spec.source, LocalSource):
-        return "folder"
-    return "commit" if isinstance(spec.source, HubRefsSource) else "created"
 
 
 @task
@@ -200,7 +187,7 @@ def dispatch_run(where: Workspace, track: str, release_id: int, release: Release
 
 
 @flow(name="watch-releases", flow_run_name="{track}/watch", log_prints=True)
-def watch_releases(track: str, dispatch: Dispatch = "inline", data_dir: Path | None = None) -> Pass:
+def watch_releases(track: str, dispatch: Dispatch = Dispatch.INLINE, data_dir: Path | None = None) -> Pass:
     """One watcher pass over a track (see the module's docstring), named `TRACK/watch` and tagged with its
     track however it was started.
 
@@ -221,11 +208,11 @@ def watch_releases(track: str, dispatch: Dispatch = "inline", data_dir: Path | N
             chosen = f"release-{release_id}'s run returned without finishing it"
             break
         started.append(release_id)
-        how = "dispatches" if dispatch == "deployment" else "runs"
+        how = "dispatches" if dispatch is Dispatch.DEPLOYMENT else "runs"
         name = run_name(track=track, release=release)
         get_run_logger().info("track %s: %s %s (release-%d, attempt %d)", track, how, name, release_id, attempt)
         with tags(*run_tags(track=track, release=release)):
-            if dispatch == "deployment":
+            if dispatch is Dispatch.DEPLOYMENT:
                 failed = dispatch_run(where, track, release_id, release, attempt)
                 break  # that run starts the next pass when it is done
             try:
@@ -241,7 +228,7 @@ def watch_releases(track: str, dispatch: Dispatch = "inline", data_dir: Path | N
 
 
 @flow(name="watch-all-tracks", flow_run_name="watch-all", log_prints=True)
-def watch_all_tracks(dispatch: Dispatch = "deployment", data_dir: Path | None = None) -> dict[str, Pass]:
+def watch_all_tracks(dispatch: Dispatch = Dispatch.DEPLOYMENT, data_dir: Path | None = None) -> dict[str, Pass]:
     """A watcher pass over every registered track, as the registry lists them now (so a track added after
     `graft serve` started is watched from its next interval on); one track's failure does not stop the others."""
     where = Workspace.at(data_dir)

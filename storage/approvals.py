@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from ..terms import ActorKind, EvalSubject
 from .evals import Score, record_scores
-from .models import ApprovalRequest, Candidate, Promotion, Track
+from .models import ApprovalRequest, Candidate, Promotion
 
 
 def request_approval(
@@ -40,17 +40,6 @@ def approval_request(session: Session, *, candidate: Candidate) -> ApprovalReque
     """The request for a person's decision on `candidate`, if its gate made one."""
     query = select(ApprovalRequest).where(ApprovalRequest.candidate_id == candidate.id)
     return session.scalars(query.order_by(ApprovalRequest.id).limit(1)).one_or_none()
-
-
-def pending_approvals(session: Session, *, track: Track) -> list[ApprovalRequest]:
-    """A track's candidates that wait for a person's decision, oldest first."""
-    decided = select(Promotion.to_candidate_id).where(
-        Promotion.track_id == track.id, Promotion.to_candidate_id.is_not(None)
-    )
-    query = select(ApprovalRequest).where(
-        ApprovalRequest.track_id == track.id, ApprovalRequest.candidate_id.not_in(decided)
-    )
-    return list(session.scalars(query.order_by(ApprovalRequest.id)))
 
 
 def person_decision(session: Session, *, candidate: Candidate) -> Promotion | None:

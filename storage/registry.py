@@ -9,8 +9,6 @@ existing row, also when two processes race to insert it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -76,15 +74,15 @@ def insert_or_get(
     return session.scalars(select(model).where(*where)).one(), new_id is not None
 
 
-def save_track(session: Session, *, name: str, spec: dict[str, Any]) -> tuple[Track, bool]:
-    """Create the track `name` with `spec` as its version 1, or, when `spec` differs from its newest version, add
-    the next version and make it the track's spec (earlier versions stay, for the candidates made with them).
+def save_track(session: Session, *, name: str, spec: dict[str, Any], digest: str) -> tuple[Track, bool]:
+    """Create the track `name` with `spec` as its version 1, or, when `digest` (the spec's version hash,
+    `tasks.track.spec_digest`) differs from its newest version's, add the next version and make it the track's
+    spec (earlier versions stay, for the candidates made with them).
 
     Returns the track and whether it is new.
     """
     track, new = insert_or_get(session, Track, unique=("name",), values={"name": name, "spec": spec})
     newest = newest_spec(session, track=track)
-    digest = spec_sha256(spec)
     if newest is None or newest.sha256 != digest:
         version = 1 if newest is None else newest.version + 1
         session.add(TrackSpecVersion(track_id=track.id, version=version, spec=spec, sha256=digest))
@@ -94,30 +92,23 @@ def save_track(session: Session, *, name: str, spec: dict[str, Any]) -> tuple[Tr
     return track, new
 
 
-def spec_sha256(spec: dict[str, Any]) -> str:
-    """The hash a spec version is known by: sha256 of its JSON with sorted keys."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-
-
 def newest_spec(session: Session, *, track: Track) -> TrackSpecVersion | None:
     """The track's newest spec version (None only while a new track's first is being saved)."""
     query = select(TrackSpecVersion).where(TrackSpecVersion.track_id == track.id)
     return session.scalars(query.order_by(TrackSpecVersion.version.desc()).limit(1)).one_or_none()
 
 
-def spec_version(session: Session, *, track: Track, spec: dict[str, Any]) -> TrackSpecVersion:
-    """The track's version whose spec is `spec` (the one a run was made with). When the registry holds none
+def spec_version(session: Session, *, track: Track, spec: dict[str, Any], digest: str) -> TrackSpecVersion:
+    """The track's version whose hash is `digest` (of the spec `spec` a run was made with). When the registry holds none
     (a spec stored before specs were versioned, which the run re-validated with today's defaults), it is added
     as the next version, so that the candidate still says exactly what made it; the track's current spec is
     left as it is."""
-    query = select(TrackSpecVersion).where(
-        TrackSpecVersion.track_id == track.id, TrackSpecVersion.sha256 == spec_sha256(spec)
-    )
+    query = select(TrackSpecVersion).where(TrackSpecVersion.track_id == track.id, TrackSpecVersion.sha256 == digest)
     found = session.scalars(query.order_by(TrackSpecVersion.version.desc()).limit(1)).first()
     if found is None:
         newest = newest_spec(session, track=track)
         found = TrackSpecVersion(
-            track_id=track.id, version=1 if newest is None else newest.version + 1, spec=spec, sha256=spec_sha256(spec)
+            track_id=track.id, version=1 if newest is None else newest.version + 1, spec=spec, sha256=digest
         )
         session.add(found)
         session.flush()
@@ -143,14 +134,6 @@ def get_track(session: Session, *, name: str) -> Track:
             ref=name,
         )
     return track
-
-
-def record_release(
-    session: Session, *, track: Track, repo_id: str, revision: str, ref: str | None = None, path: str | None = None
-) -> tuple[Release, bool]:
-    """Record a release of `track` once; return it and whether it is new."""
-    values = {"track_id": track.id, "repo_id": repo_id, "revision": revision, "ref": ref, "path": path}
-    return insert_or_get(session, Release, unique=("track_id", "repo_id", "revision"), values=values)
 
 
 def record_delivery(

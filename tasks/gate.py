@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
+from ..terms import Approval, GateDecision, Verdict
 from .paired import PairedDiff, paired_difference
 
 Samples = Mapping[Hashable, float]
@@ -72,9 +73,6 @@ class Superior(BaseModel):
     confidence: float = Field(0.95, gt=0, lt=1, description="Of the one-sided lower bound.")
 
 
-EVIDENCE_FIELDS = ("non_inferior", "superior", "resamples", "seed", "approval", "approval_timeout_hours")
-
-
 class GateRules(BaseModel):
     """What a candidate must show to be promoted."""
 
@@ -92,22 +90,12 @@ class GateRules(BaseModel):
     superior: Superior | None = Field(None, description="A paired superiority rule on the primary metric.")
     resamples: int = Field(10_000, ge=100, description="Paired bootstrap resamples.")
     seed: int = Field(0, description="The paired bootstrap's seed.")
-    approval: Literal["none", "required"] = Field(
-        "none", description="required: a candidate that passes waits for a person's approval."
+    approval: Approval = Field(
+        Approval.NONE, description="required: a candidate that passes waits for a person's approval."
     )
     approval_timeout_hours: float = Field(
         168, gt=0, description="How long a suspended run waits for a person before it fails (the candidate waits on)."
     )
-
-    @model_serializer(mode="wrap")
-    def _without_unset_evidence_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave out the paired and approval fields while they are the defaults: the spec of a track that uses
-        none of them (and its sha256, its version) is the same as before they existed."""
-        data: dict[str, Any] = handler(self)
-        for name in EVIDENCE_FIELDS:
-            if getattr(self, name) == GateRules.model_fields[name].default:
-                data.pop(name, None)
-        return data
 
     @property
     def paired(self) -> bool:
@@ -117,12 +105,21 @@ class GateRules(BaseModel):
 
 @dataclass(frozen=True)
 class Decision:
-    """The gate's verdict and its reasons, one per rule checked; `pending` when the rules passed and the
-    candidate waits for a person's approval (then `promote` is False until a person says so)."""
+    """The gate's verdict and its reasons, one per rule checked (`Verdict.WAIT` when the rules passed and the
+    candidate waits for a person's approval)."""
 
-    promote: bool
+    verdict: Verdict
     reasons: tuple[str, ...]
-    pending: bool = False
+
+    @property
+    def promote(self) -> bool:
+        """Whether the candidate is promoted."""
+        return self.verdict is Verdict.PROMOTE
+
+    @classmethod
+    def recorded(cls, decision: GateDecision, reasons: Iterable[str]) -> Decision:
+        """The verdict a promotion row records: promote when it promoted, else reject."""
+        return cls(Verdict.PROMOTE if decision is GateDecision.PROMOTE else Verdict.REJECT, tuple(reasons))
 
 
 def decide(
@@ -229,7 +226,7 @@ def _at_least(ok: bool) -> str:
 
 def _decision(checks: list[tuple[bool, str]]) -> Decision:
     return Decision(
-        promote=all(ok for ok, _ in checks),
+        verdict=Verdict.PROMOTE if all(ok for ok, _ in checks) else Verdict.REJECT,
         reasons=tuple(("pass: " if ok else "fail: ") + why for ok, why in checks),
     )
 

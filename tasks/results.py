@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 from collections.abc import Hashable
+from enum import StrEnum
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..fs import file_sha256
 
-Backend = Literal["hf", "vllm"]
+
+class Backend(StrEnum):
+    """The lm-eval model backend an evaluation runs on."""
+
+    HF = "hf"
+    VLLM = "vllm"
+
+
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 MODEL_FILES = ("*.safetensors", "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json")
 SHOWN = 200  # characters of a sample's target and response that are kept

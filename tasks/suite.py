@@ -40,7 +40,7 @@ class Suite(BaseModel):
         description="Documents per forward pass, or auto: the HF backend finds the largest that fits (64 at most) "
         "and auto:N looks again N times as the documents get shorter; vLLM schedules every request itself.",
     )
-    backend: Backend = Field("hf", description="hf (transformers) or vllm (the `vllm` extra; GPU workers).")
+    backend: Backend = Field(Backend.HF, description="hf (transformers) or vllm (the `vllm` extra; GPU workers).")
     dtype: Dtype = Field("auto", description="The weights' dtype once loaded; auto keeps the folder's.")
 
     @field_validator("batch_size", mode="before")
@@ -54,7 +54,7 @@ class Suite(BaseModel):
 
     @model_validator(mode="after")
     def _vllm_runs_on_cuda(self) -> Suite:
-        if self.backend == "vllm" and self.device not in ("auto", "cuda"):
+        if self.backend is Backend.VLLM and self.device not in ("auto", "cuda"):
             raise ValueError(
                 f"the vllm backend runs on the GPUs CUDA_VISIBLE_DEVICES names, not on device {self.device}; "
                 "set device: cuda (or auto)"

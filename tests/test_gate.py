@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graftwork.tasks.gate import Decision, GateRules, MetricRef, decide
+from graftwork.terms import Verdict
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def scores(add: float, mc: float) -> list[R]:
 def test_a_first_candidate_that_beats_the_base_is_promoted() -> None:
     d = decide(rules=RULES, candidate=scores(0.8, 0.6), base=scores(0.1, 0.3))
     assert d == Decision(
-        promote=True,
+        verdict=Verdict.PROMOTE,
         reasons=(
             "pass: addition/exact_match: candidate 0.8000 ≥ required 0.5000",
             "pass: addition/exact_match: candidate 0.8000 ≥ base 0.1000 + margin 0.1000 = 0.2000",
@@ -71,6 +72,6 @@ def test_too_weak_a_candidate_fails_every_absolute_rule() -> None:
 def test_a_missing_metric_rejects_and_says_which() -> None:
     d = decide(rules=RULES, candidate=scores(0.9, 0.6), champion=[R("addition", "exact_match", 0.5)])
     assert d == Decision(
-        promote=False,
+        verdict=Verdict.REJECT,
         reasons=("fail: the champion's results lack addition_mc/acc (they have: addition/exact_match)",),
     )

@@ -14,11 +14,11 @@ from graftwork.storage import open_registry
 from graftwork.storage.models import EvalResult
 from graftwork.tasks.evaluate import run_evaluation
 from graftwork.tasks.gate import GateRules, MetricRef, decide
-from graftwork.tasks.paired import unpaired_z
 from graftwork.tasks.results import EvalRecord, Evaluation, Fingerprint, SampleScore
 from graftwork.tasks.suite import Suite
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import EvalSubject
+from tests.unpaired import unpaired_z
 
 TASK = "testbed_add"
 REF = MetricRef(task=TASK, metric="exact_match")

@@ -46,7 +46,7 @@ from graftwork.tasks.hub import HubRef, ReleaseRef
 from graftwork.terms import ReleaseState
 from tests.conftest import VOCAB, perturb, random_state, save_model
 from tests.hub_fixtures import FakeHubWrites, OlahServer, commit_all, copy_model, git, init_repo
-from tests.registry.conftest import track_spec
+from tests.registry.conftest import digest, track_spec
 
 pytestmark = pytest.mark.hub
 pytest.importorskip("olah", reason="olah (a dev extra) serves the test Hub: pip install -e '.[dev]'")
@@ -181,7 +181,7 @@ def test_a_commit_that_changes_no_model_file_is_recorded_as_skipped(
     where = Workspace.at(tmp_path / "data")
     source = {"kind": "hub-refs", "repo": "acme/moving", "ref_pattern": "main"}
     with session_scope(where.registry().engine) as session:
-        rows.save_track(session, name="moving", spec=track_spec("moving", source))
+        rows.save_track(session, name="moving", spec=(given := track_spec("moving", source)), digest=digest(given))
     spec = load_spec(where.registry(), track="moving")
     repo = hf.mirror.root / "models" / "acme" / "moving"
     init_repo(repo)

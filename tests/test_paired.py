@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import graftwork.tasks.paired as paired
-from graftwork.tasks.paired import PairedDiff, paired_difference, unpaired_z
+from graftwork.tasks.paired import PairedDiff, paired_difference
+from tests.unpaired import unpaired_z
 
 N = 400
 Pair = Callable[[], tuple[Mapping[Hashable, float], Mapping[Hashable, float]]]

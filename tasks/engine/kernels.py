@@ -29,10 +29,6 @@ WRITE_BEHIND = 4
 ProgressFn = Callable[[int], None]
 
 
-class NotExact(Exception):
-    """A stored Δ chunk does not give back the fine-tuned values; the tensor needs a wider dtype."""
-
-
 class Scratch:
     """Reusable float64 buffers, grown on demand."""
 
@@ -75,7 +71,8 @@ def stored_delta(
     `y` must hold the base in float64. Returns the stored chunk and its sum of squares.
 
     Raises:
-        NotExact: some element of base + Δ, rounded, differs from the fine-tuned value.
+        InexactDeltaError: some element of base + Δ, rounded, differs from the fine-tuned value (the tensor needs a
+            wider stored dtype; `run_jobs` widens it, or names the tensor when none is wider).
     """
     d = x.to(stored, copy=True)  # a new tensor: x is scratch, d goes to the writer thread
     z.copy_(d)
@@ -83,7 +80,9 @@ def stored_delta(
     z.add_(y)
     back = z.to(finetuned.dtype)
     if not torch.equal(_bits(back), _bits(finetuned.reshape(-1))):
-        raise NotExact
+        raise InexactDeltaError(
+            f"a chunk of Δ stored in {stored} does not give back the fine-tuned values", tensor=None
+        )
     return d, sumsq
 
 
@@ -111,7 +110,7 @@ class Job:
     """One output tensor: which inputs to read and how to turn a chunk of them into output.
 
     `compute(job, inputs, start, stop)` gets the inputs' rows `[start, stop)` (all rows when
-    `whole`) and returns the output rows, flattened. When it raises :class:`NotExact`, the tensor is written
+    `whole`) and returns the output rows, flattened. When it raises `InexactDeltaError`, the tensor is written
     again from its start in `wider`.
     """
 
@@ -196,7 +195,7 @@ def run_jobs(jobs: list[Job], reader: TensorReader, writer: ShardedWriter, *, pr
                 writes.append(wx.submit(writer.begin_tensor, job.name, DTYPE_CODES[job.out_dtype], job.out_shape))
             try:
                 out = job.checked(inputs, start, stop)
-            except NotExact:
+            except InexactDeltaError:
                 _widen(job, stop, reader, writer, wx, writes)
             else:
                 writes.append(wx.submit(writer.write, out))
@@ -243,7 +242,7 @@ def _widen(
             break
         try:
             out = job.checked(job.read(reader, start, end), start, end)
-        except NotExact:
+        except InexactDeltaError:
             raise _inexact(job) from None
         writes.append(wx.submit(writer.write, out))
 
@@ -251,5 +250,6 @@ def _widen(
 def _inexact(job: Job) -> InexactDeltaError:
     return InexactDeltaError(
         f"tensor {job.name!r}: no stored dtype gives back the fine-tuned values exactly (the fine-tuned "
-        "and base values are too far apart in magnitude for float64); the models do not belong together."
+        "and base values are too far apart in magnitude for float64); the models do not belong together.",
+        tensor=job.name,
     )

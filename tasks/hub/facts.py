@@ -14,15 +14,13 @@ import fnmatch
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Literal
 
 from huggingface_hub import HfApi
 from huggingface_hub.hf_api import RepoFile
 
+from ...terms import ReleaseOrder
 from .refs import MODEL_PATTERNS, ReleaseRef
 from .translate import hub_errors
-
-Order = Literal["folder", "commit", "created"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ class ReleaseFacts:
     content_key: str
 
 
-def release_facts(*, release: ReleaseRef, order: Order, api: HfApi | None = None) -> ReleaseFacts:
+def release_facts(*, release: ReleaseRef, order: ReleaseOrder, api: HfApi | None = None) -> ReleaseFacts:
     """The position and content key of `release` (one or two Hub requests for a Hub release).
 
     Raises:
@@ -48,7 +46,7 @@ def release_facts(*, release: ReleaseRef, order: Order, api: HfApi | None = None
         tree = list(api.list_repo_tree(release.repo_id, revision=release.revision, recursive=True))
     committed = info.last_modified.isoformat() if info.last_modified else ""
     created = info.created_at.isoformat() if info.created_at else ""
-    position = f"{created}|{committed}" if order == "created" else committed
+    position = f"{created}|{committed}" if order is ReleaseOrder.CREATED else committed
     digest = hashlib.sha256()
     for entry in sorted((e for e in tree if isinstance(e, RepoFile) and _model_file(e.path)), key=lambda e: e.path):
         digest.update(f"{entry.path}\0{entry.lfs.sha256 if entry.lfs else entry.blob_id}\n".encode())

@@ -3,11 +3,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ProbeKind = Literal["zero_shot", "heldout_loss", "short_finetune"]
+
+class ProbeKind(StrEnum):
+    """How `auto` scores each start before the fine-tune."""
+
+    ZERO_SHOT = "zero_shot"
+    HELDOUT_LOSS = "heldout_loss"
+    SHORT_FINETUNE = "short_finetune"
+
+
+class ProbeScore(StrEnum):
+    """What ranks the starts after each round of a `short_finetune` probe."""
+
+    HELDOUT_LOSS = "heldout_loss"
+    ZERO_SHOT = "zero_shot"
 
 
 class Probe(BaseModel):
@@ -16,7 +29,7 @@ class Probe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: ProbeKind = Field(
-        default="zero_shot",
+        default=ProbeKind.ZERO_SHOT,
         description="zero_shot: the probe suite's score of each start; heldout_loss: each start's loss on a "
         "held-out slice of the fine-tuning data; short_finetune: successive halving of short fine-tunes.",
     )
@@ -31,8 +44,8 @@ class Probe(BaseModel):
     steps_fraction: float = Field(
         default=0.05, gt=0, le=1, description="short_finetune: the recipe's steps each start trains per halving round."
     )
-    score_by: Literal["heldout_loss", "zero_shot"] = Field(
-        default="heldout_loss", description="short_finetune: what ranks the starts after each round."
+    score_by: ProbeScore = Field(
+        default=ProbeScore.HELDOUT_LOSS, description="short_finetune: what ranks the starts after each round."
     )
     confidence: float | None = Field(
         default=0.95,

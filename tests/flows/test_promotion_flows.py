@@ -14,7 +14,7 @@ from graftwork.storage import registry as rows
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import Promotion
 from graftwork.terms import RecycleMode
-from tests.registry.conftest import candidate, track_spec
+from tests.registry.conftest import candidate, digest, record_release, track_spec
 
 
 def test_the_flows_record_prefect_as_the_actor_and_roll_back_along_the_history(data_dir: Path, tmp_path: Path) -> None:
@@ -23,10 +23,12 @@ def test_the_flows_record_prefect_as_the_actor_and_roll_back_along_the_history(d
     data.write_text('{"prompt": "q: 1+1?", "completion": "2"}\n')
     spec = track_spec("demo", {"kind": "hub-repos", "author": "org", "name_pattern": "m-*"})
     with session_scope(registry.engine) as session:
-        track, _ = rows.save_track(session, name="demo", spec=spec | {"finetune": {"data": str(data)}})
+        track, _ = rows.save_track(
+            session, name="demo", spec=(given := spec | {"finetune": {"data": str(data)}}), digest=digest(given)
+        )
         made = []
         for n in (1, 2, 3):
-            release, _ = rows.record_release(session, track=track, repo_id="org/m", revision=f"{n:040d}", ref=f"m-{n}")
+            release, _ = record_release(session, track=track, repo_id="org/m", revision=f"{n:040d}", ref=f"m-{n}")
             made.append(candidate(session, release, mode=RecycleMode.ITERATIVE, uri=f"/m/{n}").id)
     c1, c2, c3 = made
     for c in made:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
-from graftwork.storage import Registry, runs
+from graftwork.storage import Registry, releases, runs
 from graftwork.storage import registry as rows
 from graftwork.storage.blobs import BlobStore
 from graftwork.storage.db import ensure_schema, make_engine, session_scope
@@ -39,7 +41,22 @@ def registry(database_url: str, tmp_path: Path) -> Iterator[Registry]:
 def track_named(session: Session, name: str) -> Track:
     """The track `name`, created with an empty spec when it is not there."""
     existing = {t.name: t for t in rows.list_tracks(session)}
-    return existing[name] if name in existing else rows.save_track(session, name=name, spec={})[0]
+    return existing[name] if name in existing else rows.save_track(session, name=name, spec={}, digest=digest({}))[0]
+
+
+def digest(spec: dict[str, Any]) -> str:
+    """A version hash for a spec given as plain data (the registry takes it as given)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def record_release(
+    session: Session, *, track: Track, repo_id: str, revision: str, ref: str | None = None
+) -> tuple[Release, bool]:
+    """Record a release as a watcher pass does (with its status row), ordered by its revision."""
+    found = releases.Found(
+        repo_id=repo_id, revision=revision, ref=ref, path=None, position=revision, content_key=revision
+    )
+    return releases.record(session, track=track, found=found)
 
 
 def track_spec(name: str, source: dict[str, Any]) -> dict[str, Any]:

@@ -19,12 +19,14 @@ ROOT = Path(__file__).parents[2]
 
 RELEASE = """
     from graftwork.storage import registry as rows
+    from graftwork.storage.releases import Found, record
     from graftwork.storage.db import ensure_schema, session_scope
     ensure_schema(engine)
     wait_for_go()
     with session_scope(engine) as session:
         track = rows.get_track(session, name="t")
-        release, new = rows.record_release(session, track=track, repo_id="org/model", revision="c" * 40)
+        found = Found(repo_id="org/model", revision="c" * 40, ref=None, path=None, position="1", content_key="c")
+        release, new = record(session, track=track, found=found)
         result = {"id": release.id, "new": new}
 """
 

@@ -22,7 +22,7 @@ from graftwork.tasks.gate import GateRules, MetricRef, decide
 from graftwork.terms import ActorKind, GateDecision, RecycleMode
 from tests.conftest import VOCAB, random_state, save_model
 from tests.hub_fixtures import FakeHubWrites, git
-from tests.registry.conftest import add_track, candidate, track_spec
+from tests.registry.conftest import add_track, candidate, record_release, track_spec
 
 TOKEN = "hf_graftworkPromotionTestToken0123456789"
 
@@ -40,7 +40,7 @@ def _candidates(database_url: str, track: str, uris: list[str]) -> list[int]:
         owner = rows.get_track(session, name=track)
         made = []
         for n, uri in enumerate(uris, 1):
-            release, _ = rows.record_release(session, track=owner, repo_id="org/m", revision=f"{n:040d}", ref=f"m-{n}")
+            release, _ = record_release(session, track=owner, repo_id="org/m", revision=f"{n:040d}", ref=f"m-{n}")
             made.append(candidate(session, release, mode=RecycleMode.ITERATIVE, uri=uri).id)
     engine.dispose()
     return made

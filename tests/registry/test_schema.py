@@ -22,7 +22,7 @@ from graftwork.storage.db import (
 )
 from graftwork.storage.models import Base, Release
 from graftwork.terms import ActorKind, ArtifactKind, EvalSubject, GateDecision, RecycleMode
-from tests.registry.conftest import candidate, track_named
+from tests.registry.conftest import candidate, digest, record_release, track_named
 
 PROMOTE, REJECT, GATE = GateDecision.PROMOTE, GateDecision.REJECT, ActorKind.GATE
 
@@ -75,7 +75,7 @@ def test_the_database_refuses_words_it_does_not_know(registry: Registry) -> None
         "ck_promotions_gate_decision", "ck_promotions_actor_kind",
     }  # fmt: skip
     with session_scope(registry.engine) as session:
-        release, _ = rows.record_release(session, track=track_named(session, "t"), repo_id="o/m", revision=SHA)
+        release, _ = record_release(session, track=track_named(session, "t"), repo_id="o/m", revision=SHA)
     insert = text(
         "INSERT INTO candidates (track_id, release_id, kind, mode, alpha, model_uri, created_at) "
         "VALUES (:track, :release, 'recycle', :mode, 1.0, '/m', CURRENT_TIMESTAMP)"
@@ -118,7 +118,7 @@ def test_revision_0002_records_a_typo_mode_as_what_it_ran(database_url: str) -> 
         states = connection.execute(text("SELECT release_id, state, attempts FROM release_states")).all()
         versions = connection.execute(text("SELECT id, track_id, version, sha256 FROM track_specs")).all()
         spec_ids = connection.execute(text("SELECT spec_id FROM candidates ORDER BY id")).scalars().all()
-    assert [tuple(v) for v in versions] == [(1, 1, 1, rows.spec_sha256({}))]  # 0004: the spec it had is version 1
+    assert [tuple(v) for v in versions] == [(1, 1, 1, digest({}))]  # 0004: the spec it had is version 1
     assert spec_ids == [1, 1]  # and the candidates made before were made with it
     assert (modes, [tuple(a) for a in actors], diff_owner) == (
         ["source", "none"],
@@ -159,8 +159,8 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path) -> None:
 def test_recording_a_release_twice_gives_one_row(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
         track = track_named(session, "t")
-        first, new1 = rows.record_release(session, track=track, repo_id="org/m", revision=SHA)
-        second, new2 = rows.record_release(session, track=track, repo_id="org/m", revision=SHA, ref="main")
+        first, new1 = record_release(session, track=track, repo_id="org/m", revision=SHA)
+        second, new2 = record_release(session, track=track, repo_id="org/m", revision=SHA, ref="main")
         assert (new1, new2) == (True, False)
         assert first.id == second.id and second.ref is None
     with session_scope(registry.engine) as session:
@@ -169,7 +169,7 @@ def test_recording_a_release_twice_gives_one_row(registry: Registry) -> None:
 
 def test_artifact_rows_cannot_be_changed_or_deleted(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
-        release, _ = rows.record_release(session, track=track_named(session, "t"), repo_id="o/m", revision=SHA)
+        release, _ = record_release(session, track=track_named(session, "t"), repo_id="o/m", revision=SHA)
     with (
         pytest.raises(ImmutableRowError, match=r"Release \d+ is an immutable artifact row"),
         session_scope(registry.engine) as session,
@@ -183,7 +183,7 @@ def test_artifact_rows_cannot_be_changed_or_deleted(registry: Registry) -> None:
 
 def test_a_failing_scope_rolls_everything_back(registry: Registry) -> None:
     with pytest.raises(RuntimeError), session_scope(registry.engine) as session:
-        rows.record_release(session, track=track_named(session, "x"), repo_id="o/m", revision=SHA)
+        record_release(session, track=track_named(session, "x"), repo_id="o/m", revision=SHA)
         raise RuntimeError("boom")
     with session_scope(registry.engine) as session:
         assert rows.list_artifacts(session) == []
@@ -194,7 +194,7 @@ def test_a_failing_scope_rolls_everything_back(registry: Registry) -> None:
 def test_promotion_and_rollback_are_new_rows(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
         track = track_named(session, "t")
-        release, _ = rows.record_release(session, track=track, repo_id="o/m", revision=SHA)
+        release, _ = record_release(session, track=track, repo_id="o/m", revision=SHA)
         a, b = (candidate(session, release, mode=RecycleMode.ITERATIVE, uri=f"/m/{n}") for n in "ab")
         runs.add_promotion(
             session,
@@ -246,7 +246,7 @@ def test_promotion_and_rollback_are_new_rows(registry: Registry) -> None:
 def test_eval_results_keep_na_stderr_as_null(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
         track = track_named(session, "t")
-        release, _ = rows.record_release(session, track=track, repo_id="o/m", revision=SHA)
+        release, _ = record_release(session, track=track, repo_id="o/m", revision=SHA)
         cand = candidate(session, release, mode=RecycleMode.NONE, uri="/m")
         score = evals.Score("addition", "exact_match", "none", 0.93, None, 200, "0.4.13", "1.0")
         evals.add_eval_results(session, scores=[score], subject=EvalSubject.CANDIDATE, candidate=cand)

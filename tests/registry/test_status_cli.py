@@ -15,7 +15,7 @@ from graftwork.storage import registry as rows
 from graftwork.storage.db import make_engine, session_scope
 from graftwork.storage.models import Promotion, Release, Track
 from graftwork.terms import ActorKind, CandidateKind, EvalSubject, GateDecision, RecycleMode, ReleaseState
-from tests.registry.conftest import add_track, candidate
+from tests.registry.conftest import add_track, candidate, digest
 
 SHA = {name: hashlib.sha1(name.encode()).hexdigest() for name in ("01-M1", "02-M2", "03-M3", "04-M4", "05-M5")}
 
@@ -304,7 +304,7 @@ def test_track_list_and_registry_lineage_print_json(graft, database_url: str, tm
     assert graft("registry", "lineage", "demo", "--json") == "[]\n"
     engine = make_engine(database_url)
     with session_scope(engine) as session:
-        rows.save_track(session, name="broken", spec={"name": "broken"})
+        rows.save_track(session, name="broken", spec={"name": "broken"}, digest=digest({"name": "broken"}))
         track = rows.get_track(session, name="demo")
         stored = rows.StoredFile("diff.json", "a" * 64, 10, "b" * 64, 8, "zstd")
         ids: list[int] = []

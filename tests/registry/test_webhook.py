@@ -40,7 +40,7 @@ from graftwork.storage.blobs import BlobStore
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import WebhookDelivery
 from tests.hub_fixtures import hub_payload, sha
-from tests.registry.conftest import track_spec
+from tests.registry.conftest import digest, track_spec
 
 SECRET = "s3cret-for-tests-0123456789abcdef"
 OLMO = "allenai/OLMo-2-1124-7B"
@@ -88,7 +88,7 @@ class Hooks:
 def hooks(registry: Registry) -> Iterator[Hooks]:
     with session_scope(registry.engine) as session:
         for name, source in TRACKS.items():
-            rows.save_track(session, name=name, spec=track_spec(name, source))
+            rows.save_track(session, name=name, spec=(given := track_spec(name, source)), digest=digest(given))
     starts = Starts()
     app = create_app(registry=registry, secret=SECRET, start_run=starts, max_body_bytes=20_000)
     with TestClient(app) as client:
@@ -347,8 +347,10 @@ def test_a_burst_from_20_threads_against_a_slow_prefect_is_answered_and_recorded
 def test_tracks_watching_reads_each_source_kind(registry: Registry) -> None:
     with session_scope(registry.engine) as session:
         for name, source in TRACKS.items():
-            rows.save_track(session, name=name, spec=track_spec(name, source))
-        rows.save_track(session, name="not-a-track", spec={"name": "not-a-track"})
+            rows.save_track(session, name=name, spec=(given := track_spec(name, source)), digest=digest(given))
+        rows.save_track(
+            session, name="not-a-track", spec={"name": "not-a-track"}, digest=digest({"name": "not-a-track"})
+        )
         assert tracks_watching(session, repo_id=OLMO) == ["olmo-stage1"]
         assert tracks_watching(session, repo_id=OLMO, refs=["refs/heads/main"]) == []
         assert tracks_watching(session, repo_id=OLMO, refs=["stage1-step1"]) == ["olmo-stage1"]
