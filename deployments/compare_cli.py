@@ -34,7 +34,7 @@ def compare(
 ) -> None:
     """Per task and metric: A's and B's scores, the paired difference A − B with its 95 % bootstrap interval,
     McNemar's p for 0/1 metrics, how many samples they disagree on, and a few of them."""
-    from ..flows import evidence
+    from ..tasks import evidence
 
     registry = open_registry()
     with user_errors():

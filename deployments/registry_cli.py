@@ -199,7 +199,7 @@ def _summary(row: Artifact) -> str:
     if isinstance(row, Diff):
         return f"Δ = {_ref(row.finetuned)} − {_ref(row.base)}, {row.tensor_count} tensors, {_sizes(row)}"
     if isinstance(row, Candidate):
-        return f"{row.mode} α={row.alpha:g} for release-{row.release_id}: {row.model_uri}"
+        return f"{row.mode or row.kind} α={row.alpha:g} for release-{row.release_id}: {row.model_uri}"
     return f"{row.decision} on {row.channel}: candidate-{row.to_candidate_id} ({'; '.join(row.reasons)})"
 
 
@@ -222,7 +222,7 @@ def _details(session: Session, row: Artifact) -> list[str]:
     if isinstance(row, Candidate):
         lines.append(f"{row.kind}, started from {row.carry_reason or 'an unrecorded Δ (made before carry reasons)'}")
         if row.start_choice is not None:
-            from ..flows.startchoice import describe
+            from ..tasks.starts.describe import describe
 
             lines += describe(row.start_choice)
         if row.finetune_run is not None:
@@ -264,7 +264,7 @@ def _recipe(session: Session, row: Artifact) -> list[str]:
     lines.append(f"  base: {releases.label(base)}: {base.repo_id}@{base.revision} (content {base.content_key or '?'})")
     source = None if row.source_diff_id is None else rows.by_id(session, ArtifactKind.DIFF, row.source_diff_id)
     start = "the bare base" if source is None else f"base + {row.alpha:g}·{rows.public_id(source)}"
-    lines.append(f"  start: {start} ({row.carry_reason or f'{row.mode}; why was not recorded'})")
+    lines.append(f"  start: {start} ({row.carry_reason or f'{row.mode or row.kind}; why was not recorded'})")
     run = row.finetune_run
     if run is not None:
         lines.append(f"  fine-tune: recipe {json.dumps(run.recipe)}; data sha256 {run.data_sha256 or '?'}")

@@ -26,6 +26,7 @@ from ..storage import registry as rows
 from ..storage import runs
 from ..storage.db import session_scope
 from ..tasks.hub import download
+from ..tasks.starts.describe import describe_check
 from ..tasks.starts.make import PLAIN, make_starts
 from ..tasks.starts.precheck import precheck
 from ..tasks.starts.probes import ProbeResult, score_starts
@@ -34,7 +35,6 @@ from ..terms import RecycleMode
 from .names import release_ref
 from .registry import streamed_diff
 from .settings import Workspace
-from .startchoice import describe_check
 
 ROLES = {"iterative": RecycleMode.ITERATIVE, "source": RecycleMode.SOURCE}
 

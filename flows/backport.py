@@ -16,7 +16,7 @@ from ..storage.db import session_scope
 from ..tasks.evaluate import Evaluation
 from ..tasks.track import TrackSpec, spec_digest
 from ..tasks.training.gpus import gpu_lease
-from ..terms import CandidateKind, EvalSubject, RecycleMode, ReleaseState
+from ..terms import CandidateKind, EvalSubject, ReleaseState
 from .evidence import store_evaluation
 from .names import release_ref
 from .recycle import Plan, carry_over, fetch, run_eval
@@ -45,7 +45,7 @@ def backport_plan(where: Workspace, track: str, to: str, alpha: float) -> Plan:
         ref = release_ref(target)
         target_id = target.id
     work = where.data_dir / "runs" / track / ref.revision[:12] / f"backport-{diff_id}-a{alpha:g}"
-    return Plan(track, target_id, ref, diff_id, reason, RecycleMode.ITERATIVE, work)
+    return Plan(track, target_id, ref, diff_id, reason, None, work, alpha)
 
 
 @task
@@ -53,7 +53,6 @@ def record_backport(
     where: Workspace,
     the_plan: Plan,
     spec: TrackSpec,
-    alpha: float,
     model: Path,
     scores: dict[EvalSubject, Evaluation],
 ) -> int:
@@ -65,8 +64,8 @@ def record_backport(
         candidate = runs.record_candidate(
             session,
             release=release,
-            mode=RecycleMode.ITERATIVE,
-            alpha=alpha,
+            mode=None,
+            alpha=the_plan.alpha,
             model_uri=str(model),
             source_diff=rows.get_diff(session, ref=the_plan.carried_diff),
             finetune=None,
@@ -94,13 +93,13 @@ def backport(track: str, to: str, alpha: float | None = None, data_dir: Path | N
     scale = spec.recycle.alpha if alpha is None else alpha
     the_plan = backport_plan(where, track, to, scale)
     base = fetch(the_plan)
-    model = carry_over(where, the_plan, base, scale)
+    model = carry_over(where, the_plan, base)
     with gpu_lease(count=1) as gpus:
         scores = {
             EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, model, spec, gpus),
             EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec, gpus),
         }
-    candidate_id = record_backport(where, the_plan, spec, scale, model, scores)
+    candidate_id = record_backport(where, the_plan, spec, model, scores)
     get_run_logger().info(
         "%s: backported %s onto %s as candidate-%d", track, the_plan.carried_diff, the_plan.label, candidate_id
     )

@@ -17,13 +17,14 @@ from ..storage import approvals, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..tasks.evaluate import Evaluation, run_evaluation
+from ..tasks.evidence import compare, pairs, table
 from ..tasks.gate import Decision, decide
 from ..tasks.hub import move_tag, publish
 from ..tasks.track import TrackSpec
 from ..tasks.training.gpus import pin
 from ..terms import ActorKind, Approval, EvalSubject, Verdict
 from . import events
-from .evidence import compare, pairs, store_evaluation, stored_evaluation, table
+from .evidence import store_evaluation, stored_evaluation
 from .settings import Workspace
 
 

@@ -14,7 +14,6 @@ import io
 import json
 import os
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from ..tasks.track import TrackSpec, spec_digest
 from ..tasks.training.finetune import finetune
 from ..tasks.training.gpus import gpu_env, gpu_lease, pin
 from ..tasks.training.launch import run_launch
+from ..tasks.training.report import FINETUNE_REPORT, FinetuneReport
 from ..terms import EvalSubject, RecycleMode, Verdict
 from .approvals import await_approval
 from .autostart import choose_start
@@ -56,9 +56,11 @@ class Plan:
     release: ReleaseRef
     carried_diff: str | None
     carry_reason: str
-    mode: RecycleMode
+    mode: RecycleMode | None
+    """Which Δ Algorithm 1 carries (None: a backport, which is no mode of it)."""
     work: Path
     alpha: float = 1.0
+    """The α the start is made with: base + α·Δ."""
 
     @property
     def label(self) -> str:
@@ -118,8 +120,8 @@ def fetch(the_plan: Plan) -> Path:
 
 
 @task
-def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Path:
-    """base + alpha·Δ, with Δ streamed from the registry (one shard on scratch disk at a time)."""
+def carry_over(where: Workspace, the_plan: Plan, base: Path) -> Path:
+    """base + α·Δ (the plan's α), with Δ streamed from the registry (one shard on scratch disk at a time)."""
     out = the_plan.work / "transferred"
     if out.is_dir():
         get_run_logger().info("carry over: done by an earlier attempt: %s", out)
@@ -133,8 +135,8 @@ def carry_over(where: Workspace, the_plan: Plan, base: Path, alpha: float) -> Pa
         ),
         progress_artifact(description=what) as report,
     ):
-        engine.apply(diff=diff, reader=reader, target=base, out=out, alpha=alpha, progress=report)
-    get_run_logger().info("carry over: base + %g·%s in %s", alpha, the_plan.carried_diff, out)
+        engine.apply(diff=diff, reader=reader, target=base, out=out, alpha=the_plan.alpha, progress=report)
+    get_run_logger().info("carry over: base + %g·%s in %s", the_plan.alpha, the_plan.carried_diff, out)
     return out
 
 
@@ -144,21 +146,21 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str]) -> 
     artifact), else in a child process that sees only those GPUs (`CUDA_VISIBLE_DEVICES`; in-process, the
     Trainer would take GPU 0 and every other visible GPU with it), under `accelerate launch` when the track asks
     for several processes. The run's report (loss curve, tokens, device) is kept beside the candidate."""
-    out, report = the_plan.work / "candidate", the_plan.work / "finetune.json"
+    out, report = the_plan.work / "candidate", the_plan.work / FINETUNE_REPORT
     if out.is_dir() and report.is_file():
         get_run_logger().info("fine-tune: done by an earlier attempt: %s", out)
         return out
     _fine_tune(the_plan, start, spec, gpus, out=out, report=report)
-    done = json.loads(report.read_text())
-    curve = done["loss_curve"]
+    done = FinetuneReport.read(report)
+    curve = done.loss_curve
     loss = f"loss {curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "no steps"
     get_run_logger().info(
         "fine-tune: %d steps on %s × %d, %s, %d tokens; the candidate is %s",
         len(curve),
-        done["device"],
-        done["processes"],
+        done.device,
+        done.processes,
         loss,
-        done["tokens"],
+        done.tokens,
         out,
     )
     return out
@@ -176,7 +178,7 @@ def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str], *,
                 overwrite=True,
                 progress=progress,
             )
-        write_text_atomic(report, json.dumps(result.report()))
+        result.report().write(report)
         return
     if launch.processes > 1 and launch.config is None:
         launch = launch.model_copy(update={"config": accelerate_config(launch.distributed)})
@@ -194,22 +196,22 @@ def record_candidate(
 ) -> int:
     """Record the candidate and the fine-tune run that made it (its loss curve as a blob), and for an `auto`
     track how its start was chosen; return its id. Recording it again (a resumed run) returns the same id."""
-    report = json.loads((the_plan.work / "finetune.json").read_text())
+    report = FinetuneReport.read(the_plan.work / FINETUNE_REPORT)
     registry = where.registry()
-    curve = json.dumps(report["loss_curve"]).encode()
-    blob = registry.store.put(io.BytesIO(curve)).name if report["loss_curve"] else None
+    curve = json.dumps([list(point) for point in report.loss_curve]).encode()
+    blob = registry.store.put(io.BytesIO(curve)).name if report.loss_curve else None
     recipe = spec.finetune.recipe
     run = runs.FinetuneRecord(
         recipe=recipe.model_dump(mode="json"),
         steps=recipe.steps,
-        device=report["device"],
-        processes=report["processes"],
-        tokens=report["tokens"],
-        tokens_per_second=report["tokens"] / report["seconds"] if report["seconds"] > 0 else 0.0,
-        final_loss=report["loss_curve"][-1][1] if report["loss_curve"] else None,
+        device=report.device,
+        processes=report.processes,
+        tokens=report.tokens,
+        tokens_per_second=report.tokens_per_second,
+        final_loss=report.final_loss,
         loss_curve_blob=blob,
-        started_at=datetime.fromisoformat(report["started_at"]),
-        finished_at=datetime.fromisoformat(report["finished_at"]),
+        started_at=report.started_at,
+        finished_at=report.finished_at,
         data_sha256=file_sha256(spec.finetune.data),
     )
     with session_scope(registry.engine) as session:
@@ -334,7 +336,7 @@ def _recycle(
         )
         start = choice.start
     else:
-        start = base if the_plan.carried_diff is None else carry_over(where, the_plan, base, the_plan.alpha)
+        start = base if the_plan.carried_diff is None else carry_over(where, the_plan, base)
     with gpu_lease(count=spec.finetune.launch.processes) as gpus:
         candidate = fine_tune(the_plan, start, spec, gpus)
     candidate_id = record_candidate(where, the_plan, spec, candidate, None if choice is None else choice.record)
@@ -360,7 +362,7 @@ def _recycle(
         new_diff=diff_id,
         scores={**{subject: e.records for subject, e in scores.items()}, **champion},
         decision=outcome.decision,
-        losses=json.loads((the_plan.work / "finetune.json").read_text())["loss_curve"],
+        losses=[list(point) for point in FinetuneReport.read(the_plan.work / FINETUNE_REPORT).loss_curve],
     )
     return outcome.decision, the_plan.release.revision, candidate_id
 

@@ -242,7 +242,8 @@ class Candidate(Immutable, Base):
     track_id: Mapped[int] = mapped_column(ForeignKey("tracks.id"), index=True)
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
     kind: Mapped[CandidateKind] = mapped_column(vocabulary(CandidateKind, name="candidate_kind"))
-    mode: Mapped[RecycleMode] = mapped_column(vocabulary(RecycleMode, name="recycle_mode"))
+    mode: Mapped[RecycleMode | None] = mapped_column(vocabulary(RecycleMode, name="recycle_mode"))
+    """Which Δ Algorithm 1 carried; None for a backport, which is no mode of it."""
     alpha: Mapped[float] = mapped_column(Float)
     source_diff_id: Mapped[int | None] = mapped_column(ForeignKey("diffs.id", use_alter=True))
     carry_reason: Mapped[str | None] = mapped_column(Text)

@@ -134,7 +134,7 @@ def record_candidate(
     session: Session,
     *,
     release: Release,
-    mode: RecycleMode,
+    mode: RecycleMode | None,
     alpha: float,
     model_uri: str,
     source_diff: Diff | None,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..errors import EvalBackendError, ModelFolderError, SuiteError
+from .eval_backends import BACKENDS
 from .results import EvalRecord, Evaluation, RunSettings, evaluation_of, model_sha256, records
 from .suite import Suite
 
@@ -50,12 +51,9 @@ def run_evaluation(*, model_dir: Path, suite: Suite, progress: Callable[[int, in
     if not (Path(model_dir) / "config.json").is_file():
         raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.", path=model_dir)
     device = device_for(suite)
-    if suite.backend == "vllm":
-        args: dict[str, Any] = {"pretrained": str(model_dir), "dtype": suite.dtype, "tensor_parallel_size": 1}
-        results = _run("vllm", args, suite=suite, log_samples=True)
-    elif progress is None:
-        args = {"pretrained": str(model_dir), "dtype": suite.dtype, "device": device}
-        results = _run("hf", args, suite=suite, log_samples=True)
+    backend = BACKENDS[suite.backend]
+    if progress is None or not backend.counts_requests:
+        results = _run(backend.model, backend.model_args(model_dir, suite, device), suite=suite, log_samples=True)
     else:
         model = _counting_hflm()(
             pretrained=str(model_dir), dtype=suite.dtype, device=device, batch_size=suite.batch_size, progress=progress
@@ -75,16 +73,18 @@ def device_for(suite: Suite) -> str:
         EvalBackendError: the suite asks for vLLM and it is not installed, or for a CUDA device this
             machine does not have.
     """
-    if suite.backend == "vllm" and find_spec("vllm") is None:
+    backend = BACKENDS[suite.backend]
+    if backend.package is not None and find_spec(backend.package) is None:
         raise EvalBackendError(
-            f"suite {suite.name!r} asks for the vllm backend, but vLLM is not installed here; install the "
-            "`vllm` extra (pip install 'graftwork[vllm]') on this worker, or set backend: hf.",
+            f"suite {suite.name!r} asks for the {suite.backend} backend, but {backend.title} is not installed "
+            f"here; install the `{backend.extra}` extra (pip install 'graftwork[{backend.extra}]') on this worker, "
+            "or set backend: hf.",
             suite=suite.name,
         )
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     device = suite.device
     if device == "auto":
-        device = "cuda" if gpus or suite.backend == "vllm" else "cpu"
+        device = "cuda" if gpus or backend.cuda_only else "cpu"
     if device == "cpu":
         return device
     if not gpus:

@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import SuiteError
+from .eval_backends import BACKENDS
 from .results import Backend, Dtype
 
 AUTO_BATCH = re.compile(r"^auto(:[1-9][0-9]*)?$")
@@ -53,10 +54,10 @@ class Suite(BaseModel):
         raise ValueError(f"{value!r} is no batch size: write a whole number of at least 1, auto, or auto:N")
 
     @model_validator(mode="after")
-    def _vllm_runs_on_cuda(self) -> Suite:
-        if self.backend is Backend.VLLM and self.device not in ("auto", "cuda"):
+    def _cuda_only_backends_run_on_cuda(self) -> Suite:
+        if BACKENDS[self.backend].cuda_only and self.device not in ("auto", "cuda"):
             raise ValueError(
-                f"the vllm backend runs on the GPUs CUDA_VISIBLE_DEVICES names, not on device {self.device}; "
+                f"the {self.backend} backend runs on the GPUs CUDA_VISIBLE_DEVICES names, not on device {self.device}; "
                 "set device: cuda (or auto)"
             )
         return self

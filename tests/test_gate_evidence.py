@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from graftwork.flows.evidence import compare, pairs, store_evaluation, stored_evaluation, table
+from graftwork.flows.evidence import store_evaluation, stored_evaluation
 from graftwork.storage import open_registry
 from graftwork.storage.models import EvalResult
 from graftwork.tasks.evaluate import run_evaluation
+from graftwork.tasks.evidence import compare, pairs, table
 from graftwork.tasks.gate import GateRules, MetricRef, decide
 from graftwork.tasks.results import EvalRecord, Evaluation, Fingerprint, SampleScore
 from graftwork.tasks.suite import Suite

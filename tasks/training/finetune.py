@@ -29,13 +29,14 @@ import yaml
 from transformers import PrinterCallback, TrainerCallback
 
 from ...errors import FinetuneConfigError, ModelFolderError
-from ...fs import atomic_output_dir, scratch_dir, write_text_atomic
+from ...fs import atomic_output_dir, scratch_dir
 from ..evaluate import EvalRecord, evaluate_model
 from ..io.layout import GENERATION_CONFIG
 from ..suite import Suite
 from .candidate import folder_dtype, load_dtype, with_adapter, write_candidate
 from .data import read_pairs
 from .recipe import Recipe
+from .report import FinetuneReport
 
 IGNORE = -100
 
@@ -63,18 +64,12 @@ class FinetuneResult:
         """Training throughput over the whole run."""
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def report(self) -> dict[str, Any]:
-        """The run as JSON-able data (everything but the eval curve): what the report file holds."""
-        return {
-            "out_dir": str(self.out_dir),
-            "loss_curve": [list(point) for point in self.loss_curve],
-            "seconds": self.seconds,
-            "tokens": self.tokens,
-            "device": self.device,
-            "processes": self.processes,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": self.finished_at.isoformat(),
-        }
+    def report(self) -> FinetuneReport:
+        """The run without its eval curve: what the report file holds."""
+        return FinetuneReport(
+            out_dir=self.out_dir, loss_curve=self.loss_curve, seconds=self.seconds, tokens=self.tokens,
+            device=self.device, processes=self.processes, started_at=self.started_at, finished_at=self.finished_at,
+        )  # fmt: skip
 
 
 def tokenize_pair(*, tokenizer: Any, prompt: str, completion: str, recipe: Recipe) -> dict[str, list[int]]:
@@ -276,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     recipe = Recipe.model_validate(yaml.safe_load(ns.recipe.read_text()) or {})
     result = finetune(model_dir=ns.model_dir, data=ns.data, recipe=recipe, out_dir=ns.out, overwrite=ns.overwrite)
     if ns.report is not None and _is_main_process():
-        write_text_atomic(ns.report, json.dumps(result.report()))
+        result.report().write(ns.report)
     print(json.dumps({"out_dir": str(result.out_dir), "final_loss": result.loss_curve[-1:], "seconds": result.seconds}))
 
 

@@ -4,7 +4,7 @@ against the plain release decided it."""
 from __future__ import annotations
 
 from graftwork.flows.autostart import _why, start_table
-from graftwork.flows.startchoice import describe
+from graftwork.tasks.starts.describe import describe
 from graftwork.tasks.starts.make import PLAIN
 from graftwork.tasks.starts.probes import PlainCheck, ProbeResult, StartScore
 

@@ -15,7 +15,7 @@ from graftwork.tasks.testbed import Testbed
 from graftwork.tasks.track import load_track, parse_track, spec_digest
 from graftwork.terms import RecycleMode
 
-TRACKS = Path(__file__).parents[2] / "deployments" / "tracks"
+TRACKS = Path(__file__).parents[1] / "deployments" / "tracks"
 PAPER = TRACKS.parent / "suites" / "paper.yaml"
 
 
