@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from ..flows.settings import GraftSettings
 from ..terms import RecycleMode
 from .compare_cli import compare
-from .console import DataDir, err, live_progress, say, user_errors
+from .console import DataDir, choose_data_dir, err, live_progress, say, settings, user_errors
 from .plan_cli import plan
 from .promotion_cli import approve, history, promote, reject, rollback
 from .registry_cli import db_app, registry_app
@@ -48,8 +47,7 @@ def _everywhere(
     ] = None,
 ) -> None:
     """Options every command takes: `graft --data-dir DIR COMMAND ...`."""
-    if data_dir is not None:
-        os.environ["GRAFT_DATA_DIR"] = str(data_dir.expanduser().resolve())
+    choose_data_dir(data_dir)
 
 
 app.add_typer(registry_app, name="registry")
@@ -291,7 +289,7 @@ def demo(
     from .local_server import prefect_service
 
     options = DemoOptions(
-        data_dir=(data_dir or GraftSettings().data_dir).resolve(),
+        data_dir=(data_dir or settings().data_dir).resolve(),
         releases=releases,
         seed=seed,
         fast=fast,

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..errors import GraftError
-from ..flows.settings import Workspace
+from ..flows.settings import GraftSettings, Workspace
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
     from ..flows.progress import Listener
@@ -38,13 +38,29 @@ def say_json(data: object) -> None:
     say(json.dumps(data, indent=2, default=lambda time: time.isoformat()))
 
 
+class _Chosen:
+    """The data dir `graft --data-dir DIR` gave this command, if any (set by the CLI's callback, each command)."""
+
+    data_dir: Path | None = None
+
+
+def choose_data_dir(data_dir: Path | None) -> None:
+    """Make `data_dir` (None: the settings') the data dir of this command: what `graft --data-dir DIR` does."""
+    _Chosen.data_dir = None if data_dir is None else data_dir.expanduser().resolve()
+
+
+def settings() -> GraftSettings:
+    """This command's settings: the environment's, with the data dir `graft --data-dir DIR` gave, if any."""
+    return GraftSettings() if _Chosen.data_dir is None else GraftSettings(data_dir=_Chosen.data_dir)
+
+
 def open_registry() -> Registry:
     """The registry the settings name (migrated on first use).
 
     Raises:
         DatabaseError, SchemaTooNewError: the database cannot be reached, or is newer than this Graftwork.
     """
-    return Workspace.from_settings().registry()
+    return Workspace.from_settings(settings()).registry()
 
 
 @contextmanager
@@ -72,7 +88,6 @@ def track_flows(track: str) -> Iterator[None]:
     own (the one `graft serve` and `graft ui` run, started for the command when none runs), with
     their long steps drawn as live bars; errors reach the user as `user_errors` says."""
     from ..flows.progress import listening
-    from ..flows.settings import GraftSettings
     from ..flows.tracks import load_spec
     from .local_server import prefect_service
 
@@ -80,7 +95,7 @@ def track_flows(track: str) -> Iterator[None]:
         load_spec(open_registry(), track=track)
     with (
         user_errors(),
-        prefect_service(settings=GraftSettings(), say=say),
+        prefect_service(settings=settings(), say=say),
         live_progress() as listener,
         listening(listener),
     ):

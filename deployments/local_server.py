@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import LocalPrefectError
-from ..flows.settings import GraftSettings
+from ..flows.settings import GraftSettings, child_environment
 from ..fs import Say, as_ctrl_c, die_with_parent, process_alive, write_text_atomic
 from .prefect_api import (
     RECORD,
@@ -126,7 +126,7 @@ def _started(*, home: Path, host: str, port: int, timeout: float, say: Say) -> I
 
 
 def _spawn(target: Endpoint, *, home: Path, host: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+    env = child_environment(drop=("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"))
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",

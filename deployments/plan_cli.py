@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .console import err, open_registry, say, user_errors
+from .console import settings as console_settings
 
 if TYPE_CHECKING:
     from ..tasks.track import TrackSpec
@@ -33,12 +34,11 @@ def plan(
     LoRA, FSDP, ZeRO-3 and the track's own set-up), the scratch disk of a recycle run, and whether it fits
     the pool's GPUs (GRAFT_POOL_GPUS of GRAFT_POOL_GPU_MEMORY_GIB each)."""
     from ..flows.plan import find_config, heading, newest_release, plan_track
-    from ..flows.settings import GraftSettings
     from ..flows.tracks import load_spec
     from ..tasks.track import load_track
     from ..tasks.training.plan import render
 
-    settings = GraftSettings()
+    settings = console_settings()
     with user_errors():
         spec = load_track(Path(track)) if Path(track).is_file() else load_spec(open_registry(), track=track)
         config, origin = find_config(
@@ -65,9 +65,8 @@ def check_track(spec: TrackSpec, *, model: str | None) -> None:
     """
     from ..errors import PlanModelError
     from ..flows.plan import check_fits, find_config, newest_release, plan_track
-    from ..flows.settings import GraftSettings
 
-    settings = GraftSettings()
+    settings = console_settings()
     try:
         config, origin = find_config(
             spec,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,9 +155,9 @@ def connected(target: Endpoint) -> Iterator[Endpoint]:
             send_pending()
 
 
-def environment(target: Endpoint) -> dict[str, str]:
-    """This process's environment, pointed at `target`: for a Prefect process this command starts."""
-    env = {**os.environ, "PREFECT_API_URL": target.api_url}
+def environment(target: Endpoint, *, settings: GraftSettings) -> dict[str, str]:
+    """The environment of a Prefect process this command starts: pointed at `target`, on the settings' data dir."""
+    env = settings.child_environment(PREFECT_API_URL=target.api_url)
     if target.auth:
         env["PREFECT_API_AUTH_STRING"] = target.auth
     if target.home is not None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..terms import ActorKind, GateDecision
-from .console import JsonOption, open_registry, say, say_json, user_errors
+from .console import JsonOption, open_registry, say, say_json, settings, user_errors
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
     from ..flows.promotions import Decided, Moved
@@ -81,14 +81,13 @@ def reject(
 
 def _answer(candidate: str, *, approve: bool, comment: str, name: str | None) -> None:
     from ..flows.approvals import Approval, decide_approval, resume_waiting_run
-    from ..flows.settings import GraftSettings
     from .prefect_api import check, connected, endpoint
 
     registry = open_registry()
     with user_errors():
         answer = Approval(approve=approve, approver=name or _user(), comment=comment)
         done = decide_approval(registry, candidate=candidate, answer=answer)
-        target = endpoint(GraftSettings())
+        target = endpoint(settings())
         reachable = check(target)
     say(done.line())
     for reason in done.reasons:

@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..flows.settings import GraftSettings
 from ..fs import megabytes
 from ..terms import ArtifactKind
-from .console import JsonOption, open_registry, say, say_json, user_errors
+from .console import JsonOption, open_registry, say, say_json, settings, user_errors
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
     from sqlalchemy.orm import Session
@@ -37,7 +36,7 @@ def db_upgrade() -> None:
     from ..storage import db
 
     with user_errors():
-        engine = db.make_engine(GraftSettings().registry_database_url)
+        engine = db.make_engine(settings().registry_database_url)
         before = db.current_revision(engine)
         db.upgrade(engine)
         after = db.current_revision(engine)

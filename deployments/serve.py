@@ -17,6 +17,7 @@ import os
 import sys
 import warnings
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, NoReturn, cast
 
 import httpx
@@ -39,7 +40,9 @@ from ..fs import Say, as_ctrl_c
 POOLS = ("cpu", "gpu")
 
 
-def build_deployments(*, watch_every: timedelta, recycle_pool: str | None = None) -> list[RunnerDeployment]:
+def build_deployments(
+    *, watch_every: timedelta, data_dir: Path, recycle_pool: str | None = None
+) -> list[RunnerDeployment]:
     """The deployments `graft serve` serves: the watcher of every track (`watch-all-tracks`, on a
     schedule: it reads the registered tracks at each pass, so a track added later is watched too), one
     track's watcher pass on demand (`watch-releases`, what webhooks and finished runs start), the recycle
@@ -48,17 +51,21 @@ def build_deployments(*, watch_every: timedelta, recycle_pool: str | None = None
     Each names its flow by module (`graftwork.flows.recycle.recycle_then_finetune`), so that the run
     imports the installed package wherever it is started from. With `recycle_pool`, the recycle
     deployment is left out: `deploy_recycle` puts it on that work pool, for its workers to run.
+
+    Their runs, run by this process, work on its data dir: each deployment's `data_dir` parameter says which.
     """
-    module = EntrypointType.MODULE_PATH
+    served = {
+        "tags": ["graftwork"],
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+        "parameters": {"data_dir": str(data_dir)},
+    }
     on_demand: list[Flow[..., Any]] = [run_series, backport, transfer, evaluate, promote, rollback]
-    deployments = [flow.to_deployment(name=flow.name, tags=["graftwork"], entrypoint_type=module) for flow in on_demand]
+    deployments = [flow.to_deployment(name=flow.name, **served) for flow in on_demand]
     if recycle_pool is None:
-        deployments.append(recycle_deployment())
+        deployments.append(recycle_then_finetune.to_deployment(name="recycle-then-finetune", **served))
     deployments += [
-        watch_releases.to_deployment(name="watch-releases", tags=["graftwork"], entrypoint_type=module),
-        watch_all_tracks.to_deployment(
-            name="watch-all", interval=watch_every, tags=["graftwork"], entrypoint_type=module
-        ),
+        watch_releases.to_deployment(name="watch-releases", **served),
+        watch_all_tracks.to_deployment(name="watch-all", interval=watch_every, **served),
     ]
     return cast(list[RunnerDeployment], deployments)
 
@@ -92,7 +99,7 @@ def deploy_recycle(*, pool: str) -> None:
     )
 
 
-def serve_all(*, watch_every: timedelta, recycle_pool: str | None = None, say: Say) -> None:
+def serve_all(*, watch_every: timedelta, data_dir: Path, recycle_pool: str | None = None, say: Say) -> None:
     """Serve the deployments from this process until Ctrl-C or SIGTERM (the recycle deployment on `recycle_pool`'s
     workers, when one is given). Either signal stops it the same way: the runner cancels what it runs and pauses
     the schedules it served, then returns.
@@ -102,7 +109,7 @@ def serve_all(*, watch_every: timedelta, recycle_pool: str | None = None, say: S
     """
     if recycle_pool is not None:
         deploy_recycle(pool=recycle_pool)
-    deployments = build_deployments(watch_every=watch_every, recycle_pool=recycle_pool)
+    deployments = build_deployments(watch_every=watch_every, data_dir=data_dir, recycle_pool=recycle_pool)
     runner = Runner(pause_on_shutdown=True)
     for served in deployments:
         runner.add_deployment(served)

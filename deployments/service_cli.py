@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..flows.settings import GraftSettings
-from .console import DataDir, say, user_errors
+from .console import DataDir, say, settings, user_errors
 
 Host = Annotated[
     str | None,
@@ -25,16 +25,16 @@ def ui(data_dir: DataDir = None, host: Host = None, port: Port = None) -> None:
     from .local_server import prefect_service, wait
     from .prefect_api import check, endpoint
 
-    settings = GraftSettings() if data_dir is None else GraftSettings(data_dir=data_dir)
+    chosen = settings() if data_dir is None else GraftSettings(data_dir=data_dir)
     with user_errors():
-        found = endpoint(settings)
+        found = endpoint(chosen)
         if found.explicit:
             say(f"PREFECT_API_URL names the Prefect server; its UI is at {found.ui_url}")
             return
         if check(found):
             say(f"this data dir's Prefect server runs already: its UI is at {found.ui_url}")
             return
-        with prefect_service(settings=settings, say=say, host=host, port=port) as target:
+        with prefect_service(settings=chosen, say=say, host=host, port=port) as target:
             say(f"Prefect UI on {target.ui_url} (database {target.home}/prefect.db); Ctrl-C stops it")
             wait(target)
 
@@ -63,10 +63,15 @@ def serve(
         tracks = [t.name for t in rows.list_tracks(session)]
     where = "here" if recycle_pool is None else f"on the {recycle_pool} pool's workers"
     now = ", ".join(tracks) or "none yet"
-    with user_errors(), prefect_service(settings=GraftSettings(), say=say, host=host, port=port) as target:
+    with user_errors(), prefect_service(settings=settings(), say=say, host=host, port=port) as target:
         say(f"watching every track every {watch_minutes:g} min (now: {now}); recycle runs {where}")
         say(f"Prefect UI: {target.ui_url}/deployments (API {target.api_url}); Ctrl-C stops")
-        serve_all(watch_every=timedelta(minutes=watch_minutes), recycle_pool=recycle_pool, say=say)
+        serve_all(
+            watch_every=timedelta(minutes=watch_minutes),
+            data_dir=settings().data_dir,
+            recycle_pool=recycle_pool,
+            say=say,
+        )
 
 
 def worker(
@@ -87,7 +92,7 @@ def worker(
     if pool not in POOLS:
         raise typer.BadParameter(f"{pool!r} is not a Graftwork pool; use one of {', '.join(POOLS)}.")
     with user_errors():
-        target = endpoint(GraftSettings())
+        target = endpoint(settings())
         require(target)
     limit = max(torch.cuda.device_count(), 1) if pool == "gpu" else None
     with connected(target):
@@ -95,4 +100,4 @@ def worker(
     if created:
         say(f"created work pool {pool}" + (f" (concurrency {limit})" if limit else ""))
     say(f"a worker for the {pool} pool of the Prefect server at {target.api_url}")
-    start_worker(pool=pool, env=environment(target))
+    start_worker(pool=pool, env=environment(target, settings=settings()))

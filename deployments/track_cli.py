@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .console import JsonOption, err, open_registry, say, say_json, track_flows, user_errors
+from .console import JsonOption, err, open_registry, say, say_json, settings, track_flows, user_errors
 from .plan_cli import Model, check_track
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
@@ -104,7 +104,7 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")], as_json
     with user_errors():
         registry = open_registry()
         spec = load_spec(registry, track=name)
-        policy = Workspace.from_settings().retry_policy()
+        policy = Workspace.from_settings(settings()).retry_policy()
         with session_scope(registry.engine) as session:
             track = rows.get_track(session, name=name)
             champion = runs.champion(session, track=track, channel=spec.channel)
@@ -217,7 +217,7 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
     from ..terms import Dispatch
 
     with track_flows(name):
-        done = watch_releases(track=name, dispatch=Dispatch.INLINE)
+        done = watch_releases(track=name, dispatch=Dispatch.INLINE, data_dir=settings().data_dir)
     say(f"track {name}: {len(done.new)} new release(s), {len(done.started)} run")
     _say_decisions(done.started)
     if done.failed:

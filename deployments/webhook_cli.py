@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..flows.settings import GraftSettings, Workspace
+from ..flows.settings import Workspace
 from .console import err, say, user_errors
+from .console import settings as console_settings
 
 
 def webhook(
@@ -23,7 +24,7 @@ def webhook(
     from .prefect_api import connected, endpoint, require
     from .webhook import create_app
 
-    settings = GraftSettings()
+    settings = console_settings()
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     if not secret:
         err.print(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from .names import release_ref, run_name, run_tags, step_key, tag_this_run
 from .progress import progress_artifact
 from .registry import register_diff, streamed_diff
 from .report import report_run
-from .settings import Workspace
+from .settings import Workspace, child_environment
 from .shipped import accelerate_config
 from .tracks import load_spec
 
@@ -186,7 +185,7 @@ def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str], *,
     write_text_atomic(recipe, spec.finetune.recipe.model_dump_json())
     run_launch(
         launch=launch, model_dir=start, data=spec.finetune.data, recipe_json=recipe, out_dir=out, overwrite=True,
-        report=report, env={**os.environ, **gpu_env(gpus)},
+        report=report, env=child_environment(**gpu_env(gpus)),
     )  # fmt: skip
 
 

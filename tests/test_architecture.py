@@ -136,3 +136,27 @@ def test_the_cli_catches_the_root_only() -> None:
         if isinstance(node, ast.ExceptHandler) and node.type is not None
     ]
     assert handlers == ["GraftError"]
+
+
+# Where the environment is still touched outside settings, and why (issue 29 leaves these three).
+ENVIRONMENT_READERS = {
+    "flows/settings.py": "the settings, and the copy of the environment every child process gets",
+    "tasks/training/gpus.py": "CUDA_VISIBLE_DEVICES: how a worker's GPUs are named, read where the lease pins them",
+    "tasks/evaluate.py": "lm-eval and datasets stay offline unless the caller said otherwise, before they load",
+    "tasks/testbed/build.py": "the pretraining children's pinned numerics, which act only before torch starts",
+}
+
+
+def test_only_settings_reads_or_writes_the_environment() -> None:
+    found = {
+        str(path.relative_to(ROOT))
+        for path in _modules()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv", "unsetenv"))
+        or (
+            isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and {"environ", "getenv"} & {a.name for a in node.names}
+        )
+    }
+    assert found == set(ENVIRONMENT_READERS)

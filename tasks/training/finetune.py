@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -276,7 +275,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 if __name__ == "__main__":
