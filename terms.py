@@ -9,7 +9,7 @@ track YAML, flow parameters, the database), so an unknown value is an error, nev
 | `CandidateKind` | what made a candidate: `recycle` (a release's run of Algorithm 1) or `backport` |
 | `GateDecision` | what a promotion row records: `promote`, `reject`, `rollback` |
 | `Verdict` | what the gate's rules say: `promote`, `reject`, or `wait` for a person's approval |
-| `Approval` | whether a candidate that passes also waits for a person: `none`, `required` |
+| `ApprovalRule` | whether a candidate that passes also waits for a person: `none`, `required` |
 | `Dispatch` | how a watcher pass runs a release: `inline` (here) or as a `deployment` run |
 | `EvalSubject` | which model an eval result scores: `candidate`, `base`, `transferred` (base + α·Δ), `champion` |
 | `ActorKind` | who decided: the `gate`, or a `user` |
@@ -85,7 +85,7 @@ class Verdict(StrEnum):
     WAIT = "wait"
 
 
-class Approval(StrEnum):
+class ApprovalRule(StrEnum):
     """Whether a candidate that passes the gate's rules also waits for a person (`gate.approval`)."""
 
     NONE = "none"

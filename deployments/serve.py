@@ -54,32 +54,33 @@ def build_deployments(
 
     Their runs, run by this process, work on its data dir: each deployment's `data_dir` parameter says which.
     """
-    served = {
-        "tags": ["graftwork"],
-        "entrypoint_type": EntrypointType.MODULE_PATH,
-        "parameters": {"data_dir": str(data_dir)},
-    }
+    parameters = {"data_dir": str(data_dir)}
     on_demand: list[Flow[..., Any]] = [run_series, backport, transfer, evaluate, promote, rollback]
-    deployments = [flow.to_deployment(name=flow.name, **served) for flow in on_demand]
+    deployments = [_by_module(flow, name=flow.name, parameters=parameters) for flow in on_demand]
     if recycle_pool is None:
-        deployments.append(recycle_then_finetune.to_deployment(name="recycle-then-finetune", **served))
+        deployments.append(recycle_deployment(parameters=parameters))
     deployments += [
-        watch_releases.to_deployment(name="watch-releases", **served),
-        watch_all_tracks.to_deployment(name="watch-all", interval=watch_every, **served),
+        _by_module(watch_releases, name="watch-releases", parameters=parameters),
+        _by_module(watch_all_tracks, name="watch-all", parameters=parameters, interval=watch_every),
     ]
-    return cast(list[RunnerDeployment], deployments)
+    return deployments
 
 
-def recycle_deployment() -> RunnerDeployment:
-    """The recycle deployment (`recycle-then-finetune/recycle-then-finetune`), by module."""
-    return cast(
-        RunnerDeployment,
-        recycle_then_finetune.to_deployment(
-            name="recycle-then-finetune",
-            tags=["graftwork"],
-            entrypoint_type=EntrypointType.MODULE_PATH,
-        ),
-    )
+def recycle_deployment(*, parameters: dict[str, Any] | None = None) -> RunnerDeployment:
+    """The recycle deployment (`recycle-then-finetune/recycle-then-finetune`), by module, with these parameters."""
+    return _by_module(recycle_then_finetune, name="recycle-then-finetune", parameters=parameters or {})
+
+
+def _by_module(
+    flow: Flow[..., Any], *, name: str, parameters: dict[str, Any], interval: timedelta | None = None
+) -> RunnerDeployment:
+    """`flow` as a deployment named `name` that names its flow by module, tagged `graftwork`, with `parameters`'
+    defaults (and run every `interval`, when one is given)."""
+    deployment = flow.to_deployment(
+        name=name, tags=["graftwork"], entrypoint_type=EntrypointType.MODULE_PATH, parameters=parameters,
+        interval=interval,
+    )  # fmt: skip
+    return cast(RunnerDeployment, deployment)
 
 
 def deploy_recycle(*, pool: str) -> None:

@@ -63,12 +63,13 @@ def serve(
         tracks = [t.name for t in rows.list_tracks(session)]
     where = "here" if recycle_pool is None else f"on the {recycle_pool} pool's workers"
     now = ", ".join(tracks) or "none yet"
-    with user_errors(), prefect_service(settings=settings(), say=say, host=host, port=port) as target:
+    chosen = settings()
+    with user_errors(), prefect_service(settings=chosen, say=say, host=host, port=port) as target:
         say(f"watching every track every {watch_minutes:g} min (now: {now}); recycle runs {where}")
         say(f"Prefect UI: {target.ui_url}/deployments (API {target.api_url}); Ctrl-C stops")
         serve_all(
             watch_every=timedelta(minutes=watch_minutes),
-            data_dir=settings().data_dir,
+            data_dir=chosen.data_dir,
             recycle_pool=recycle_pool,
             say=say,
         )

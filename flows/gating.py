@@ -22,7 +22,7 @@ from ..tasks.gate import Decision, decide
 from ..tasks.hub import move_tag, publish
 from ..tasks.track import TrackSpec
 from ..tasks.training.gpus import pin
-from ..terms import ActorKind, Approval, EvalSubject, Verdict
+from ..terms import ActorKind, ApprovalRule, EvalSubject, Verdict
 from . import events
 from .evidence import store_evaluation, stored_evaluation
 from .settings import Workspace
@@ -132,7 +132,7 @@ def gate_and_promote(
     events.about_candidate(
         events.CANDIDATE_EVALUATED, track=track, candidate=candidate_id, release=release, scores=mine.records
     )
-    ask = decision.promote and spec.gate.approval is Approval.REQUIRED
+    ask = decision.promote and spec.gate.approval is ApprovalRule.REQUIRED
     with session_scope(registry.engine) as session:
         candidate = runs.get_candidate(session, candidate_id=candidate_id)
         if ask:

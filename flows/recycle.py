@@ -197,7 +197,7 @@ def record_candidate(
     track how its start was chosen; return its id. Recording it again (a resumed run) returns the same id."""
     report = FinetuneReport.read(the_plan.work / FINETUNE_REPORT)
     registry = where.registry()
-    curve = json.dumps([list(point) for point in report.loss_curve]).encode()
+    curve = json.dumps(report.loss_curve).encode()
     blob = registry.store.put(io.BytesIO(curve)).name if report.loss_curve else None
     recipe = spec.finetune.recipe
     run = runs.FinetuneRecord(
@@ -361,7 +361,7 @@ def _recycle(
         new_diff=diff_id,
         scores={**{subject: e.records for subject, e in scores.items()}, **champion},
         decision=outcome.decision,
-        losses=[list(point) for point in FinetuneReport.read(the_plan.work / FINETUNE_REPORT).loss_curve],
+        losses=FinetuneReport.read(the_plan.work / FINETUNE_REPORT).loss_curve,
     )
     return outcome.decision, the_plan.release.revision, candidate_id
 

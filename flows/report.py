@@ -44,7 +44,7 @@ def report_run(
     new_diff: str,
     scores: Scores,
     decision: Decision,
-    losses: list[list[float]],
+    losses: Sequence[tuple[int, float]],
 ) -> None:
     """Publish the run's eval table and its decision summary as artifacts, keyed by the track and the
     release's label (`names.step_key`), the summary headed by the run's name and the release's ref."""

@@ -22,7 +22,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..terms import Approval, GateDecision, Verdict
+from ..terms import ApprovalRule, GateDecision, Verdict
 from .paired import PairedDiff, paired_difference
 
 Samples = Mapping[Hashable, float]
@@ -90,8 +90,8 @@ class GateRules(BaseModel):
     superior: Superior | None = Field(None, description="A paired superiority rule on the primary metric.")
     resamples: int = Field(10_000, ge=100, description="Paired bootstrap resamples.")
     seed: int = Field(0, description="The paired bootstrap's seed.")
-    approval: Approval = Field(
-        Approval.NONE, description="required: a candidate that passes waits for a person's approval."
+    approval: ApprovalRule = Field(
+        ApprovalRule.NONE, description="required: a candidate that passes waits for a person's approval."
     )
     approval_timeout_hours: float = Field(
         168, gt=0, description="How long a suspended run waits for a person before it fails (the candidate waits on)."
