@@ -6,12 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .results import Backend
-
-if TYPE_CHECKING:
-    from .suite import Suite
 
 
 @dataclass(frozen=True)
@@ -22,8 +19,8 @@ class EvalBackend:
     """The name lm-eval knows it by (`simple_evaluate(model=...)`)."""
     title: str
     """Its name in messages."""
-    model_args: Callable[[Path, Suite, str], dict[str, Any]]
-    """The model arguments for a model folder, a suite and the device it runs on."""
+    model_args: Callable[[Path, str, str], dict[str, Any]]
+    """The model arguments for a model folder, the dtype it is loaded in and the device it runs on."""
     package: str | None = None
     """The module it needs installed, if any beyond lm-eval."""
     extra: str | None = None
@@ -34,12 +31,12 @@ class EvalBackend:
     """Whether a progress bar can count the requests it answers (Graftwork's counting subclass of lm-eval's HFLM)."""
 
 
-def _hf_args(model_dir: Path, suite: Suite, device: str) -> dict[str, Any]:
-    return {"pretrained": str(model_dir), "dtype": suite.dtype, "device": device}
+def _hf_args(model_dir: Path, dtype: str, device: str) -> dict[str, Any]:
+    return {"pretrained": str(model_dir), "dtype": dtype, "device": device}
 
 
-def _vllm_args(model_dir: Path, suite: Suite, device: str) -> dict[str, Any]:
-    return {"pretrained": str(model_dir), "dtype": suite.dtype, "tensor_parallel_size": 1}
+def _vllm_args(model_dir: Path, dtype: str, device: str) -> dict[str, Any]:
+    return {"pretrained": str(model_dir), "dtype": dtype, "tensor_parallel_size": 1}
 
 
 BACKENDS: dict[Backend, EvalBackend] = {

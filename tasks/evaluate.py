@@ -53,7 +53,7 @@ def run_evaluation(*, model_dir: Path, suite: Suite, progress: Callable[[int, in
     device = device_for(suite)
     backend = BACKENDS[suite.backend]
     if progress is None or not backend.counts_requests:
-        results = _run(backend.model, backend.model_args(model_dir, suite, device), suite=suite, log_samples=True)
+        results = _run(backend.model, backend.model_args(model_dir, suite.dtype, device), suite=suite, log_samples=True)
     else:
         model = _counting_hflm()(
             pretrained=str(model_dir), dtype=suite.dtype, device=device, batch_size=suite.batch_size, progress=progress
