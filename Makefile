@@ -58,14 +58,14 @@ bench-codec: setup
 replicate: setup
 	$(BIN)/python benchmarks/replicate.py
 
-# mypy reads the package as it installs (graftwork/ holding the root's modules and flows/, tasks/, storage/,
+# mypy reads the package as it installs (graftwork/ holding the root's modules and flows/, operations/, tasks/, storage/,
 # deployments/), so it gets a tree of links in that shape under build/typecheck.
 TYPECHECK := build/typecheck/graftwork
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	rm -rf build/typecheck && mkdir -p $(TYPECHECK)
-	ln -s $(addprefix $(CURDIR)/,$(wildcard *.py) flows tasks storage deployments) $(TYPECHECK)/
+	ln -s $(addprefix $(CURDIR)/,$(wildcard *.py) flows operations tasks storage deployments) $(TYPECHECK)/
 	$(BIN)/mypy
 
 lint-docker: tools

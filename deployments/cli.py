@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from ..flows.settings import GraftSettings
+from ..operations.settings import GraftSettings
 from ..terms import RecycleMode
 from .compare_cli import compare
 from .console import DataDir, choose_data_dir, err, live_progress, say, settings, user_errors
@@ -284,7 +284,7 @@ def demo(
     Everything stays under the data dir; a second run reuses what exists. The runs go to the data dir's
     Prefect server (`graft ui` shows them): the one running, else one started for the demo and stopped after it.
     """
-    from ..flows.progress import listening
+    from ..operations.progress import listening
     from .demo import DemoOptions, run_demo
     from .local_server import prefect_service
 

@@ -61,7 +61,7 @@ def _evaluation(registry: Registry, ref: str, *, track: str | None, suite: Path 
         ModelFolderError, EvalBackendError: as `run_evaluation`.
     """
     from ..errors import NotFoundError, SuiteError
-    from ..flows import evidence
+    from ..operations import scores
     from ..storage import evals
     from ..storage import registry as rows
     from ..storage.db import session_scope
@@ -85,11 +85,11 @@ def _evaluation(registry: Registry, ref: str, *, track: str | None, suite: Path 
             raise NotFoundError(f"{ref} is neither a candidate, a release nor a model folder; compare those.", ref=ref)
         if not stored:
             raise NotFoundError(f"{ref} has no stored evaluation; its recycle run evaluates it.", ref=ref)
-        return evidence.stored_evaluation(registry, rows=stored)
+        return scores.stored_evaluation(registry, rows=stored)
 
 
 def _suite(registry: Registry, *, track: str | None, suite: Path | None) -> Suite:
-    from ..flows.tracks import load_spec
+    from ..operations.tracks import load_spec
     from ..tasks.suite import load_suite
 
     if suite is not None:

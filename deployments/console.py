@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..errors import GraftError
-from ..flows.settings import GraftSettings, Workspace
+from ..operations.settings import GraftSettings, Workspace
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
-    from ..flows.progress import Listener
+    from ..operations.progress import Listener
     from ..storage import Registry
 
 err = Console(stderr=True)
@@ -87,8 +87,8 @@ def track_flows(track: str) -> Iterator[None]:
     any server starts), then the flows run on the Prefect server PREFECT_API_URL names, else on the data dir's
     own (the one `graft serve` and `graft ui` run, started for the command when none runs), with
     their long steps drawn as live bars; errors reach the user as `user_errors` says."""
-    from ..flows.progress import listening
-    from ..flows.tracks import load_spec
+    from ..operations.progress import listening
+    from ..operations.tracks import load_spec
     from .local_server import prefect_service
 
     with user_errors():

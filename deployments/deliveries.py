@@ -19,8 +19,8 @@ from prefect.deployments import run_deployment
 from sqlalchemy.orm import Session
 
 from ..errors import RunStartError, TrackError
-from ..flows.lifecycle import WATCH_DEPLOYMENT, why_not_started
-from ..flows.tracks import spec_of
+from ..operations.lifecycle import WATCH_DEPLOYMENT, why_not_started
+from ..operations.tracks import spec_of
 from ..storage import Registry
 from ..storage import registry as rows
 from ..storage.db import session_scope

@@ -27,11 +27,11 @@ from pathlib import Path
 import yaml
 
 from ..errors import ReleaseOrderError
-from ..flows.progress import told
-from ..flows.settings import Workspace
-from ..flows.shipped import shipped_file
 from ..flows.watch import watch_releases
 from ..fs import Say, write_text_atomic
+from ..operations.progress import told
+from ..operations.settings import Workspace
+from ..operations.shipped import shipped_file
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..tasks.evaluate import EvalRecord

@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 
 from ..errors import LocalPrefectError
-from ..flows.settings import GraftSettings, child_environment
 from ..fs import Say, as_ctrl_c, die_with_parent, process_alive, write_text_atomic
+from ..operations.settings import GraftSettings, child_environment
 from .prefect_api import (
     RECORD,
     Endpoint,

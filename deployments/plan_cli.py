@@ -33,8 +33,8 @@ def plan(
     parameters, the GPU memory per process for weights, gradients, optimizer state and activations (full,
     LoRA, FSDP, ZeRO-3 and the track's own set-up), the scratch disk of a recycle run, and whether it fits
     the pool's GPUs (GRAFT_POOL_GPUS of GRAFT_POOL_GPU_MEMORY_GIB each)."""
-    from ..flows.plan import find_config, heading, newest_release, plan_track
-    from ..flows.tracks import load_spec
+    from ..operations.capacity import find_config, heading, newest_release, plan_track
+    from ..operations.tracks import load_spec
     from ..tasks.track import load_track
     from ..tasks.training.plan import render
 
@@ -64,7 +64,7 @@ def check_track(spec: TrackSpec, *, model: str | None) -> None:
         PlanModelError, ModelFolderError, ModelRefError: `model` is given and its config cannot be read.
     """
     from ..errors import PlanModelError
-    from ..flows.plan import check_fits, find_config, newest_release, plan_track
+    from ..operations.capacity import check_fits, find_config, newest_release, plan_track
 
     settings = console_settings()
     try:

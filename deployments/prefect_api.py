@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from ..errors import LocalPrefectError
-from ..flows.settings import GraftSettings
 from ..fs import process_alive
+from ..operations.settings import GraftSettings
 
 RECORD = "server.json"
 

@@ -14,7 +14,7 @@ from ..terms import ActorKind, GateDecision
 from .console import JsonOption, open_registry, say, say_json, settings, user_errors
 
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
-    from ..flows.promotions import Decided, Moved
+    from ..operations.promotions import Decided, Moved
 
 Reason = Annotated[str | None, typer.Option("--reason", help="Why, as the promotion row records it.")]
 
@@ -28,7 +28,7 @@ def promote(
 ) -> None:
     """Make CANDIDATE the champion of its track's channel, bypassing the gate (and move the channel's Hub tag
     when the track publishes)."""
-    from ..flows import promotions
+    from ..operations import promotions
 
     with user_errors():
         moved = promotions.promote(
@@ -46,7 +46,7 @@ def rollback(
 ) -> None:
     """Put back the champion the current one replaced; again, the one before that (never forth again).
     Nothing is deleted: a rollback is a new promotion row."""
-    from ..flows import promotions
+    from ..operations import promotions
 
     with user_errors():
         moved = promotions.rollback(
@@ -80,7 +80,7 @@ def reject(
 
 
 def _answer(candidate: str, *, approve: bool, comment: str, name: str | None) -> None:
-    from ..flows.approvals import Approval, decide_approval, resume_waiting_run
+    from ..operations.awaiting import Approval, decide_approval, resume_waiting_run
     from .prefect_api import check, connected, endpoint
 
     registry = open_registry()
@@ -109,7 +109,7 @@ def history(
     as_json: JsonOption = False,
 ) -> None:
     """Every decision on the track's channel, oldest first: time, decision, candidate, actor and reasons."""
-    from ..flows import promotions
+    from ..operations import promotions
 
     with user_errors():
         story = promotions.history(open_registry(), track=track)

@@ -136,7 +136,7 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Write a registered diff as a plain diff folder, usable by `graft apply`."""
-    from ..flows import registry as ops
+    from ..operations import diffs as ops
 
     with user_errors():
         path = ops.export_diff(_open(), ref=diff, out=out_dir, overwrite=overwrite)
@@ -150,7 +150,7 @@ def import_(
     parent: Annotated[str | None, typer.Option("--parent", help="The diff it follows in the Δ chain.")] = None,
 ) -> None:
     """Register a diff made elsewhere: compress its files into the blob store and record it."""
-    from ..flows import registry as ops
+    from ..operations import diffs as ops
 
     with user_errors():
         done = ops.register_diff(_open(), diff_dir=diff_dir, track=track, parent=parent, say=say)
@@ -164,7 +164,7 @@ def import_(
 @registry_app.command("verify")
 def verify() -> None:
     """Re-hash every blob that a row points to; exit 1 when any is missing or corrupt."""
-    from ..flows import registry as ops
+    from ..operations import diffs as ops
 
     with user_errors():
         report = ops.verify(_open())
@@ -183,7 +183,7 @@ def gc(
     ] = 24.0,
 ) -> None:
     """Remove blobs no row points to (and writers' leftovers) older than the grace period."""
-    from ..flows import registry as ops
+    from ..operations import diffs as ops
 
     with user_errors():
         report = ops.gc(_open(), grace=timedelta(hours=grace_hours))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..flows.settings import GraftSettings
+from ..operations.settings import GraftSettings
 from .console import DataDir, say, settings, user_errors
 
 Host = Annotated[

@@ -59,7 +59,7 @@ def list_(as_json: JsonOption = False) -> None:
     stored spec no longer validates; then the other fields are null).
     """
     from ..errors import TrackError
-    from ..flows.tracks import spec_of
+    from ..operations.tracks import spec_of
     from ..storage import registry as rows
     from ..storage.db import session_scope
 
@@ -95,8 +95,8 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")], as_json
     --json: an object: track, spec, channel, champion (the candidate, as `graft registry show --json` gives
     it, or null) and releases (the rows of `graft track status --json`).
     """
-    from ..flows.settings import Workspace
-    from ..flows.tracks import load_spec
+    from ..operations.settings import Workspace
+    from ..operations.tracks import load_spec
     from ..storage import plain, releases, runs, status
     from ..storage import registry as rows
     from ..storage.db import session_scope
@@ -144,7 +144,7 @@ def status_(name: Annotated[str, typer.Argument(help="The track's name.")], as_j
     retry_at, candidate, scores (base, transferred, candidate), decision, decided_by, reasons, reason,
     champion, waiting (the candidate waits for a person's approval).
     """
-    from ..flows.tracks import load_spec
+    from ..operations.tracks import load_spec
     from ..storage import registry as rows
     from ..storage import status
     from ..storage.db import session_scope

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..flows.settings import Workspace
+from ..operations.settings import Workspace
 from .console import err, say, user_errors
 from .console import settings as console_settings
 

@@ -15,6 +15,7 @@ WORKDIR /src
 COPY docker/constraints.txt docker/constraints.txt
 COPY pyproject.toml README.md __init__.py errors.py fs.py terms.py ./
 COPY flows flows
+COPY operations operations
 COPY tasks tasks
 COPY storage storage
 COPY deployments deployments

@@ -25,6 +25,7 @@ RUN if [ "$FLASH_ATTENTION" = "true" ]; then \
     fi
 COPY pyproject.toml README.md __init__.py errors.py fs.py terms.py ./
 COPY flows flows
+COPY operations operations
 COPY tasks tasks
 COPY storage storage
 COPY deployments deployments

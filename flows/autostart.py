@@ -22,6 +22,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from ..fs import write_text_atomic
+from ..operations.diffs import streamed_diff
+from ..operations.names import release_ref
+from ..operations.settings import Workspace
 from ..storage import registry as rows
 from ..storage import runs
 from ..storage.db import session_scope
@@ -32,9 +35,6 @@ from ..tasks.starts.precheck import precheck
 from ..tasks.starts.probes import ProbeResult, score_starts
 from ..tasks.track import TrackSpec
 from ..terms import RecycleMode
-from .names import release_ref
-from .registry import streamed_diff
-from .settings import Workspace
 
 ROLES = {"iterative": RecycleMode.ITERATIVE, "source": RecycleMode.SOURCE}
 

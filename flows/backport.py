@@ -10,6 +10,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from ..errors import NotFoundError
+from ..operations.names import release_ref
+from ..operations.scores import store_evaluation
+from ..operations.settings import Workspace
+from ..operations.tracks import load_spec
 from ..storage import evals, releases, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
@@ -17,11 +21,7 @@ from ..tasks.evaluate import Evaluation
 from ..tasks.track import TrackSpec, spec_digest
 from ..tasks.training.gpus import gpu_lease
 from ..terms import CandidateKind, EvalSubject, ReleaseState
-from .evidence import store_evaluation
-from .names import release_ref
 from .recycle import Plan, carry_over, fetch, run_eval
-from .settings import Workspace
-from .tracks import load_spec
 
 
 @task

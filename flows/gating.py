@@ -13,6 +13,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from ..fs import write_text_atomic
+from ..operations import events
+from ..operations.scores import store_evaluation, stored_evaluation
+from ..operations.settings import Workspace
 from ..storage import approvals, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
@@ -23,9 +26,6 @@ from ..tasks.hub import move_tag, publish
 from ..tasks.track import TrackSpec
 from ..tasks.training.gpus import pin
 from ..terms import ActorKind, ApprovalRule, EvalSubject, Verdict
-from . import events
-from .evidence import store_evaluation, stored_evaluation
-from .settings import Workspace
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,17 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
+from ..operations import promotions
+from ..operations.progress import progress_artifact
+from ..operations.report import eval_table
+from ..operations.settings import Workspace
+from ..operations.tracks import load_spec
 from ..tasks import engine
 from ..tasks.evaluate import EvalRecord
 from ..tasks.evaluate import evaluate as run_suite
 from ..tasks.hub import fetch_model
 from ..tasks.suite import Suite
 from ..terms import EvalSubject
-from . import promotions
-from .progress import progress_artifact
-from .report import eval_table
-from .settings import Workspace
-from .tracks import load_spec
 
 
 @task
@@ -77,7 +77,7 @@ def evaluate(model: str, track: str, data_dir: Path | None = None) -> list[EvalR
 
 @flow(name="promote", log_prints=True)
 def promote(track: str, candidate: int, reason: str = "promoted by hand", data_dir: Path | None = None) -> str:
-    """Make `candidate` the champion of the track's channel, bypassing the gate (`flows.promotions.promote`);
+    """Make `candidate` the champion of the track's channel, bypassing the gate (`operations.promotions.promote`);
     the actor recorded is who started the run, as Prefect knows them."""
     moved = promotions.promote(
         Workspace.at(data_dir).registry(),
@@ -93,7 +93,7 @@ def promote(track: str, candidate: int, reason: str = "promoted by hand", data_d
 def rollback(
     track: str, to: int | None = None, reason: str = "rolled back by hand", data_dir: Path | None = None
 ) -> str:
-    """Put back the champion the current one replaced, or the earlier champion `to` (`flows.promotions.rollback`:
+    """Put back the champion the current one replaced, or the earlier champion `to` (`operations.promotions.rollback`:
     a new promotion row, walking back along the channel's history); the actor is who started the run."""
     moved = promotions.rollback(
         Workspace.at(data_dir).registry(),

@@ -20,6 +20,15 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from ..fs import file_sha256, megabytes, write_text_atomic
+from ..operations.awaiting import await_approval
+from ..operations.diffs import register_diff, streamed_diff
+from ..operations.lifecycle import release_run, start_next_pass
+from ..operations.names import release_ref, run_name, run_tags, step_key, tag_this_run
+from ..operations.progress import progress_artifact
+from ..operations.report import report_run
+from ..operations.settings import Workspace, child_environment
+from ..operations.shipped import accelerate_config
+from ..operations.tracks import load_spec
 from ..storage import registry as rows
 from ..storage import runs
 from ..storage.db import session_scope
@@ -33,17 +42,8 @@ from ..tasks.training.gpus import gpu_env, gpu_lease, pin
 from ..tasks.training.launch import run_launch
 from ..tasks.training.report import FINETUNE_REPORT, FinetuneReport
 from ..terms import EvalSubject, RecycleMode, Verdict
-from .approvals import await_approval
 from .autostart import choose_start
 from .gating import champion_evaluation, gate_and_promote, publish_champion
-from .lifecycle import release_run, start_next_pass
-from .names import release_ref, run_name, run_tags, step_key, tag_this_run
-from .progress import progress_artifact
-from .registry import register_diff, streamed_diff
-from .report import report_run
-from .settings import Workspace, child_environment
-from .shipped import accelerate_config
-from .tracks import load_spec
 
 
 @dataclass(frozen=True)
@@ -301,8 +301,8 @@ def recycle_then_finetune(
 
     `mode` overrides the track's recycle mode for this run; `data_dir` replaces the settings' data dir;
     `chain` starts the track's next watcher pass when the run is done (the watcher's deployment runs do).
-    The release is `running` meanwhile, then `done` or `failed` (`flows.lifecycle`). The run is named and
-    tagged by its track and release (`flows.names`), and logs each step.
+    The release is `running` meanwhile, then `done` or `failed` (`operations.lifecycle`). The run is named and
+    tagged by its track and release (`operations.names`), and logs each step.
     """
     where = Workspace.at(data_dir)
     spec = load_spec(where.registry(), track=track)

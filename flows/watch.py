@@ -26,6 +26,11 @@ from prefect.states import Crashed
 from sqlalchemy.orm import Session
 
 from ..fs import process_alive
+from ..operations import events
+from ..operations.lifecycle import RECYCLE_DEPLOYMENT, why_not_started
+from ..operations.names import release_ref, run_name, run_tags, tag_this_run, track_tag
+from ..operations.settings import Workspace
+from ..operations.tracks import load_spec
 from ..storage import registry as rows
 from ..storage import releases
 from ..storage.db import session_scope
@@ -33,12 +38,7 @@ from ..storage.models import ReleaseStatus, Track
 from ..tasks.hub import ReleaseRef, release_facts
 from ..tasks.track import TrackSpec
 from ..terms import Dispatch, ReleaseState
-from . import events
-from .lifecycle import RECYCLE_DEPLOYMENT, why_not_started
-from .names import release_ref, run_name, run_tags, tag_this_run, track_tag
 from .recycle import recycle_then_finetune
-from .settings import Workspace
-from .tracks import load_spec
 
 DEAD_STATES = frozenset({"FAILED", "CRASHED", "CANCELLED", "CANCELLING"})
 LIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED"})

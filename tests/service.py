@@ -66,7 +66,7 @@ def own_prefect(data_dir: Path) -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from graftwork.deployments.local_server import prefect_service
-    from graftwork.flows.settings import GraftSettings
+    from graftwork.operations.settings import GraftSettings
 
     settings = GraftSettings(data_dir=data_dir, prefect_port=free_port())
     with (
@@ -145,7 +145,7 @@ def runner_of(ref: str) -> int | None:
     registry, while it is `running`."""
     from sqlalchemy import select
 
-    from graftwork.flows.settings import Workspace
+    from graftwork.operations.settings import Workspace
     from graftwork.storage import releases
     from graftwork.storage.db import session_scope
     from graftwork.storage.models import Release

@@ -15,12 +15,13 @@ import graftwork.errors as errors
 from graftwork.errors import GraftError
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("deployments", "flows", "tasks", "storage")
+PACKAGES = ("deployments", "flows", "operations", "tasks", "storage")
 BOTTOM = {"errors", "fs", "terms"}
 # What each part may import of Graftwork (besides itself and the bottom).
 ALLOWED = {
-    "deployments": {"flows", "tasks", "storage"},
-    "flows": {"tasks", "storage"},
+    "deployments": {"flows", "operations", "tasks", "storage"},
+    "flows": {"operations", "tasks", "storage"},
+    "operations": {"tasks", "storage"},
     "tasks": set(),
     "storage": set(),
 }
@@ -140,7 +141,7 @@ def test_the_cli_catches_the_root_only() -> None:
 
 # Where the environment is still touched outside settings, and why (issue 29 leaves these three).
 ENVIRONMENT_READERS = {
-    "flows/settings.py": "the settings, and the copy of the environment every child process gets",
+    "operations/settings.py": "the settings, and the copy of the environment every child process gets",
     "tasks/training/gpus.py": "CUDA_VISIBLE_DEVICES: how a worker's GPUs are named, read where the lease pins them",
     "tasks/evaluate.py": "lm-eval and datasets stay offline unless the caller said otherwise, before they load",
     "tasks/testbed/build.py": "the pretraining children's pinned numerics, which act only before torch starts",
@@ -160,3 +161,22 @@ def test_only_settings_reads_or_writes_the_environment() -> None:
         )
     }
     assert found == set(ENVIRONMENT_READERS)
+
+
+def _prefect_decorators(path: Path) -> set[str]:
+    """The Prefect decorators (`flow`, `task`) a module's functions carry."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for decorator in node.decorator_list:
+                target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                if isinstance(target, ast.Name) and target.id in ("flow", "task"):
+                    found.add(target.id)
+    return found
+
+
+def test_flows_holds_flows_and_their_steps_and_operations_neither() -> None:
+    flows = {p.name: _prefect_decorators(p) for p in (ROOT / "flows").glob("*.py") if p.name != "__init__.py"}
+    assert [name for name, found in sorted(flows.items()) if not found] == []
+    operations = {p.name: _prefect_decorators(p) for p in (ROOT / "operations").glob("*.py")}
+    assert [name for name, found in sorted(operations.items()) if found] == []

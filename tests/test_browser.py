@@ -166,7 +166,7 @@ def test_flow_run_page_shows_task_runs_and_artifact(tmp_path: Path) -> None:
                 tab.click("Task Runs")
                 runs = tab.read(wait_for=["(3 Completed)", *tasks], scroll=True)
                 tab.click("Artifacts")
-                artifacts = tab.read(wait_for=["demo-decision"], scroll=True)
+                artifacts = tab.read(wait_for=["demo-decision", "promoted"], scroll=True)
             assert "tab=Task+Runs" in runs.url, runs.url
             assert "tab=Artifacts" in artifacts.url, artifacts.url
             assert "MARKDOWN\ndemo-decision" in artifacts.text and "promoted" in artifacts.text, artifacts.text
@@ -174,7 +174,7 @@ def test_flow_run_page_shows_task_runs_and_artifact(tmp_path: Path) -> None:
             # V2, the default UI, whose tabs open from the URL.
             runs = browser.render(f"{base}/v2/runs/flow-run/{run_id}?tab=TaskRuns", wait_for=tasks, scroll=True)
             artifacts = browser.render(
-                f"{base}/v2/runs/flow-run/{run_id}?tab=Artifacts", wait_for=["demo-decision"], scroll=True
+                f"{base}/v2/runs/flow-run/{run_id}?tab=Artifacts", wait_for=["demo-decision", "promoted"], scroll=True
             )
             assert "tab=TaskRuns" in runs.url and "tab=Artifacts" in artifacts.url, (runs.url, artifacts.url)
             assert "demo-decision" in artifacts.text and "promoted" in artifacts.text, artifacts.text

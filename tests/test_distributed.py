@@ -13,7 +13,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_multi_gpu_env
 
-from graftwork.flows.shipped import accelerate_config
+from graftwork.operations.shipped import accelerate_config
 from graftwork.tasks.testbed import Testbed
 from graftwork.tasks.training.finetune import finetune
 from graftwork.tasks.training.launch import Launch, launch_command, run_launch

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from graftwork.errors import EvalBackendError, GraftError, ModelFolderError, SuiteError
 from graftwork.tasks.evaluate import EvalRecord, device_for, evaluate, records
+from graftwork.tasks.results import Backend
 from graftwork.tasks.suite import Suite, load_suite
 from graftwork.tasks.testbed import Testbed
 from graftwork.tasks.training.finetune import FinetuneResult
@@ -267,7 +268,7 @@ def test_the_suites_run_settings_reach_lm_eval(testbed: Testbed, monkeypatch: py
     model = testbed.releases[0]
     base = Suite(tasks=(testbed.generate_task,), task_dirs=(testbed.task_dir,), limit=5, num_fewshot=2)
     evaluate(model_dir=model, suite=base.model_copy(update={"batch_size": "auto", "dtype": "bfloat16"}))
-    evaluate(model_dir=model, suite=base.model_copy(update={"backend": "vllm", "apply_chat_template": True}))
+    evaluate(model_dir=model, suite=base.model_copy(update={"backend": Backend.VLLM, "apply_chat_template": True}))
     got = [
         {k: call[k] for k in ("model", "model_args", "batch_size", "limit", "num_fewshot", "apply_chat_template")}
         for call in calls

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from graftwork.flows.evidence import store_evaluation, stored_evaluation
+from graftwork.operations.scores import store_evaluation, stored_evaluation
 from graftwork.storage import open_registry
 from graftwork.storage.models import EvalResult
 from graftwork.tasks.evaluate import run_evaluation

@@ -36,8 +36,8 @@ from graftwork.errors import (
     OutputExistsError,
 )
 from graftwork.flows import watch
-from graftwork.flows.settings import Workspace
-from graftwork.flows.tracks import load_spec
+from graftwork.operations.settings import Workspace
+from graftwork.operations.tracks import load_spec
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope

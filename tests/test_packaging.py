@@ -33,7 +33,7 @@ from prefect.workers.base import BaseJobConfiguration
 
 from graftwork.deployments.cli import app
 from graftwork.deployments.webhook import create_app
-from graftwork.flows.settings import GraftSettings
+from graftwork.operations.settings import GraftSettings
 from graftwork.storage import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +182,10 @@ def test_images_install_the_package_that_prefect_yaml_names() -> None:
     assert step["directory"] == "{{ $GRAFT_APP_DIR }}"
     for deployment in config["deployments"]:
         assert isinstance(import_object(deployment["entrypoint"]), Flow), deployment["entrypoint"]
-    package = {p.name for p in ROOT.glob("*.py")} | {"flows", "tasks", "storage", "deployments"}
+    packaged = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    folders = {name.split(".")[1] for name in packaged if name.count(".") >= 1}
+    assert {"flows", "operations", "tasks", "storage", "deployments"} <= folders
+    package = {p.name for p in ROOT.glob("*.py")} | folders
     for name, dockerfile in DOCKERFILES.items():
         rows = instructions(dockerfile)
         build = rows[: len(rows) - len(final_stage(dockerfile))]

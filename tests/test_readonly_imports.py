@@ -1,7 +1,8 @@
 """Read-only commands answer at once: `graft --help`, the track, history, registry and compare commands (and the
 hand decisions: promote, rollback, approve, reject) load none of the training and evaluation stack (torch,
-transformers, peft, lm-eval, datasets). Each runs in a fresh interpreter, as a user's shell starts it, on a
-registry with a track; the test fails when such a module is in `sys.modules` after the command."""
+transformers, peft, lm-eval, datasets) and no module of `graftwork.flows`: they call `graftwork.operations`.
+Each runs in a fresh interpreter, as a user's shell starts it, on a registry with a track; the test fails when
+such a module is in `sys.modules` after the command."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from graftwork.tasks.testbed import Testbed
 from tests.flows.conftest import write_track
 from tests.service import GRAFT, child_env
 
-HEAVY = ("torch", "transformers", "peft", "lm_eval", "datasets")
+HEAVY = ("torch", "transformers", "peft", "lm_eval", "datasets", "graftwork.flows")
 # Runs the command in this interpreter as `graft` would, then says which of HEAVY it loaded.
 PROBE = f"""
 import json, sys

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graftwork.flows import registry as ops
+from graftwork.operations import diffs as ops
 from graftwork.storage import Registry
 from graftwork.storage.blobs import BlobStore
 from graftwork.storage.db import ensure_schema, make_engine, session_scope

@@ -214,7 +214,7 @@ def apply(
     Computed in float64 and rounded once to the target's dtype; `apply(diff(m', m), m)` gives m'
     back bit for bit. Tensors are taken in the diff's shard order, so that `diff` may be an opened diff
     folder whose shards `reader` makes as they are read, one at a time (a registered diff streamed from the
-    blob store: `graftwork.flows.registry.streamed_diff`); by default Δ is read from a folder's files.
+    blob store: `graftwork.operations.diffs.streamed_diff`); by default Δ is read from a folder's files.
     The output is atomic: nothing appears at `out` until it is complete. With `durable` it is also
     fsynced before this returns (survives a power loss, at the cost of waiting for the disk).
 

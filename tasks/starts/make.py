@@ -31,7 +31,7 @@ def make_starts(
     """The starts to probe: `plain` (the release `base` itself, not copied) first, then `base + α·Δ` for each
     named diff and each α, written to `out/<name>` (see `start_name`). Name a diff once even when two roles
     hold it (at the second release, Δ^iter is Δ^dir). A diff opened from the registry comes with its reader
-    in `readers` under the same name (`graftwork.flows.registry.streamed_diff`: it is closed after each α and
+    in `readers` under the same name (`graftwork.operations.diffs.streamed_diff`: it is closed after each α and
     makes its shards again for the next).
 
     Raises:

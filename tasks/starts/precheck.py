@@ -4,7 +4,7 @@ Transfer works when the old and the new base lie close together in parameter spa
 measures how far the new base `M_i` moved from the previous one `M_{i−1}`, relative to `M_{i−1}` itself
 and to the diff Δ fine-tuned on it, and the cosine between Δ and the base's move, per layer type and
 overall. It streams one tensor (in row chunks) at a time, in the diff's shard order, so a registered
-diff whose shards a reader makes as they are read (`graftwork.flows.registry.streamed_diff`) works as
+diff whose shards a reader makes as they are read (`graftwork.operations.diffs.streamed_diff`) works as
 in `engine.apply`.
 
 The verdict, `lineage_broken`, is the overall relative move ‖M_i − M_{i−1}‖ / ‖M_{i−1}‖ above

@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
 from graftwork.flows import gating, recycle
-from graftwork.flows.progress import listening
-from graftwork.flows.settings import Workspace
-from graftwork.flows.tracks import load_spec
 from graftwork.flows.watch import watch_releases
 from graftwork.fs import file_sha256
+from graftwork.operations.progress import listening
+from graftwork.operations.settings import Workspace
+from graftwork.operations.tracks import load_spec
 from graftwork.storage import evals
 from graftwork.storage import registry as rows
 from graftwork.storage.db import session_scope

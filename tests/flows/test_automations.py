@@ -10,7 +10,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect.events.schemas.automations import AutomationCore
 
-from graftwork.flows import events
+from graftwork.operations import events
 
 EXAMPLE = Path(__file__).parents[2] / "deployments" / "automations" / "notify-approval.yaml"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from graftwork.flows.settings import Workspace
+from graftwork.operations.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope

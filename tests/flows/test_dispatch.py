@@ -24,8 +24,8 @@ from graftwork.deployments.cli import app
 from graftwork.deployments.hub_events import HubEvent, delivery_key
 from graftwork.deployments.serve import recycle_deployment
 from graftwork.deployments.webhook import create_app
-from graftwork.flows.settings import Workspace
 from graftwork.flows.watch import watch_releases
+from graftwork.operations.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
-from graftwork.flows.settings import Workspace
 from graftwork.flows.watch import watch_releases
+from graftwork.operations.settings import Workspace
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import EvalResult, Promotion
 from graftwork.tasks.testbed import Testbed

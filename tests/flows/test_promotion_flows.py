@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from graftwork.flows.oneoff import promote, rollback
-from graftwork.flows.settings import Workspace
+from graftwork.operations.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import Promotion

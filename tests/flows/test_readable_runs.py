@@ -31,10 +31,10 @@ from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
 from graftwork.deployments.demo import _quiet_libraries
-from graftwork.flows.names import artifact_key, release_label
-from graftwork.flows.settings import Workspace
 from graftwork.flows.watch import watch_releases
 from graftwork.fs import megabytes
+from graftwork.operations.names import artifact_key, release_label
+from graftwork.operations.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope

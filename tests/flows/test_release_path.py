@@ -30,7 +30,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from graftwork.deployments.cli import app
-from graftwork.flows.settings import Workspace
+from graftwork.operations.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope

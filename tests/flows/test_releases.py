@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from graftwork.deployments.cli import app
 from graftwork.errors import ReleaseOrderError
 from graftwork.flows import recycle
-from graftwork.flows.settings import Workspace
 from graftwork.flows.watch import watch_all_tracks, watch_releases
+from graftwork.operations.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope

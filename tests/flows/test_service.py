@@ -29,7 +29,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import select
 
-from graftwork.flows.settings import GraftSettings, Workspace
+from graftwork.operations.settings import GraftSettings, Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
 from graftwork.storage.db import session_scope

@@ -31,7 +31,7 @@ RELEASE = """
 """
 
 DIFF = """
-    from graftwork.flows import registry as ops
+    from graftwork.operations import diffs as ops
     from graftwork.storage import Registry
     from graftwork.storage.blobs import BlobStore
     from graftwork.storage.db import ensure_schema

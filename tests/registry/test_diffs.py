@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from graftwork.errors import BlobCorruptError, BlobMissingError
-from graftwork.flows import registry as ops
+from graftwork.operations import diffs as ops
 from graftwork.storage import Registry
 from graftwork.storage import registry as rows
 from graftwork.storage.db import session_scope
@@ -124,7 +124,7 @@ def test_kill_9_between_blob_and_row_leaves_no_dangling_row(registry: Registry, 
         from graftwork.storage import registry as rows
         from graftwork.storage.blobs import BlobStore
         from graftwork.storage.db import make_engine
-        from graftwork.flows import registry as ops
+        from graftwork.operations import diffs as ops
         from graftwork.storage import Registry
 
         def stall(*args, **kwargs):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from graftwork.errors import BlobCorruptError
-from graftwork.flows import registry as ops
+from graftwork.operations import diffs as ops
 from graftwork.storage import Registry
 from graftwork.storage import registry as rows
 from graftwork.storage.db import session_scope
