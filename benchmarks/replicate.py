@@ -40,9 +40,10 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "T
 
 from graftwork.tasks import engine  # noqa: E402
 from graftwork.tasks.evaluate import evaluate  # noqa: E402
-from graftwork.tasks.starts.make import PLAIN, make_starts  # noqa: E402
+from graftwork.tasks.starts.choice import PLAIN, ProbeResult  # noqa: E402
+from graftwork.tasks.starts.make import make_starts  # noqa: E402
 from graftwork.tasks.starts.precheck import precheck  # noqa: E402
-from graftwork.tasks.starts.probes import ProbeResult, choose, score_starts  # noqa: E402
+from graftwork.tasks.starts.probes import choose, score_starts  # noqa: E402
 from graftwork.tasks.starts.spec import Probe  # noqa: E402
 from graftwork.tasks.suite import Suite  # noqa: E402
 from graftwork.tasks.testbed import Testbed, build_testbed  # noqa: E402

@@ -221,9 +221,10 @@ def _details(session: Session, row: Artifact) -> list[str]:
     if isinstance(row, Candidate):
         lines.append(f"{row.kind}, started from {row.carry_reason or 'an unrecorded Δ (made before carry reasons)'}")
         if row.start_choice is not None:
+            from ..tasks.starts.choice import StartRecord
             from ..tasks.starts.describe import describe
 
-            lines += describe(row.start_choice)
+            lines += describe(StartRecord.model_validate(row.start_choice))
         if row.finetune_run is not None:
             lines.append(_finetune_run(row.finetune_run))
         lines += [

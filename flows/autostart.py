@@ -6,17 +6,15 @@ candidate's own) and Δ^source (the first of its lineage), and first runs the tr
 (another initialisation, a broken lineage) is fine-tuned plain, with no probe. Otherwise it builds M_i and
 M_i + α·Δ for each Δ and each α of the track's grid, scores each with the track's probe
 (`tasks.starts.score_starts`) and fine-tunes from the best. The choice, the pre-check's figures and every
-start's score are returned as JSON for the candidate's row, logged, and drawn as a table artifact.
+start's score are returned as a `StartRecord` for the candidate's row, logged, and drawn as a table artifact.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -29,10 +27,11 @@ from ..storage import registry as rows
 from ..storage import runs
 from ..storage.db import session_scope
 from ..tasks.hub import download
+from ..tasks.starts.choice import PLAIN, ProbeResult, StartRecord
 from ..tasks.starts.describe import describe_check
-from ..tasks.starts.make import PLAIN, make_starts
+from ..tasks.starts.make import make_starts
 from ..tasks.starts.precheck import precheck
-from ..tasks.starts.probes import ProbeResult, score_starts
+from ..tasks.starts.probes import score_starts
 from ..tasks.track import TrackSpec
 from ..terms import RecycleMode
 
@@ -48,7 +47,7 @@ class StartChoice:
     carry_reason: str
     mode: RecycleMode
     alpha: float
-    record: dict[str, Any]
+    record: StartRecord
 
 
 @task
@@ -64,50 +63,62 @@ def choose_start(
     """
     saved = work / "start-choice.json"
     if saved.is_file():
-        done = json.loads(saved.read_text())
-        get_run_logger().info("auto: chosen by an earlier attempt: %s", done["chosen"])
+        done = StartRecord.model_validate_json(saved.read_text())
+        get_run_logger().info("auto: chosen by an earlier attempt: %s", done.chosen)
         return _choice(done, work=work, base=base)
     diffs, reasons, previous = _diffs(where, release_id=release_id, spec=spec)
-    record: dict[str, Any] = {"diffs": reasons}
-    if not diffs:
-        record |= {"chosen": PLAIN, "why": "nothing to carry over: the track's first release is fine-tuned plain"}
-    else:
-        registry = where.registry()
-        with ExitStack() as stack:
-            opened = {
-                role: stack.enter_context(streamed_diff(registry, ref=ref, scratch=work / "diffs" / role))
-                for role, ref in diffs.items()
-            }
-            folder, reader = opened["iterative"]
-            check = precheck(previous_base=previous, base=base, diff=folder, reader=reader)
-            record["precheck"] = check.model_dump(mode="json")
-            if check.lineage_broken:
-                record |= {"chosen": PLAIN, "why": f"the pre-check says the lineage broke: {check.reason}"}
-            else:
-                starts = make_starts(
-                    base=base,
-                    diffs={role: folder for role, (folder, _) in opened.items()},
-                    readers={role: reader for role, (_, reader) in opened.items()},
-                    alphas=spec.recycle.probe.alphas,
-                    out=work / "starts",
-                    overwrite=True,
-                )
-        if not check.lineage_broken:
-            result = score_starts(
-                starts=starts,
-                probe=spec.recycle.probe,
-                recipe=spec.finetune.recipe,
-                data=spec.finetune.data,
-                work=work / "probe",
-                suite=spec.recycle.probe_suite,
-            )
-            record |= {"probe": result.model_dump(mode="json"), "chosen": result.chosen, "why": _why(result)}
-            _keep_only(result.chosen, starts=work / "starts", probe=work / "probe")
-    record["diff_ids"] = diffs
-    write_text_atomic(saved, json.dumps(record))
-    create_markdown_artifact(markdown=start_table(record), key=key, description=f"auto: {record['chosen']}")
-    get_run_logger().info("auto: %s (%s)", record["chosen"], record["why"])
+    record = _measure(where, diffs=diffs, reasons=reasons, previous=previous, work=work, base=base, spec=spec)
+    write_text_atomic(saved, record.model_dump_json())
+    create_markdown_artifact(markdown=start_table(record), key=key, description=f"auto: {record.chosen}")
+    get_run_logger().info("auto: %s (%s)", record.chosen, record.why)
     return _choice(record, work=work, base=base)
+
+
+def _measure(
+    where: Workspace,
+    *,
+    diffs: dict[str, str],
+    reasons: dict[str, str],
+    previous: Path,
+    work: Path,
+    base: Path,
+    spec: TrackSpec,
+) -> StartRecord:
+    """Pre-check Δ^iter (`diffs` by role, `reasons` why each) onto the release `base`, probe the starts, and
+    say which one to fine-tune from and why."""
+    record = StartRecord(diffs=reasons, diff_ids=diffs, chosen=PLAIN, why="")
+    if not diffs:
+        why = "nothing to carry over: the track's first release is fine-tuned plain"
+        return record.model_copy(update={"why": why})
+    registry = where.registry()
+    with ExitStack() as stack:
+        opened = {
+            role: stack.enter_context(streamed_diff(registry, ref=ref, scratch=work / "diffs" / role))
+            for role, ref in diffs.items()
+        }
+        folder, reader = opened["iterative"]
+        check = precheck(previous_base=previous, base=base, diff=folder, reader=reader)
+        if check.lineage_broken:
+            why = f"the pre-check says the lineage broke: {check.reason}"
+            return record.model_copy(update={"precheck": check, "why": why})
+        starts = make_starts(
+            base=base,
+            diffs={role: folder for role, (folder, _) in opened.items()},
+            readers={role: reader for role, (_, reader) in opened.items()},
+            alphas=spec.recycle.probe.alphas,
+            out=work / "starts",
+            overwrite=True,
+        )
+    result = score_starts(
+        starts=starts,
+        probe=spec.recycle.probe,
+        recipe=spec.finetune.recipe,
+        data=spec.finetune.data,
+        work=work / "probe",
+        suite=spec.recycle.probe_suite,
+    )
+    _keep_only(result.chosen, starts=work / "starts", probe=work / "probe")
+    return record.model_copy(update={"precheck": check, "probe": result, "chosen": result.chosen, "why": _why(result)})
 
 
 def _diffs(where: Workspace, *, release_id: int, spec: TrackSpec) -> tuple[dict[str, str], dict[str, str], Path]:
@@ -156,42 +167,41 @@ def _why(result: ProbeResult) -> str:
     return f"{result.chosen} scored best by the {result.kind} probe ({best:.4f}{sure}) of {starts} starts; {cost}"
 
 
-def _choice(record: dict[str, Any], *, work: Path, base: Path) -> StartChoice:
-    chosen = record["chosen"]
-    if chosen == PLAIN:
+def _choice(record: StartRecord, *, work: Path, base: Path) -> StartChoice:
+    start = record.start
+    if start.role is None:
         return StartChoice(base, None, "auto: the bare release (plain fine-tuning)", RecycleMode.NONE, 0.0, record)
-    role, alpha = chosen.split("@")
     return StartChoice(
-        work / "starts" / chosen,
-        record["diff_ids"][role],
-        f"auto: {record['diffs'][role]}, at α = {alpha}",
-        ROLES[role],
-        float(alpha),
+        work / "starts" / start.name,
+        record.diff_ids[start.role],
+        f"auto: {record.diffs[start.role]}, at α = {start.alpha:g}",
+        ROLES[start.role],
+        start.alpha,
         record,
     )
 
 
-def start_table(record: dict[str, Any]) -> str:
+def start_table(record: StartRecord) -> str:
     """The choice as markdown: the pre-check's figures by layer type, then each start's probe score."""
-    lines = [f"# auto: {record['chosen']}", "", record["why"], ""]
-    check = record.get("precheck")
+    lines = [f"# auto: {record.chosen}", "", record.why, ""]
+    check = record.precheck
     if check is not None:
         lines += [
             "| layer type | tensors | ‖M_i − M_{i−1}‖ / ‖M_{i−1}‖ | ‖M_i − M_{i−1}‖ / ‖Δ‖ | cos(Δ, M_i − M_{i−1}) |",
             "| --- | --- | --- | --- | --- |",
         ]
-        for name, shift in [("all", check["overall"]), *sorted(check["groups"].items())]:
+        for name, shift in [("all", check.overall), *sorted(check.groups.items())]:
             lines.append(
-                f"| {name} | {shift['tensors']} | {shift['base_shift']:.4f} | {shift['shift_to_diff']:.4f} "
-                f"| {shift['cosine']:+.4f} |"
+                f"| {name} | {shift.tensors} | {shift.base_shift:.4f} | {shift.shift_to_diff:.4f} "
+                f"| {shift.cosine:+.4f} |"
             )
-        lines += ["", f"Lineage broken above {check['threshold']:g}: {check['reason']}", ""]
-    probe = record.get("probe")
+        lines += ["", f"Lineage broken above {check.threshold:g}: {check.reason}", ""]
+    probe = record.probe
     if probe is not None:
-        lines += [f"| start | {probe['kind']} score | rounds |", "| --- | --- | --- |"]
-        for name, score in probe["scores"].items():
-            mark = " (chosen)" if name == record["chosen"] else ""
-            lines.append(f"| {name}{mark} | {score['score']:.4f} | {score['rounds']} |")
-        if probe.get("versus_plain") is not None:
-            lines += ["", describe_check(probe["versus_plain"])]
+        lines += [f"| start | {probe.kind} score | rounds |", "| --- | --- | --- |"]
+        for name, score in probe.scores.items():
+            mark = " (chosen)" if name == record.chosen else ""
+            lines.append(f"| {name}{mark} | {score.score:.4f} | {score.rounds} |")
+        if probe.versus_plain is not None:
+            lines += ["", describe_check(probe.versus_plain)]
     return "\n".join(lines)

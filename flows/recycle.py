@@ -14,7 +14,6 @@ import io
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
@@ -36,6 +35,7 @@ from ..tasks import engine
 from ..tasks.evaluate import EvalRecord, Evaluation, run_evaluation
 from ..tasks.gate import Decision
 from ..tasks.hub import ReleaseRef, download
+from ..tasks.starts.choice import StartRecord
 from ..tasks.track import TrackSpec, spec_digest
 from ..tasks.training.finetune import finetune
 from ..tasks.training.gpus import gpu_env, gpu_lease, pin
@@ -191,7 +191,7 @@ def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str], *,
 
 @task
 def record_candidate(
-    where: Workspace, the_plan: Plan, spec: TrackSpec, candidate: Path, start_choice: dict[str, Any] | None = None
+    where: Workspace, the_plan: Plan, spec: TrackSpec, candidate: Path, start_choice: StartRecord | None = None
 ) -> int:
     """Record the candidate and the fine-tune run that made it (its loss curve as a blob), and for an `auto`
     track how its start was chosen; return its id. Recording it again (a resumed run) returns the same id."""
@@ -229,7 +229,7 @@ def record_candidate(
             finetune=run,
             carry_reason=the_plan.carry_reason,
             spec=version,
-            start_choice=start_choice,
+            start_choice=None if start_choice is None else start_choice.model_dump(mode="json"),
         )
         candidate_id, number = row.id, version.version
     get_run_logger().info("record: candidate-%d, with its fine-tune run and spec version %d", candidate_id, number)

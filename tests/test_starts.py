@@ -14,8 +14,9 @@ from pydantic import ValidationError
 from graftwork.errors import FinetuneConfigError, FinetuneDataError, GraftError, SuiteError
 from graftwork.tasks import engine
 from graftwork.tasks.io.stfile import TensorReader
-from graftwork.tasks.starts.make import PLAIN, make_starts
-from graftwork.tasks.starts.precheck import Precheck, group_of, precheck
+from graftwork.tasks.starts.choice import PLAIN, Precheck
+from graftwork.tasks.starts.make import make_starts
+from graftwork.tasks.starts.precheck import group_of, precheck
 from graftwork.tasks.starts.probes import choose, choose_over_plain, heldout_loss, score_starts
 from graftwork.tasks.starts.spec import Probe
 from graftwork.tasks.starts.split import PROBE_DATA, heldout_split, read_jsonl, write_probe_task

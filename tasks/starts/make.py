@@ -10,13 +10,7 @@ from ...errors import FinetuneConfigError
 from ..engine import apply
 from ..io.difffolder import DiffFolder
 from ..io.stfile import TensorReader
-
-PLAIN = "plain"
-
-
-def start_name(diff: str, alpha: float) -> str:
-    """The name of the start M_i + alpha·Δ_diff, e.g. `dir@0.75` (a folder name too)."""
-    return f"{diff}@{alpha:g}"
+from .choice import PLAIN, Start
 
 
 def make_starts(
@@ -29,10 +23,10 @@ def make_starts(
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """The starts to probe: `plain` (the release `base` itself, not copied) first, then `base + α·Δ` for each
-    named diff and each α, written to `out/<name>` (see `start_name`). Name a diff once even when two roles
-    hold it (at the second release, Δ^iter is Δ^dir). A diff opened from the registry comes with its reader
-    in `readers` under the same name (`graftwork.operations.diffs.streamed_diff`: it is closed after each α and
-    makes its shards again for the next).
+    named diff and each α, written to `out/<name>` (`Start.name`, e.g. `iterative@0.75`). Name a diff once even
+    when two roles hold it (at the second release, Δ^iter is Δ^dir). A diff opened from the registry comes with
+    its reader in `readers` under the same name (`graftwork.operations.diffs.streamed_diff`: it is closed after
+    each α and makes its shards again for the next).
 
     Raises:
         FinetuneConfigError: a diff is named `plain`, or `alphas` is empty.
@@ -46,7 +40,7 @@ def make_starts(
     starts = {PLAIN: Path(base)}
     for role, diff in diffs.items():
         for alpha in alphas:
-            name = start_name(role, alpha)
+            name = Start(role, alpha).name
             starts[name] = apply(
                 diff=diff,
                 target=base,

@@ -23,12 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.checks import check_architectures, check_diff_architecture, check_tensors
 from ..io.checkpoints import open_model_folder
 from ..io.difffolder import DiffFolder, open_diff_folder
 from ..io.stfile import TensorInfo, TensorReader
+from .choice import Precheck, Shift
 
 BROKEN_SHIFT = 0.8
 """`lineage_broken` when ‖M_i − M_{i−1}‖ / ‖M_{i−1}‖ is above this (measured: releases ≤ 0.44, control 1.14)."""
@@ -53,33 +53,6 @@ GROUPS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 def group_of(name: str) -> str:
     """The layer type of a parameter: attention.q/k/v/o/qkv, mlp, embeddings, lm_head, norms, or other."""
     return next((group for group, pattern in GROUPS if pattern.search(name)), "other")
-
-
-class Shift(BaseModel):
-    """How far the base moved in one group of tensors (or overall), against the previous base and Δ."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)
-
-    tensors: int = Field(description="Tensors in the group.")
-    base_shift: float = Field(description="‖M_i − M_{i−1}‖ / ‖M_{i−1}‖: the base's move, relative to the old base.")
-    shift_to_diff: float = Field(description="‖M_i − M_{i−1}‖ / ‖Δ‖: the base's move in units of the diff.")
-    cosine: float = Field(description="cos(Δ, M_i − M_{i−1}); 0 where either is zero.")
-
-
-class Precheck(BaseModel):
-    """The transferability pre-check of one diff onto one new release: JSON-able (`model_dump(mode="json")`)
-    for a registry JSON column."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)
-
-    previous_base: str = Field(description="The release the diff was fine-tuned from, M_{i−1}.")
-    base: str = Field(description="The new release, M_i.")
-    diff: str = Field(description="The diff folder, Δ_{i−1}.")
-    overall: Shift = Field(description="Every tensor together.")
-    groups: dict[str, Shift] = Field(description="By layer type (see `group_of`).")
-    threshold: float = Field(description="The overall base_shift above which the lineage counts as broken.")
-    lineage_broken: bool = Field(description="The new release is not a continuation of the previous one.")
-    reason: str = Field(description="The verdict in words, with the figures.")
 
 
 class _Sums:

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import FinetuneConfigError
 from ..evaluate import run_evaluation
@@ -44,64 +43,9 @@ from ..suite import Suite
 from ..training.data import read_pairs
 from ..training.finetune import IGNORE, finetune, tokenize_pair
 from ..training.recipe import Recipe
-from .make import PLAIN
-from .spec import Probe, ProbeKind
+from .choice import PLAIN, PlainCheck, ProbeResult, StartScore
+from .spec import Probe
 from .split import heldout_split
-
-
-class StartScore(BaseModel):
-    """One start's probe outcome."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)
-
-    path: str = Field(description="The start's model folder.")
-    score: float = Field(description="Higher is better: the probe suite's score, or minus the held-out loss.")
-    curve: tuple[tuple[int, float], ...] = Field(
-        default=(), description="short_finetune: (probe steps trained, score) after each round it took part in."
-    )
-    rounds: int = Field(default=0, description="short_finetune: halving rounds the start took part in.")
-
-
-class PlainCheck(BaseModel):
-    """The best-scoring recycled start against the plain release on the probe's documents, paired."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    start: str = Field(description="The recycled start that scored best.")
-    diff: float = Field(description="Its mean score minus the plain release's, over the probe's documents.")
-    lower_bound: float = Field(description="The one-sided lower confidence bound of `diff`.")
-    confidence: float
-    resamples: int
-    n: int = Field(description="Probe documents both were scored on.")
-    p_value: float | None = Field(
-        description="0/1 scores: the exact one-sided McNemar p-value that `start` is no better than plain."
-    )
-    kept: bool = Field(
-        description="Whether `start` was chosen rather than the plain release: lower_bound > 0 and, for 0/1 scores, "
-        "p_value < 1 − confidence."
-    )
-
-
-class ProbeResult(BaseModel):
-    """The probe's scores of every start, the start chosen, and what the probe cost."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=True)
-
-    kind: ProbeKind
-    scores: dict[str, StartScore]
-    chosen: str = Field(description="The start to fine-tune from with the full recipe.")
-    probe_steps: int = Field(description="Optimizer steps the probe trained, over all starts.")
-    evaluations: int = Field(description="Scorings run (one per start, per round for short_finetune).")
-    full_steps: int = Field(description="The full recipe's steps, for scale.")
-    seconds: float = Field(description="Wall time of the probe.")
-    versus_plain: PlainCheck | None = Field(
-        default=None, description="zero_shot with a confidence: the best recycled start's paired check against plain."
-    )
-
-    @property
-    def steps_fraction(self) -> float:
-        """Probe steps as a fraction of one full fine-tune."""
-        return self.probe_steps / self.full_steps if self.full_steps else 0.0
 
 
 def choose(scores: Mapping[str, float]) -> str:

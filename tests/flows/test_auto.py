@@ -22,6 +22,7 @@ from graftwork.flows.watch import watch_releases
 from graftwork.operations.settings import Workspace
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff
+from graftwork.tasks.starts.choice import StartRecord
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import RecycleMode
 from tests.flows.conftest import write_track
@@ -58,31 +59,32 @@ def test_auto_probes_the_starts_records_why_and_falls_back_when_the_lineage_brok
         diffs = {d.candidate_id: d.id for d in session.scalars(select(Diff))}
         assert (first.mode, first.source_diff_id, first.start_choice) == (RecycleMode.NONE, None, None)
 
-        choice = second.start_choice
-        assert choice is not None
-        assert choice["precheck"]["lineage_broken"] is False
-        scores = {name: s["score"] for name, s in choice["probe"]["scores"].items()}
+        assert second.start_choice is not None and third.start_choice is not None
+        choice = StartRecord.model_validate(second.start_choice)
+        assert choice.precheck is not None and choice.precheck.lineage_broken is False
+        assert choice.probe is not None
+        scores = {name: s.score for name, s in choice.probe.scores.items()}
         assert list(scores) == ["plain", "iterative@0.5", "iterative@1"]  # Δ^source is Δ^iter at release 2
-        assert choice["chosen"] == max(scores, key=lambda name: scores[name])
-        assert choice["probe"]["kind"] == "heldout_loss" and choice["probe"]["probe_steps"] == 0
-        if choice["chosen"] == "plain":
+        assert choice.chosen == max(scores, key=lambda name: scores[name])
+        assert choice.probe.kind == "heldout_loss" and choice.probe.probe_steps == 0
+        if choice.start.role is None:
             assert (second.mode, second.source_diff_id) == (RecycleMode.NONE, None)
         else:
-            alpha = float(choice["chosen"].split("@")[1])
-            assert (second.mode, second.alpha, second.source_diff_id) == (RecycleMode.ITERATIVE, alpha, diffs[first.id])
+            got = (second.mode, second.alpha, second.source_diff_id)
+            assert got == (RecycleMode.ITERATIVE, choice.start.alpha, diffs[first.id])
         work = Path(second.model_uri).parent
         assert sorted(p.name for p in (work / "starts").iterdir()) == (
-            [] if choice["chosen"] == "plain" else [choice["chosen"]]
+            [] if choice.chosen == "plain" else [choice.chosen]
         )  # the other starts' disk is freed
 
-        broken = third.start_choice
-        assert broken is not None and broken["precheck"]["lineage_broken"] is True
-        assert broken["precheck"]["overall"]["base_shift"] > broken["precheck"]["threshold"]
-        assert "probe" not in broken and broken["chosen"] == "plain"
+        broken = StartRecord.model_validate(third.start_choice)
+        assert broken.precheck is not None and broken.precheck.lineage_broken is True
+        assert broken.precheck.overall.base_shift > broken.precheck.threshold
+        assert broken.probe is None and broken.chosen == "plain"
         assert (third.mode, third.source_diff_id) == (RecycleMode.NONE, None)
 
     shown = CliRunner().invoke(app, ["registry", "show", f"candidate-{second.id}"]).stdout.splitlines()
-    assert shown[3] == f"  auto chose {choice['chosen']}: {choice['why']}"
+    assert shown[3] == f"  auto chose {choice.chosen}: {choice.why}"
     assert shown[4].startswith("  pre-check: the base moved ")
     assert shown[5] == "  probe heldout_loss: " + ", ".join(f"{n} {s:.4f}" for n, s in scores.items())
     said = CliRunner().invoke(app, ["registry", "show", f"candidate-{third.id}"]).stdout
