@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .console import say, user_errors
+from .console import say, settings, user_errors
 
 app = typer.Typer(
     name="testbed", help="The CPU test bed: a tiny Llama family with a skill to fine-tune.", no_args_is_help=True
@@ -32,7 +32,13 @@ def build(
     start = time.perf_counter()
     with user_errors():
         bed = build_testbed(
-            out=out_dir, seed=seed, versions=versions, control=control, threads=threads, from_scratch=True
+            out=out_dir,
+            seed=seed,
+            versions=versions,
+            control=control,
+            threads=threads,
+            from_scratch=True,
+            environment=settings().child_environment(),
         )
     say(f"test bed in {bed.root} ({time.perf_counter() - start:.1f} s)")
     for i, path in enumerate(bed.releases, 1):

@@ -94,10 +94,10 @@ def backport(track: str, to: str, alpha: float | None = None, data_dir: Path | N
     the_plan = backport_plan(where, track, to, scale)
     base = fetch(the_plan)
     model = carry_over(where, the_plan, base)
-    with gpu_lease(count=1) as gpus:
+    with gpu_lease(count=1, gpus=where.gpus()) as lease:
         scores = {
-            EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, model, spec, gpus),
-            EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec, gpus),
+            EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, model, spec, lease),
+            EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec, lease),
         }
     candidate_id = record_backport(where, the_plan, spec, model, scores)
     get_run_logger().info(

@@ -24,7 +24,7 @@ from ..tasks.evidence import compare, pairs, table
 from ..tasks.gate import Decision, decide
 from ..tasks.hub import move_tag, publish
 from ..tasks.track import TrackSpec
-from ..tasks.training.gpus import pin
+from ..tasks.training.gpus import GpuLease
 from ..terms import ActorKind, ApprovalRule, EvalSubject, Verdict
 
 
@@ -48,7 +48,7 @@ class GateOutcome:
 
 @task
 def champion_evaluation(
-    where: Workspace, spec: TrackSpec, candidate_id: int, candidate: Evaluation, work: Path, gpus: list[str]
+    where: Workspace, spec: TrackSpec, candidate_id: int, candidate: Evaluation, work: Path, lease: GpuLease
 ) -> ChampionEvidence | None:
     """The champion's evaluation to compare the candidate with: the stored one when it was made as the
     candidate's was (same fingerprint but for the model) on every gated metric, else the champion evaluated
@@ -76,7 +76,7 @@ def champion_evaluation(
         holder,
         why,
     )
-    pin(gpus)
+    lease.pin()
     again = run_evaluation(model_dir=folder, suite=spec.eval)
     write_text_atomic(saved, again.model_dump_json())
     return ChampionEvidence(again, again=True)

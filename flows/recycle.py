@@ -38,7 +38,7 @@ from ..tasks.hub import ReleaseRef, download
 from ..tasks.starts.choice import StartRecord
 from ..tasks.track import TrackSpec, spec_digest
 from ..tasks.training.finetune import finetune
-from ..tasks.training.gpus import gpu_env, gpu_lease, pin
+from ..tasks.training.gpus import GpuLease, gpu_lease
 from ..tasks.training.launch import run_launch
 from ..tasks.training.report import FINETUNE_REPORT, FinetuneReport
 from ..terms import EvalSubject, RecycleMode, Verdict
@@ -140,8 +140,8 @@ def carry_over(where: Workspace, the_plan: Plan, base: Path) -> Path:
 
 
 @task
-def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str]) -> Path:
-    """The track's recipe on `start`, on the leased `gpus`: in this process on a CPU worker (with a progress
+def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, lease: GpuLease) -> Path:
+    """The track's recipe on `start`, on the leased GPUs: in this process on a CPU worker (with a progress
     artifact), else in a child process that sees only those GPUs (`CUDA_VISIBLE_DEVICES`; in-process, the
     Trainer would take GPU 0 and every other visible GPU with it), under `accelerate launch` when the track asks
     for several processes. The run's report (loss curve, tokens, device) is kept beside the candidate."""
@@ -149,7 +149,7 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str]) -> 
     if out.is_dir() and report.is_file():
         get_run_logger().info("fine-tune: done by an earlier attempt: %s", out)
         return out
-    _fine_tune(the_plan, start, spec, gpus, out=out, report=report)
+    _fine_tune(the_plan, start, spec, lease, out=out, report=report)
     done = FinetuneReport.read(report)
     curve = done.loss_curve
     loss = f"loss {curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "no steps"
@@ -165,9 +165,9 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str]) -> 
     return out
 
 
-def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str], *, out: Path, report: Path) -> None:
+def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, lease: GpuLease, *, out: Path, report: Path) -> None:
     launch = spec.finetune.launch
-    if launch.processes == 1 and not gpus:
+    if launch.processes == 1 and not lease.names:
         with progress_artifact(description=f"{the_plan.label}: fine-tune") as progress:
             result = finetune(
                 model_dir=start,
@@ -185,7 +185,7 @@ def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, gpus: list[str], *,
     write_text_atomic(recipe, spec.finetune.recipe.model_dump_json())
     run_launch(
         launch=launch, model_dir=start, data=spec.finetune.data, recipe_json=recipe, out_dir=out, overwrite=True,
-        report=report, env=child_environment(**gpu_env(gpus)),
+        report=report, env=child_environment(**lease.env()),
     )  # fmt: skip
 
 
@@ -258,8 +258,8 @@ def new_diff(where: Workspace, the_plan: Plan, candidate: Path, base: Path, cand
 
 
 @task
-def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec, gpus: list[str]) -> Evaluation:
-    """The track's eval suite on one model folder, on the leased `gpus`, with its per-sample scores (kept in
+def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec, lease: GpuLease) -> Evaluation:
+    """The track's eval suite on one model folder, on the leased GPU, with its per-sample scores (kept in
     the working folder once done)."""
     saved = the_plan.work / "evals" / f"{subject}.json"
     if saved.is_file():
@@ -267,7 +267,7 @@ def run_eval(the_plan: Plan, subject: EvalSubject, model: Path, spec: TrackSpec,
         get_run_logger().info("evaluate %s (done by an earlier attempt): %s", subject, scores_line(done.records))
         return done
     what = f"{the_plan.label}: evaluate {subject}"
-    pin(gpus)
+    lease.pin()
     with progress_artifact(description=what) as report:
         done = run_evaluation(model_dir=model, suite=spec.eval, progress=report)
     write_text_atomic(saved, done.model_dump_json())
@@ -336,18 +336,18 @@ def _recycle(
         start = choice.start
     else:
         start = base if the_plan.carried_diff is None else carry_over(where, the_plan, base)
-    with gpu_lease(count=spec.finetune.launch.processes) as gpus:
-        candidate = fine_tune(the_plan, start, spec, gpus)
+    with gpu_lease(count=spec.finetune.launch.processes, gpus=where.gpus()) as lease:
+        candidate = fine_tune(the_plan, start, spec, lease)
     candidate_id = record_candidate(where, the_plan, spec, candidate, None if choice is None else choice.record)
     diff_id = new_diff(where, the_plan, candidate, base, candidate_id)
-    with gpu_lease(count=1) as gpus:
+    with gpu_lease(count=1, gpus=where.gpus()) as lease:
         scores = {
-            EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, candidate, spec, gpus),
-            EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec, gpus),
+            EvalSubject.CANDIDATE: run_eval(the_plan, EvalSubject.CANDIDATE, candidate, spec, lease),
+            EvalSubject.BASE: run_eval(the_plan, EvalSubject.BASE, base, spec, lease),
         }
         if the_plan.carried_diff is not None:
-            scores[EvalSubject.TRANSFERRED] = run_eval(the_plan, EvalSubject.TRANSFERRED, start, spec, gpus)
-        evidence = champion_evaluation(where, spec, candidate_id, scores[EvalSubject.CANDIDATE], the_plan.work, gpus)
+            scores[EvalSubject.TRANSFERRED] = run_eval(the_plan, EvalSubject.TRANSFERRED, start, spec, lease)
+        evidence = champion_evaluation(where, spec, candidate_id, scores[EvalSubject.CANDIDATE], the_plan.work, lease)
     outcome = gate_and_promote(where, spec, candidate_id, scores, evidence, the_plan.key("comparison"))
     if outcome.decision.promote and spec.publish is not None:
         publish_champion(spec, candidate, release=the_plan.release.revision[:12])

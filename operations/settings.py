@@ -71,6 +71,11 @@ class GraftSettings(BaseSettings):
         description="Memory of each of those GPUs, GiB: a track's fine-tune fits when each process needs less "
         "(`graft plan` shows the figures; `graft track add` refuses a track that does not fit).",
     )
+    cuda_visible_devices: str | None = Field(
+        default=None,
+        validation_alias="CUDA_VISIBLE_DEVICES",
+        description="CUDA's own variable, not GRAFT_'s: the GPUs this worker may lease, as the machine numbers them.",
+    )
     webhook_secret: SecretStr | None = Field(
         default=None,
         description="The secret the Hub sends in X-Webhook-Secret; `graft webhook` refuses to start without it.",
@@ -109,6 +114,7 @@ class Workspace:
     retry_backoff_seconds: float
     stale_after_seconds: float
     heartbeat_seconds: float
+    visible_gpus: str | None = None
 
     @classmethod
     def from_settings(cls, settings: GraftSettings | None = None) -> Workspace:
@@ -122,6 +128,7 @@ class Workspace:
             retry_backoff_seconds=settings.retry_backoff_seconds,
             stale_after_seconds=settings.stale_after_seconds,
             heartbeat_seconds=settings.heartbeat_seconds,
+            visible_gpus=settings.cuda_visible_devices,
         )
 
     @classmethod
@@ -139,6 +146,12 @@ class Workspace:
         from ..storage import open_registry
 
         return open_registry(database_url=self.database_url, blob_url=self.blob_url)
+
+    def gpus(self) -> list[str]:
+        """The GPUs this worker may lease, as the machine names them (`tasks.training.gpus.machine_gpus`)."""
+        from ..tasks.training.gpus import machine_gpus
+
+        return machine_gpus(visible=self.visible_gpus)
 
     def retry_policy(self) -> RetryPolicy:
         """How this workspace's failed runs are run again."""

@@ -12,7 +12,6 @@ its records (`tasks.results`).
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
@@ -24,8 +23,6 @@ from ..errors import EvalBackendError, ModelFolderError, SuiteError
 from .eval_backends import BACKENDS
 from .results import EvalRecord, Evaluation, RunSettings, evaluation_of, model_sha256, records
 from .suite import Suite
-
-OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def evaluate(*, model_dir: Path, suite: Suite, progress: Callable[[int, int], None] | None = None) -> list[EvalRecord]:
@@ -173,8 +170,6 @@ def evaluate_model(*, model: Any, tokenizer: Any, suite: Suite) -> list[EvalReco
 
 
 def _run(model: Any, model_args: dict[str, Any] | None, *, suite: Suite, log_samples: bool) -> dict[str, Any]:
-    for var in OFFLINE:
-        os.environ.setdefault(var, "1")
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 

@@ -139,12 +139,9 @@ def test_the_cli_catches_the_root_only() -> None:
     assert handlers == ["GraftError"]
 
 
-# Where the environment is still touched outside settings, and why (issue 29 leaves these three).
+# Where the environment is read or written: the settings alone.
 ENVIRONMENT_READERS = {
     "operations/settings.py": "the settings, and the copy of the environment every child process gets",
-    "tasks/training/gpus.py": "CUDA_VISIBLE_DEVICES: how a worker's GPUs are named, read where the lease pins them",
-    "tasks/evaluate.py": "lm-eval and datasets stay offline unless the caller said otherwise, before they load",
-    "tasks/testbed/build.py": "the pretraining children's pinned numerics, which act only before torch starts",
 }
 
 

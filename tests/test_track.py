@@ -13,6 +13,7 @@ from graftwork.tasks.sources import HubRefsSource, LocalSource
 from graftwork.tasks.suite import Suite, load_suite
 from graftwork.tasks.testbed import Testbed
 from graftwork.tasks.track import load_track, parse_track, spec_digest
+from graftwork.tasks.training.gpus import GpuLease
 from graftwork.terms import RecycleMode
 
 TRACKS = Path(__file__).parents[1] / "deployments" / "tracks"
@@ -185,7 +186,7 @@ def test_a_multi_process_track_fine_tunes_through_accelerate(tmp_path: Path, tes
     )
     plan.work.mkdir()
     with disable_run_logger():  # the task's body, called outside a flow run
-        out = recycle.fine_tune.fn(plan, testbed.releases[0], spec, [])
+        out = recycle.fine_tune.fn(plan, testbed.releases[0], spec, GpuLease())
     report = json.loads((plan.work / "finetune.json").read_text())
     assert (report["out_dir"], report["processes"]) == (str(out), 2)
     assert [step for step, _ in report["loss_curve"]] == [1, 2]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import subprocess
 import sys
@@ -100,6 +99,7 @@ def build_testbed(
     spec: PretrainSpec | None = None,
     threads: int = 1,
     from_scratch: bool = False,
+    environment: Mapping[str, str] | None = None,
 ) -> Testbed:
     """The test bed under `out`: the one already there if it was made the same way, else a copy of the
     shipped bed (seed 0, the default set-up: verified file by file), else a build from scratch.
@@ -112,6 +112,8 @@ def build_testbed(
         spec: the pretraining set-up (default: `PretrainSpec()`).
         threads: torch CPU threads per pretraining process.
         from_scratch: pretrain even where the shipped bed would serve (what `graft testbed build` does).
+        environment: what the pretraining processes inherit, besides `PINNED_NUMERICS` (None: nothing else,
+            which pins them most; a command hands its settings' `child_environment()`).
 
     Raises:
         TestbedError: `versions` is not positive, `out` exists and is not a test bed folder, a shipped
@@ -138,12 +140,23 @@ def build_testbed(
         else:
             _write_data(tmp, seed=seed, spec=spec)
             _write_tasks(tmp / "tasks")
-            _pretrain_pinned(tmp, seed=seed, versions=versions, control=control, spec=spec, threads=threads)
+            _pretrain_pinned(
+                tmp, seed=seed, versions=versions, control=control, spec=spec, threads=threads, environment=environment
+            )
         write_json(tmp / MANIFEST, {"key": key, "seed": seed, "versions": versions, "control": control})
     return _testbed(out, seed=seed, versions=versions, control=control)
 
 
-def _pretrain_pinned(root: Path, *, seed: int, versions: int, control: bool, spec: PretrainSpec, threads: int) -> None:
+def _pretrain_pinned(
+    root: Path,
+    *,
+    seed: int,
+    versions: int,
+    control: bool,
+    spec: PretrainSpec,
+    threads: int,
+    environment: Mapping[str, str] | None,
+) -> None:
     """Pretrain in child processes whose kernels are pinned by `PINNED_NUMERICS` (the variables only take
     effect before torch starts, hence the processes): the main lineage, and the control beside it. Their
     output goes to ours; if one fails, the other is stopped.
@@ -153,7 +166,7 @@ def _pretrain_pinned(root: Path, *, seed: int, versions: int, control: bool, spe
     """
     job = {"root": str(root), "seed": seed, "versions": versions, "threads": threads, "spec": asdict(spec)}
     lineages = ["main", "control"] if control else ["main"]
-    env = {**os.environ, **PINNED_NUMERICS}
+    env = {**(environment or {}), **PINNED_NUMERICS}
     module = [sys.executable, "-m", "graftwork.tasks.testbed.pretrain"]
     children = [
         subprocess.Popen([*module, json.dumps({**job, "lineage": lineage})], env=env, preexec_fn=die_with_parent())

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -27,30 +27,50 @@ LOCK_DIR = Path("/tmp/graftwork-gpus")
 """Where the machine's GPU locks live: one folder for every worker and data dir of the machine."""
 
 
-def machine_gpus() -> list[str]:
-    """The GPUs this process may use, as the machine names them: the entries of `CUDA_VISIBLE_DEVICES` when it
-    is set, else 0..N-1 (none without CUDA)."""
+def machine_gpus(*, visible: str | None) -> list[str]:
+    """The GPUs this process may use, as the machine names them: the entries of `visible` (the process's
+    `CUDA_VISIBLE_DEVICES`, which the settings read) when it is set, else 0..N-1 (none without CUDA)."""
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    listed = [name.strip() for name in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if name.strip()]
+    listed = [name.strip() for name in (visible or "").split(",") if name.strip()]
     return listed[:count] if listed else [str(i) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class GpuLease:
+    """GPUs held for a step: their names as the machine numbers them (what a launched run's
+    `CUDA_VISIBLE_DEVICES` lists), and the first one's index among this process's GPUs (its CUDA device
+    here). No names on a machine without GPUs."""
+
+    names: tuple[str, ...] = ()
+    device: int = 0
+
+    def env(self) -> dict[str, str]:
+        """The environment that pins a launched run to these GPUs (nothing to pin without GPUs)."""
+        return {"CUDA_VISIBLE_DEVICES": ",".join(self.names)} if self.names else {}
+
+    def pin(self) -> None:
+        """Make the first leased GPU this process's CUDA device (`cuda` then means it); no-op without GPUs."""
+        if self.names:
+            import torch
+
+            torch.cuda.set_device(self.device)
 
 
 @contextmanager
 def gpu_lease(
-    *, count: int, lock_dir: Path = LOCK_DIR, gpus: list[str] | None = None, poll_seconds: float = 5.0
-) -> Iterator[list[str]]:
-    """Hold `count` free GPUs of `gpus` (None: `machine_gpus()`) for the block.
+    *, count: int, gpus: Sequence[str], lock_dir: Path = LOCK_DIR, poll_seconds: float = 5.0
+) -> Iterator[GpuLease]:
+    """Hold `count` free GPUs of `gpus` (this process's, as `machine_gpus` names them) for the block.
 
-    Yields the GPUs' machine names, in the order of `gpus`; on a machine without GPUs, the empty list at once.
+    Yields the lease, its GPUs in the order of `gpus`; on a machine without GPUs, an empty lease at once.
 
     Raises:
         LaunchConfigError: the run needs more GPUs than the worker has (it would wait for ever).
     """
-    gpus = machine_gpus() if gpus is None else gpus
     if not gpus:
-        yield []
+        yield GpuLease()
         return
     if count > len(gpus):
         raise LaunchConfigError(
@@ -68,7 +88,7 @@ def gpu_lease(
                     leased.append(gpu)
                 if len(leased) == count:
                     try:
-                        yield leased
+                        yield GpuLease(tuple(leased), list(gpus).index(leased[0]))
                     finally:
                         _free_cached_memory()
                     return
@@ -98,16 +118,3 @@ def _free_cached_memory() -> None:
     gc.collect()
     if torch.cuda.is_initialized():
         torch.cuda.empty_cache()
-
-
-def gpu_env(gpus: list[str]) -> dict[str, str]:
-    """The environment that pins a launched run to the leased GPUs (nothing to pin without GPUs)."""
-    return {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
-
-
-def pin(gpus: list[str]) -> None:
-    """Make the first leased GPU this process's CUDA device (`cuda` then means it); no-op without GPUs."""
-    if gpus:
-        import torch
-
-        torch.cuda.set_device(machine_gpus().index(gpus[0]))
