@@ -2,15 +2,10 @@
 
 The package's parts, and the one way their imports point (see docs/architecture.md):
 
-    graftwork.deployments  →  graftwork.flows  →  graftwork.tasks, graftwork.storage  →  the bottom
+    graftwork.deployments  →  graftwork.flows  →  graftwork.operations  →  graftwork.tasks, graftwork.storage
+        →  the bottom
 
 The bottom is this package's own modules: `errors` (the one error tree), `fs` (atomic outputs,
 fsync, sizes) and `terms` (the domain's words as enums). Every layer may import them; they import
 nothing of Graftwork's but each other.
 """
-
-from __future__ import annotations
-
-from importlib.metadata import version
-
-__version__ = version("graftwork")

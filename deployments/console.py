@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ..errors import GraftError
 from ..operations.settings import GraftSettings, Workspace
@@ -67,6 +66,8 @@ def open_registry() -> Registry:
 def live_progress() -> Iterator[Listener]:
     """A listener that draws each long step of the command as a live bar (step, done/total, elapsed) under
     its output, and removes the bar when the step ends; `say` prints above the bars meanwhile."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=out, transient=True, refresh_per_second=4) as bars:
         shown: dict[str, TaskID] = {}

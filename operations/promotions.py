@@ -21,7 +21,6 @@ from ..storage import Registry, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Candidate, Promotion, Track
-from ..tasks.hub import move_tag, upload_model
 from ..tasks.track import TrackSpec
 from ..terms import ActorKind, GateDecision
 from .tracks import spec_of
@@ -205,6 +204,8 @@ def record(registry: Registry, *, target: Target, decision: GateDecision, actor:
     spec, channel = target.spec, target.spec.channel
     commit = None
     if spec.publish is not None:
+        from ..tasks.hub import move_tag, upload_model  # the Hub's client loads for a track that publishes
+
         commit = upload_model(
             folder=target.folder,
             repo_id=spec.publish.repo,

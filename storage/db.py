@@ -7,17 +7,14 @@ stale snapshot. PostgreSQL is the production database.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
@@ -26,7 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..errors import DatabaseError, ImmutableRowError, SchemaTooNewError
 from .models import Immutable
 
+if TYPE_CHECKING:  # Alembic loads when a database is migrated, not when a command reads the registry
+    from alembic.config import Config
+
 MIGRATIONS = Path(str(resources.files("graftwork.storage") / "migrations"))
+VERSION_TABLE = "alembic_version"
 SQLITE_BUSY_TIMEOUT_S = 60
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -139,6 +140,8 @@ def _refuse_updates(session: Session, _context: Any, _instances: Any) -> None:
 
 
 def _alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine
@@ -149,23 +152,49 @@ def current_revision(engine: Engine) -> str | None:
     """The schema revision the database is at (None for an empty database).
 
     Raises:
-        DatabaseError: the database cannot be reached.
+        DatabaseError: the database cannot be reached or read, or records more than one revision.
     """
     try:
         with engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None
+            found = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
     except OperationalError as e:
         raise DatabaseError(f"cannot reach the database at {_safe(engine)}: {e.orig}", url=_safe(engine)) from e
     except SQLAlchemyDatabaseError as e:
         raise DatabaseError(
             f"the database at {_safe(engine)} cannot be read: {e.orig}. Restore it from a backup.", url=_safe(engine)
         ) from e
+    if len(found) > 1:
+        raise DatabaseError(
+            f"the database at {_safe(engine)} records several schema revisions ({', '.join(sorted(found))}) in "
+            f"{VERSION_TABLE}; Graftwork's schema has one line of revisions. Restore it from a backup.",
+            url=_safe(engine),
+        )
+    return found[0] if found else None
+
+
+def known_revisions() -> dict[str, str | None]:
+    """Every schema revision this version of Graftwork knows, and the one it follows (`revision` and
+    `down_revision` of each file of `migrations/versions`, read without loading Alembic)."""
+    known: dict[str, str | None] = {}
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        names: dict[str, str | None] = {}
+        for node in ast.parse(path.read_text()).body:
+            target, value = (node.targets[0], node.value) if isinstance(node, ast.Assign) else (None, None)
+            if isinstance(node, ast.AnnAssign):
+                target, value = node.target, node.value
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision") and value is not None:
+                names[target.id] = ast.literal_eval(value)
+        if "revision" in names:  # not __init__.py
+            known[str(names["revision"])] = names.get("down_revision")
+    return known
 
 
 def head_revision() -> str:
-    """The newest schema revision this version of Graftwork knows."""
-    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
-    assert head is not None, "storage/migrations has no revision"
+    """The newest schema revision this version of Graftwork knows: the one no other revision follows."""
+    known = known_revisions()
+    (head,) = set(known) - set(known.values())
     return head
 
 
@@ -176,12 +205,16 @@ def upgrade(engine: Engine, *, revision: str = "head") -> None:
         SchemaTooNewError: the database is at a revision this Graftwork does not know.
         DatabaseError: the database cannot be reached.
     """
+    from alembic import command
+
     _refuse_unknown(engine)
     command.upgrade(_alembic_config(engine), revision)
 
 
 def downgrade(engine: Engine, *, revision: str) -> None:
     """Migrate the database down to `revision` (`base` empties it)."""
+    from alembic import command
+
     command.downgrade(_alembic_config(engine), revision)
 
 
@@ -200,8 +233,7 @@ def _refuse_unknown(engine: Engine) -> None:
     current = current_revision(engine)
     if current is None:
         return
-    known = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
-    if current not in known:
+    if current not in known_revisions():
         raise SchemaTooNewError(
             f"the database at {_safe(engine)} is at schema revision {current}, which this Graftwork "
             f"(newest revision {head_revision()}) does not know: it was written by a newer Graftwork. "

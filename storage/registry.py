@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ..errors import DatabaseError, NotFoundError
@@ -62,8 +61,12 @@ def insert_or_get(
     """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql  # the dialect in use is loaded already
+
         stmt: Any = postgresql.insert(model)
     elif dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
         stmt = sqlite.insert(model)
     else:
         raise DatabaseError(f"the registry supports SQLite and PostgreSQL, not {dialect}.", url=dialect)

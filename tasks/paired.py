@@ -11,8 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads when a comparison is made: a track's config (which imports gate) does without it
+    import numpy as np
 
 # The most random numbers (indices or counts) drawn at once, which bounds the bootstrap's memory.
 CHUNK = 2**22
@@ -75,6 +77,8 @@ def paired_difference(
         )
     if not a:
         raise ValueError("a and b have no samples")
+    import numpy as np
+
     keys = _ordered(a)
     n = len(keys)
     av = np.fromiter((a[k] for k in keys), dtype=float, count=n)
@@ -119,6 +123,8 @@ def _bootstrap_means(d: np.ndarray, *, resamples: int, rng: np.random.Generator)
     When `d` has few distinct values (0/1 metrics give at most three), each resample is drawn as the
     multinomial counts of the values, which has the distribution of n drawn indices at a fraction of the cost.
     """
+    import numpy as np
+
     n = len(d)
     values, counts = np.unique(d, return_counts=True)
     few = len(values) * FEW <= n

@@ -6,16 +6,19 @@ import pytest
 import sqlalchemy.exc
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from graftwork.errors import DatabaseError, ImmutableRowError, NotFoundError, SchemaTooNewError
 from graftwork.storage import Registry, evals, runs
 from graftwork.storage import registry as rows
 from graftwork.storage.db import (
+    MIGRATIONS,
     current_revision,
     downgrade,
     ensure_schema,
     head_revision,
+    known_revisions,
     make_engine,
     session_scope,
     upgrade,
@@ -40,12 +43,23 @@ def test_upgrade_from_empty_to_head_and_back(database_url: str) -> None:
     assert current_revision(engine) == head_revision()
     assert set(inspect(engine).get_table_names()) == TABLES | {"alembic_version"}
     with engine.connect() as connection:
-        pending = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        pending = compare_metadata(context, Base.metadata)
+        assert context.get_current_revision() == head_revision()  # read as Alembic reads it
     assert pending == []
+    downgrade(engine, revision="0003")
+    assert current_revision(engine) == "0003"
     downgrade(engine, revision="base")
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     assert current_revision(engine) is None
     engine.dispose()
+
+
+def test_the_revisions_read_without_alembic_are_alembics() -> None:
+    """Commands read the schema's revisions from the files, without loading Alembic: the same chain and head."""
+    scripts = ScriptDirectory(str(MIGRATIONS))
+    assert known_revisions() == {s.revision: s.down_revision for s in scripts.walk_revisions()}
+    assert head_revision() == scripts.get_current_head() == max(known_revisions())
 
 
 def test_constraints_follow_the_naming_convention(registry: Registry) -> None:
