@@ -36,11 +36,9 @@ RELEASE_EVENTS = frozenset({("create", "repo"), ("update", "repo"), ("update", "
 
 log = logging.getLogger("graftwork.webhook")
 
-log = logging.getLogger("graftwork.webhook")
 
-
-def tracks_watching(session: Session, *, repo_id: str, refs: Collection[str] | None = None) -> list[str]:
-    """The names of the registered tracks whose source watches the Hub repo `repo_id`, by name.
+def tracks_watching(session: Session, *, repo_id: str, refs: Collection[str] | None = None) -> list[Track]:
+    """The registered tracks whose source watches the Hub repo `repo_id`, in name order.
 
     A `hub-repos` source watches the repos of its `author` whose name (after the slash) matches its
     `name_pattern`; a `hub-refs` source watches its `repo`, and when `refs` is given only if one of them
@@ -48,10 +46,6 @@ def tracks_watching(session: Session, *, repo_id: str, refs: Collection[str] | N
     Patterns are globs, matched case-sensitively. Local sources watch nothing; a track whose stored spec
     no longer validates watches nothing either (and is logged).
     """
-    return [track.name for track in _watching(session, repo_id=repo_id, refs=refs)]
-
-
-def _watching(session: Session, *, repo_id: str, refs: Collection[str] | None) -> list[Track]:
     watching = []
     for track in rows.list_tracks(session):
         try:
@@ -93,7 +87,7 @@ def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun)
     key = delivery_key(event)
     reason = _not_a_release(event)
     with session_scope(registry.engine) as session:
-        tracks = [] if reason else _watching(session, repo_id=event.repo_id, refs=event.new_refs)
+        tracks = [] if reason else tracks_watching(session, repo_id=event.repo_id, refs=event.new_refs)
         if not tracks:
             rows.record_delivery(session, key=key, payload=event.payload, track=None)
             return Outcome(status="ignored", key=key, reason=reason or _unwatched(session, event))
@@ -122,7 +116,7 @@ def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun)
 
 def _unwatched(session: Session, event: HubEvent) -> str:
     """Why no track starts for a release event: no track watches the repo, or those that do watch other refs."""
-    watchers = _watching(session, repo_id=event.repo_id, refs=None)
+    watchers = tracks_watching(session, repo_id=event.repo_id, refs=None)
     if not watchers:
         return f"no track watches {event.repo_id}"
     refs = ", ".join(event.new_refs or []) or "no ref"

@@ -351,12 +351,16 @@ def test_tracks_watching_reads_each_source_kind(registry: Registry) -> None:
         rows.save_track(
             session, name="not-a-track", spec={"name": "not-a-track"}, digest=digest({"name": "not-a-track"})
         )
-        assert tracks_watching(session, repo_id=OLMO) == ["olmo-stage1"]
-        assert tracks_watching(session, repo_id=OLMO, refs=["refs/heads/main"]) == []
-        assert tracks_watching(session, repo_id=OLMO, refs=["stage1-step1"]) == ["olmo-stage1"]
-        assert tracks_watching(session, repo_id="meta-llama/Llama-3.2-8B") == ["llama-3-8b"]
-        assert tracks_watching(session, repo_id="meta-llama/llama-3.2-8b") == []
-        assert tracks_watching(session, repo_id="releases/testbed") == []
+
+        def watching(repo_id: str, refs: list[str] | None = None) -> list[str]:
+            return [track.name for track in tracks_watching(session, repo_id=repo_id, refs=refs)]
+
+        assert watching(OLMO) == ["olmo-stage1"]
+        assert watching(OLMO, ["refs/heads/main"]) == []
+        assert watching(OLMO, ["stage1-step1"]) == ["olmo-stage1"]
+        assert watching("meta-llama/Llama-3.2-8B") == ["llama-3-8b"]
+        assert watching("meta-llama/llama-3.2-8b") == []
+        assert watching("releases/testbed") == []
 
 
 def test_the_delivery_key_is_stable_and_ignores_the_order_of_refs() -> None:
