@@ -281,6 +281,11 @@ class PromotionError(GraftError, ValueError):
     track: str | None
 
 
+class ChampionChangedError(PromotionError):
+    """A decision measured against one champion, or meant to replace it, found another one in place when it was
+    to be recorded: another decision on the channel was recorded first, and this one is recorded nowhere."""
+
+
 class BlobMissingError(GraftError, FileNotFoundError):
     """A blob a row points to is not in the blob store."""
 

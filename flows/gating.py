@@ -5,45 +5,27 @@ candidate published to the track's Hub repo with its release tag and the channel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from ..fs import write_text_atomic
-from ..operations import events
-from ..operations.scores import store_evaluation, stored_evaluation
+from ..operations import verdicts
+from ..operations.report import comparison_artifact
+from ..operations.scores import stored_evaluation
 from ..operations.settings import Workspace
+from ..operations.verdicts import ChampionEvidence, GateOutcome
 from ..storage import approvals, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..tasks.evaluate import Evaluation, run_evaluation
-from ..tasks.evidence import compare, pairs, table
+from ..tasks.evidence import pairs
 from ..tasks.gate import Decision, decide
 from ..tasks.hub import move_tag, publish
 from ..tasks.track import TrackSpec
 from ..tasks.training.gpus import GpuLease
-from ..terms import ActorKind, ApprovalRule, EvalSubject, Verdict
-
-
-@dataclass(frozen=True)
-class ChampionEvidence:
-    """The champion's evaluation the candidate is compared with; `again` when it was made in this run, because
-    the stored one was evaluated differently."""
-
-    evaluation: Evaluation
-    again: bool
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    """The gate's decision, and the champion it was measured against (with its evaluation)."""
-
-    decision: Decision
-    champion: str | None
-    champion_evaluation: Evaluation | None
+from ..terms import EvalSubject, Verdict
 
 
 @task
@@ -59,16 +41,17 @@ def champion_evaluation(
         inputs = runs.gate_inputs(session, candidate=mine, channel=spec.channel)
         if inputs.champion is None or inputs.decided is not None or approvals.approval_request(session, candidate=mine):
             return None
+        held = inputs.champion.id
         holder, folder = rows.public_id(inputs.champion), Path(inputs.champion.model_uri)
         stored = stored_evaluation(where.registry(), rows=inputs.champion_scores)
     saved = work / "evals" / "champion.json"
     if saved.is_file():
-        return ChampionEvidence(Evaluation.model_validate_json(saved.read_text()), again=True)
+        return ChampionEvidence(held, Evaluation.model_validate_json(saved.read_text()), again=True)
     found = pairs(candidate, stored, refs=spec.gate.metrics)
     differ = {str(ref): why for ref, why in found.items() if isinstance(why, str)}
     if not differ:
         get_run_logger().info("gate: %s's stored evaluation is comparable with the candidate's", holder)
-        return ChampionEvidence(stored, again=False)
+        return ChampionEvidence(held, stored, again=False)
     why = "; ".join(f"{ref}: {reason}" for ref, reason in differ.items())
     get_run_logger().warning(
         "gate: %s's stored evaluation cannot be compared with the candidate's (%s; the candidate's first); "
@@ -79,7 +62,7 @@ def champion_evaluation(
     lease.pin()
     again = run_evaluation(model_dir=folder, suite=spec.eval)
     write_text_atomic(saved, again.model_dump_json())
-    return ChampionEvidence(again, again=True)
+    return ChampionEvidence(held, again, again=True)
 
 
 @task
@@ -92,23 +75,16 @@ def gate_and_promote(
     comparison_key: str,
 ) -> GateOutcome:
     """Apply the gate against the base and the champion, and record the evaluations (with their samples) and
-    the decision, or the request for a person's approval; a resumed run finds what it did before."""
+    the decision, or the request for a person's approval; a resumed run finds what it did before.
+
+    Raises:
+        ChampionChangedError: another decision changed the champion while the gate measured against it.
+    """
     registry = where.registry()
-    with session_scope(registry.engine) as session:
-        candidate = runs.get_candidate(session, candidate_id=candidate_id)
-        inputs = runs.gate_inputs(session, candidate=candidate, channel=spec.channel)
-        holder = None if inputs.champion is None else rows.public_id(inputs.champion)
-        track, release = candidate.track.name, candidate.release.revision[:12]
-        request = approvals.approval_request(session, candidate=candidate)
-        earlier = None
-        if inputs.decided is not None:
-            earlier = Decision.recorded(inputs.decided.decision, inputs.decided.reasons)
-        elif request is not None:
-            earlier = Decision(Verdict.WAIT, tuple(request.reasons))
-        if earlier is not None:
-            stored = None if holder is None else stored_evaluation(registry, rows=inputs.champion_scores)
-            _log_decision(earlier, holder, again=True)
-            return GateOutcome(earlier, holder, stored)
+    earlier = verdicts.earlier_decision(registry, candidate_id=candidate_id, channel=spec.channel)
+    if earlier is not None:
+        _log_decision(earlier.decision, earlier.champion, again=True)
+        return earlier
     mine = evaluations[EvalSubject.CANDIDATE]
     champion = None if evidence is None else evidence.evaluation
     decision = decide(
@@ -118,44 +94,13 @@ def gate_and_promote(
         champion=None if champion is None else champion.records,
         pairs=None if champion is None else pairs(mine, champion, refs=spec.gate.metrics),
     )
-    recorded = {subject: store_evaluation(registry, evaluation=e) for subject, e in evaluations.items()}
-    if evidence is not None and evidence.again:
-        recorded[EvalSubject.CHAMPION] = store_evaluation(registry, evaluation=evidence.evaluation)
-    if champion is not None:
-        rows_ = compare(mine, champion, confidence=0.95, resamples=spec.gate.resamples, seed=spec.gate.seed)
-        markdown = f"# candidate-{candidate_id} against champion {holder}\n\n" + table(
-            rows_, a="candidate", b="champion"
-        )
-        create_markdown_artifact(
-            markdown=markdown, key=comparison_key, description=f"candidate-{candidate_id} vs {holder}"
-        )
-    events.about_candidate(
-        events.CANDIDATE_EVALUATED, track=track, candidate=candidate_id, release=release, scores=mine.records
-    )
-    ask = decision.promote and spec.gate.approval is ApprovalRule.REQUIRED
-    with session_scope(registry.engine) as session:
-        candidate = runs.get_candidate(session, candidate_id=candidate_id)
-        if ask:
-            approvals.request_approval(
-                session, candidate=candidate, channel=spec.channel, scores=recorded, reasons=decision.reasons,
-                flow_run_id=flow_run.get_id(),
-            )  # fmt: skip
-            decision = Decision(Verdict.WAIT, decision.reasons)
-        else:
-            runs.record_gate_decision(
-                session, candidate=candidate, channel=spec.channel, scores=recorded, promote=decision.promote,
-                reasons=decision.reasons,
-            )  # fmt: skip
-    event = (
-        events.APPROVAL_REQUESTED
-        if ask
-        else events.CANDIDATE_PROMOTED
-        if decision.promote
-        else events.CANDIDATE_REJECTED
-    )
-    events.about_candidate(
-        event, track=track, candidate=candidate_id, release=release, scores=mine.records, channel=spec.channel,
-        actor=ActorKind.GATE, reasons=list(decision.reasons),
+    holder = None if evidence is None else f"candidate-{evidence.champion_id}"
+    if champion is not None and holder is not None:
+        names = (f"candidate-{candidate_id}", holder)
+        comparison_artifact(mine, champion, names=names, rules=spec.gate, key=comparison_key)
+    decision = verdicts.record_decision(
+        registry, spec=spec, candidate_id=candidate_id, decision=decision, evaluations=evaluations, evidence=evidence,
+        flow_run_id=flow_run.get_id(),
     )  # fmt: skip
     _log_decision(decision, holder, again=False)
     return GateOutcome(decision, holder, champion)

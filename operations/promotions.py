@@ -3,9 +3,11 @@
 
 A hand decision is checked against the registry first: the candidate must be the track's and not the
 champion already, and a rollback goes back along the channel's history, never forth
-(`storage.runs.earlier_champions`). Then, when the track publishes, the channel's Hub tag (named after the
-channel) is moved to a commit holding the new champion's files, and only then is the decision recorded, as
-a new promotion row: a Hub failure records nothing, and the same command run again finishes the job.
+(`storage.runs.earlier_champions`). When the track publishes, the new champion's files are uploaded. Then,
+under the channel's lock (`storage.runs.lock_channel`), the champion is read again: if another decision was
+recorded since the check, this one is refused (`ChampionChangedError`) and records nothing; else the channel's
+Hub tag (named after the channel) is moved to the upload's commit and the decision is recorded as a new
+promotion row. A Hub failure records nothing, and the same command run again finishes the job.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from ..errors import PromotionError
+from ..errors import ChampionChangedError, PromotionError
 from ..storage import Registry, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
@@ -86,6 +88,7 @@ class Target:
     spec: TrackSpec
     candidate_id: int
     folder: Path
+    replacing: int | None
 
 
 def promote(registry: Registry, *, candidate: str, actor: str, track: str | None = None, reason: str) -> Moved:
@@ -196,15 +199,25 @@ def checked(session: Session, *, track: Track, candidate: Candidate) -> Target:
             f"candidate-{candidate.id} is the champion of {track.name}/{spec.channel} already; nothing to do.",
             track=track.name,
         )
-    return Target(track=track.name, spec=spec, candidate_id=candidate.id, folder=Path(candidate.model_uri))
+    replacing = None if current is None else current.id
+    return Target(
+        track=track.name, spec=spec, candidate_id=candidate.id, folder=Path(candidate.model_uri), replacing=replacing
+    )
 
 
 def record(registry: Registry, *, target: Target, decision: GateDecision, actor: str, reasons: list[str]) -> Moved:
-    """Move the channel's Hub tag (when the track publishes), then record a person's decision."""
+    """Record a person's decision, checked again under the channel's lock against the champion it was meant to
+    replace; when the track publishes, the candidate's files are uploaded first and the channel's Hub tag is moved
+    under the same lock, just before the row is committed (a Hub failure records nothing).
+
+    Raises:
+        ChampionChangedError: another decision on the channel was recorded since this one was checked.
+        HubPermissionError, HubNotFoundError, HubUnavailableError: as `promote`.
+    """
     spec, channel = target.spec, target.spec.channel
     commit = None
     if spec.publish is not None:
-        from ..tasks.hub import move_tag, upload_model  # the Hub's client loads for a track that publishes
+        from ..tasks.hub import upload_model  # the Hub's client loads for a track that publishes
 
         commit = upload_model(
             folder=target.folder,
@@ -212,9 +225,23 @@ def record(registry: Registry, *, target: Target, decision: GateDecision, actor:
             message=f"Graftwork: candidate-{target.candidate_id} on {target.track}/{channel}",
             private=spec.publish.private,
         )
-        move_tag(repo_id=spec.publish.repo, tag=channel, revision=commit)
     with session_scope(registry.engine) as session:
         track = rows.get_track(session, name=target.track)
+        runs.lock_channel(session, track=track)
+        current = runs.champion(session, track=track, channel=channel)
+        if (None if current is None else current.id) != target.replacing:
+            was = "none" if target.replacing is None else f"candidate-{target.replacing}"
+            now = "none" if current is None else f"candidate-{current.id}"
+            raise ChampionChangedError(
+                f"the champion of {target.track}/{channel} changed while this {decision} was made (it was {was}, it "
+                f"is {now}): another decision was recorded first, and this one is not. `graft history "
+                f"{target.track}` shows it; decide again on what is there now.",
+                track=target.track,
+            )
+        if spec.publish is not None and commit is not None:
+            from ..tasks.hub import move_tag
+
+            move_tag(repo_id=spec.publish.repo, tag=channel, revision=commit)
         row = runs.add_promotion(
             session,
             track=track,

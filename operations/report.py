@@ -1,5 +1,6 @@
 """How a recycle run tells its story in the Prefect UI: a table of eval results (candidate against
-champion, base and base + Δ) and a markdown summary of the gate's decision and the Δ lineage."""
+champion, base and base + Δ), the paired comparison with the champion, and a markdown summary of the gate's
+decision and the Δ lineage."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Mapping, Sequence
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from ..tasks.evaluate import EvalRecord
-from ..tasks.gate import Decision
+from ..tasks.evaluate import EvalRecord, Evaluation
+from ..tasks.evidence import compare, table
+from ..tasks.gate import Decision, GateRules
 from ..tasks.hub import LOCAL_PREFIX, ReleaseRef
 from ..terms import EvalSubject, Verdict
 from .names import run_name, step_key
@@ -83,3 +85,13 @@ def release_line(release: ReleaseRef) -> str:
         return f"Release: folder {release.ref}, content hash {release.revision}"
     at = f" at {release.ref}" if release.ref else ""
     return f"Release: {release.repo_id}{at}, commit {release.revision}"
+
+
+def comparison_artifact(
+    candidate: Evaluation, champion: Evaluation, *, names: tuple[str, str], rules: GateRules, key: str
+) -> None:
+    """The paired comparison of a candidate's evaluation with the champion's (`names`: theirs), as the run's
+    markdown artifact `key`."""
+    rows = compare(candidate, champion, confidence=0.95, resamples=rules.resamples, seed=rules.seed)
+    markdown = f"# {names[0]} against champion {names[1]}\n\n" + table(rows, a="candidate", b="champion")
+    create_markdown_artifact(markdown=markdown, key=key, description=f"{names[0]} vs {names[1]}")

@@ -14,7 +14,7 @@ from typing import Any, cast
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import ReleaseOrderError
+from ..errors import ChampionChangedError, ReleaseOrderError
 from ..terms import (
     ActorKind,
     ArtifactKind,
@@ -213,8 +213,9 @@ def add_promotion(
     actor_kind: ActorKind,
     actor: str,
 ) -> Promotion:
-    """Record a decision (promote, reject, rollback) as a new row; the champion is the newest promoted or
-    rolled-back-to candidate of the channel."""
+    """Record a decision (promote, reject, rollback) as a new row, under the channel's lock; the champion is the
+    newest promoted or rolled-back-to candidate of the channel."""
+    lock_channel(session, track=track)
     current = champion(session, track=track, channel=channel)
     row = Promotion(
         track_id=track.id,
@@ -229,6 +230,14 @@ def add_promotion(
     session.add(row)
     session.flush()
     return row
+
+
+def lock_channel(session: Session, *, track: Track) -> None:
+    """Serialise the decisions on `track`'s channel until the session's transaction ends, so that each reads the
+    champion the one before it left: PostgreSQL locks the track's row (SELECT ... FOR UPDATE, and a statement
+    after it sees what the holder committed); a SQLite transaction here begins IMMEDIATE, holding the
+    database's write lock already."""
+    session.execute(select(Track.id).where(Track.id == track.id).with_for_update())
 
 
 def decision_for(session: Session, *, candidate: Candidate) -> Promotion | None:
@@ -268,8 +277,26 @@ def record_gate_decision(
     scores: Mapping[EvalSubject, Sequence[evals.Score]],
     promote: bool,
     reasons: Sequence[str],
+    against: int | None,
 ) -> Promotion:
-    """Record the eval results a gate decision was made on, and the decision itself (actor: the gate)."""
+    """Record the eval results a gate decision was made on, and the decision itself (actor: the gate), measured
+    against the champion `against` (a candidate id; None: there was none).
+
+    Raises:
+        ChampionChangedError: the channel's champion is no longer `against` (a decision recorded meanwhile);
+            nothing is recorded, and the run that measured it is run again.
+    """
+    track = candidate.track
+    lock_channel(session, track=track)
+    current = champion(session, track=track, channel=channel)
+    if (None if current is None else current.id) != against:
+        now = "no champion" if current is None else f"candidate-{current.id} is the champion"
+        raise ChampionChangedError(
+            f"the champion of {track.name}/{channel} changed while the gate measured candidate-{candidate.id} "
+            f"against {'no champion' if against is None else f'candidate-{against}'}: {now} now. Nothing is "
+            "recorded; the release's run is run again, against the champion in place.",
+            track=track.name,
+        )
     evals.record_scores(session, candidate=candidate, scores=scores)
     return add_promotion(
         session,

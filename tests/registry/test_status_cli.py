@@ -36,9 +36,11 @@ def _gated(
     the release is done."""
     made = candidate(session, release, mode=RecycleMode.ITERATIVE, uri=f"/m/{release.ref}")
     promote = not any(r.startswith("fail: ") for r in reasons)
+    held = runs.champion(session, track=made.track, channel="production")
     runs.record_gate_decision(
-        session, candidate=made, channel="production", scores=scores, promote=promote, reasons=reasons
-    )
+        session, candidate=made, channel="production", scores=scores, promote=promote, reasons=reasons,
+        against=None if held is None else held.id,
+    )  # fmt: skip
     releases.mark(session, release=release, state=ReleaseState.DONE)
 
 
