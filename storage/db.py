@@ -8,6 +8,9 @@ stale snapshot. PostgreSQL is the production database.
 from __future__ import annotations
 
 import ast
+import fcntl
+import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -46,9 +49,9 @@ def make_engine(url: str) -> Engine:
             url=url,
         ) from e
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database:
+        if parsed.database and parsed.database != ":memory:":
+            _create_sqlite(Path(parsed.database))
             _refuse_non_database(Path(parsed.database))
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
@@ -59,6 +62,27 @@ def make_engine(url: str) -> Engine:
         raise DatabaseError(
             f"no driver for {parsed.drivername} ({e}); install it or use another URL.", url=parsed.drivername
         ) from e
+
+
+def _create_sqlite(path: Path) -> None:
+    """Create the SQLite registry file at `path` if there is none, with its header written (and in WAL mode), under
+    an exclusive lock on its folder: a first start racing another never sees the other's file before it has a
+    header (it would take it for an empty file and refuse it), and the folder gains no lock file."""
+    if path.is_file() and path.stat().st_size > 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        if path.exists():
+            return  # made by the process that held the lock, or empty (refused next)
+        connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
+    finally:
+        os.close(folder)  # and the lock with it
 
 
 def _refuse_non_database(path: Path) -> None:
