@@ -198,40 +198,41 @@ def record_candidate(
     report = FinetuneReport.read(the_plan.work / FINETUNE_REPORT)
     registry = where.registry()
     curve = json.dumps(report.loss_curve).encode()
-    blob = registry.store.put(io.BytesIO(curve)).name if report.loss_curve else None
-    recipe = spec.finetune.recipe
-    run = runs.FinetuneRecord(
-        recipe=recipe.model_dump(mode="json"),
-        steps=recipe.steps,
-        device=report.device,
-        processes=report.processes,
-        tokens=report.tokens,
-        tokens_per_second=report.tokens_per_second,
-        final_loss=report.final_loss,
-        loss_curve_blob=blob,
-        started_at=report.started_at,
-        finished_at=report.finished_at,
-        data_sha256=file_sha256(spec.finetune.data),
-    )
-    with session_scope(registry.engine) as session:
-        source = None if the_plan.carried_diff is None else rows.get_diff(session, ref=the_plan.carried_diff)
-        release = rows.get_release(session, release_id=the_plan.release_id)
-        version = rows.spec_version(
-            session, track=release.track, spec=spec.model_dump(mode="json"), digest=spec_digest(spec)
+    with registry.store.writing():  # gc keeps the curve's blob until the row owning it is committed
+        blob = registry.store.put(io.BytesIO(curve)).name if report.loss_curve else None
+        recipe = spec.finetune.recipe
+        run = runs.FinetuneRecord(
+            recipe=recipe.model_dump(mode="json"),
+            steps=recipe.steps,
+            device=report.device,
+            processes=report.processes,
+            tokens=report.tokens,
+            tokens_per_second=report.tokens_per_second,
+            final_loss=report.final_loss,
+            loss_curve_blob=blob,
+            started_at=report.started_at,
+            finished_at=report.finished_at,
+            data_sha256=file_sha256(spec.finetune.data),
         )
-        row = runs.record_candidate(
-            session,
-            release=release,
-            mode=the_plan.mode,
-            alpha=0.0 if source is None else the_plan.alpha,
-            model_uri=str(candidate),
-            source_diff=source,
-            finetune=run,
-            carry_reason=the_plan.carry_reason,
-            spec=version,
-            start_choice=None if start_choice is None else start_choice.model_dump(mode="json"),
-        )
-        candidate_id, number = row.id, version.version
+        with session_scope(registry.engine) as session:
+            source = None if the_plan.carried_diff is None else rows.get_diff(session, ref=the_plan.carried_diff)
+            release = rows.get_release(session, release_id=the_plan.release_id)
+            version = rows.spec_version(
+                session, track=release.track, spec=spec.model_dump(mode="json"), digest=spec_digest(spec)
+            )
+            row = runs.record_candidate(
+                session,
+                release=release,
+                mode=the_plan.mode,
+                alpha=0.0 if source is None else the_plan.alpha,
+                model_uri=str(candidate),
+                source_diff=source,
+                finetune=run,
+                carry_reason=the_plan.carry_reason,
+                spec=version,
+                start_choice=None if start_choice is None else start_choice.model_dump(mode="json"),
+            )
+            candidate_id, number = row.id, version.version
     get_run_logger().info("record: candidate-%d, with its fine-tune run and spec version %d", candidate_id, number)
     return candidate_id
 

@@ -67,7 +67,7 @@ def register_diff(
     folder = open_diff_folder(diff_dir)
     files = sorted(p for p in folder.path.rglob("*") if p.is_file())
     stored: list[rows.StoredFile] = []
-    with tempfile.TemporaryDirectory(prefix="graft-register-") as scratch:
+    with registry.store.writing(), tempfile.TemporaryDirectory(prefix="graft-register-") as scratch:
         for path in files:
             relative = path.relative_to(folder.path).as_posix()
             encoded = Path(scratch) / "blob"
@@ -78,24 +78,52 @@ def register_diff(
             stored.append(rows.StoredFile(relative, stats.raw_sha256, stats.raw_bytes, blob.name, blob.size, CODEC))
             if say:
                 say(f"  stored {relative}: {megabytes(stats.raw_bytes)} → {megabytes(blob.size)}")
-    manifest = folder.manifest
-    with session_scope(registry.engine) as session:
-        new_diff = rows.NewDiff(
-            key=hashlib.sha256("\n".join(f"{f.path} {f.raw_sha256}" for f in stored).encode()).hexdigest(),
-            finetuned=manifest["finetuned"],
-            base=manifest["base"],
-            tensor_count=manifest["tensor_count"],
-            norms={name: t["l2_norm"] for name, t in manifest["tensors"].items()},
-            codec=CODEC,
-            graftwork_version=manifest["graftwork_version"],
-            files=tuple(stored),
-            parent_id=None if parent is None else rows.get_diff(session, ref=parent).id,
-            candidate_id=candidate_id,
-            base_release_id=base_release_id,
-        )
-        row, new = rows.add_diff(session, track=rows.get_track(session, name=track), diff=new_diff)
-        result = Registered(rows.public_id(row), new, row.raw_bytes, row.stored_bytes, time.perf_counter() - start)
+        manifest = folder.manifest
+        with session_scope(registry.engine) as session:
+            new_diff = rows.NewDiff(
+                key=hashlib.sha256("\n".join(f"{f.path} {f.raw_sha256}" for f in stored).encode()).hexdigest(),
+                finetuned=manifest["finetuned"],
+                base=manifest["base"],
+                tensor_count=manifest["tensor_count"],
+                norms={name: t["l2_norm"] for name, t in manifest["tensors"].items()},
+                codec=CODEC,
+                graftwork_version=manifest["graftwork_version"],
+                files=tuple(stored),
+                parent_id=None if parent is None else rows.get_diff(session, ref=parent).id,
+                candidate_id=candidate_id,
+                base_release_id=base_release_id,
+            )
+            row, new = rows.add_diff(session, track=rows.get_track(session, name=track), diff=new_diff)
+            _store_again_what_is_gone(registry, stored=stored, folder=folder.path, scratch=Path(scratch))
+            result = Registered(rows.public_id(row), new, row.raw_bytes, row.stored_bytes, time.perf_counter() - start)
     return result
+
+
+def _store_again_what_is_gone(
+    registry: Registry, *, stored: list[rows.StoredFile], folder: Path, scratch: Path
+) -> None:
+    """Inside the transaction that records them: store again, encoded anew from the diff `folder`, any blob of
+    `stored` that left the store since it was stored (a `gc` that had listed it as an orphan), so that the commit
+    never points at a missing blob.
+
+    Raises:
+        BlobMissingError: the file encodes to other bytes now (the folder changed under the registration).
+    """
+    for file in stored:
+        if registry.store.exists(file.blob_sha256):
+            continue
+        encoded = scratch / "again"
+        with encoded.open("wb") as out:
+            encode_file(src=folder / file.path, dst=out)
+        with encoded.open("rb") as src:
+            again = registry.store.put(src)
+        if again.name != file.blob_sha256:
+            raise BlobMissingError(
+                f"blob {file.blob_sha256} of {file.path} left the store while the diff was registered, and "
+                f"{folder / file.path} no longer encodes to it; register the folder again.",
+                blob=file.blob_sha256,
+                owner=file.path,
+            )
 
 
 def export_diff(registry: Registry, *, ref: str, out: Path, overwrite: bool = False) -> Path:
@@ -222,18 +250,27 @@ class GcReport:
 
 
 def gc(registry: Registry, *, grace: timedelta) -> GcReport:
-    """Remove blobs no row points to, and writers' leftover temporaries, older than `grace`."""
-    cutoff = time.time() - grace.total_seconds()
+    """Remove blobs no row points to, and writers' leftover temporaries, older than `grace` and than the oldest
+    writer still open (`BlobStore.writing`): whatever the grace, a blob stored by a writer that has not yet
+    committed its rows is kept."""
+    now = time.time()
+    cutoff = now - grace.total_seconds()
+    oldest = registry.store.oldest_writer(now=now)
+    if oldest is not None:
+        cutoff = min(cutoff, oldest)
     with session_scope(registry.engine) as session:
         owned = set(rows.blob_owners(session))
     blobs = temporaries = freed = 0
     for blob in list(registry.store.blobs()):
-        if blob.name not in owned and blob.mtime <= cutoff:
+        if blob.name in owned or blob.mtime >= cutoff:
+            continue
+        stored = registry.store.mtime(blob.name)  # a writer may have stored it again since it was listed
+        if stored is not None and stored < cutoff:
             registry.store.delete(blob.name)
             blobs += 1
             freed += blob.size
     for temp in list(registry.store.temporaries()):
-        if temp.mtime <= cutoff:
+        if temp.mtime < cutoff:
             registry.store.delete_temporary(temp.name)
             temporaries += 1
             freed += temp.size

@@ -73,30 +73,31 @@ def record_decision(
         ChampionChangedError: the champion is no longer the one `evidence` measured (a decision recorded
             meanwhile): the evaluations are kept, the decision is not.
     """
-    recorded = {subject: store_evaluation(registry, evaluation=e) for subject, e in evaluations.items()}
-    if evidence is not None and evidence.again:
-        recorded[EvalSubject.CHAMPION] = store_evaluation(registry, evaluation=evidence.evaluation)
-    with session_scope(registry.engine) as session:
-        candidate = runs.get_candidate(session, candidate_id=candidate_id)
-        track, release = candidate.track.name, candidate.release.revision[:12]
-    scores = evaluations[EvalSubject.CANDIDATE].records
-    events.about_candidate(
-        events.CANDIDATE_EVALUATED, track=track, candidate=candidate_id, release=release, scores=scores
-    )
-    ask = decision.promote and spec.gate.approval is ApprovalRule.REQUIRED
-    with session_scope(registry.engine) as session:
-        candidate = runs.get_candidate(session, candidate_id=candidate_id)
-        if ask:
-            approvals.request_approval(
-                session, candidate=candidate, channel=spec.channel, scores=recorded, reasons=decision.reasons,
-                flow_run_id=flow_run_id,
-            )  # fmt: skip
-            decision = Decision(Verdict.WAIT, decision.reasons)
-        else:
-            runs.record_gate_decision(
-                session, candidate=candidate, channel=spec.channel, scores=recorded, promote=decision.promote,
-                reasons=decision.reasons, against=None if evidence is None else evidence.champion_id,
-            )  # fmt: skip
+    with registry.store.writing():  # gc keeps the samples' blobs until the rows owning them are committed
+        recorded = {subject: store_evaluation(registry, evaluation=e) for subject, e in evaluations.items()}
+        if evidence is not None and evidence.again:
+            recorded[EvalSubject.CHAMPION] = store_evaluation(registry, evaluation=evidence.evaluation)
+        with session_scope(registry.engine) as session:
+            candidate = runs.get_candidate(session, candidate_id=candidate_id)
+            track, release = candidate.track.name, candidate.release.revision[:12]
+        scores = evaluations[EvalSubject.CANDIDATE].records
+        events.about_candidate(
+            events.CANDIDATE_EVALUATED, track=track, candidate=candidate_id, release=release, scores=scores
+        )
+        ask = decision.promote and spec.gate.approval is ApprovalRule.REQUIRED
+        with session_scope(registry.engine) as session:
+            candidate = runs.get_candidate(session, candidate_id=candidate_id)
+            if ask:
+                approvals.request_approval(
+                    session, candidate=candidate, channel=spec.channel, scores=recorded, reasons=decision.reasons,
+                    flow_run_id=flow_run_id,
+                )  # fmt: skip
+                decision = Decision(Verdict.WAIT, decision.reasons)
+            else:
+                runs.record_gate_decision(
+                    session, candidate=candidate, channel=spec.channel, scores=recorded, promote=decision.promote,
+                    reasons=decision.reasons, against=None if evidence is None else evidence.champion_id,
+                )  # fmt: skip
     event = {
         Verdict.WAIT: events.APPROVAL_REQUESTED,
         Verdict.PROMOTE: events.CANDIDATE_PROMOTED,

@@ -9,7 +9,10 @@ match its name.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +28,10 @@ from ..errors import BlobCorruptError, BlobMissingError, BlobStoreError
 from ..fs import fsync_dir
 
 CHUNK = 8 * 2**20
+WRITER_BEAT_S = 30.0
+"""How often an open writer refreshes its marker."""
+WRITER_STALE_S = 600.0
+"""A writer marker not refreshed for this long is a killed writer's: `oldest_writer` removes it."""
 
 
 class Sink(Protocol):
@@ -52,6 +59,7 @@ class BlobStore:
         self._local = isinstance(self.fs, LocalFileSystem)
         try:
             self.fs.makedirs(f"{self.root}/tmp", exist_ok=True)
+            self.fs.makedirs(f"{self.root}/writers", exist_ok=True)
         except OSError as e:
             raise BlobStoreError(
                 f"the blob store {url} is not a folder: {e.strerror or e}. Point GRAFT_BLOB_URL at a folder "
@@ -96,6 +104,60 @@ class BlobStore:
                 self.fs.rm(tmp)
             raise
         return BlobInfo(sha, size, time.time())
+
+    def exists(self, sha256: str) -> bool:
+        """Whether blob `sha256` is in the store."""
+        return bool(self.fs.exists(self.path(sha256)))
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Announce a writer for the block: the blobs it stores are owned by rows only once it commits them, so
+        `oldest_writer` (and `gc` with it) keeps every blob made since the oldest open writer began, whatever
+        the grace. The marker (`writers/ID`, holding its start time) is refreshed while the block runs, and
+        removed when it ends; a killed writer's goes stale after `WRITER_STALE_S`."""
+        marker = f"{self.root}/writers/{uuid.uuid4().hex}"
+        self.fs.makedirs(f"{self.root}/writers", exist_ok=True)
+        mine = {"start": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        self.fs.pipe_file(marker, json.dumps(mine).encode())
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(marker, stop), name="blob-writer", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            if self.fs.exists(marker):
+                self.fs.rm(marker)
+
+    def _beat(self, marker: str, stop: threading.Event) -> None:
+        while not stop.wait(WRITER_BEAT_S):
+            self.fs.touch(marker, truncate=False)
+
+    def oldest_writer(self, *, now: float) -> float | None:
+        """When the oldest open writer began (Unix seconds; None: no writer is open). The markers of killed
+        writers are removed: one whose process is gone from this machine, or one not refreshed for
+        `WRITER_STALE_S` (a writer on another machine)."""
+        starts = []
+        for info in list(self.fs.find(f"{self.root}/writers", detail=True).values()):
+            try:
+                writer = json.loads(self.fs.cat_file(info["name"]))
+            except FileNotFoundError:  # it closed meanwhile
+                continue
+            except ValueError:  # caught half-written: it began just now
+                writer = {"start": now}
+            if now - _mtime(info) > WRITER_STALE_S or _gone(writer):
+                self.fs.rm(info["name"])
+                continue
+            starts.append(float(writer["start"]))
+        return min(starts, default=None)
+
+    def mtime(self, sha256: str) -> float | None:
+        """When blob `sha256` was last stored (None: it is gone)."""
+        try:
+            return _mtime(self.fs.info(self.path(sha256)))
+        except FileNotFoundError:
+            return None
 
     def read_into(self, sha256: str, dst: Sink, *, owner: str) -> int:
         """Copy blob `sha256` into `dst`, verifying its hash; return its size.
@@ -202,6 +264,19 @@ class HashingReader:
 class _Discard:
     def write(self, data: bytes) -> int:
         return len(data)
+
+
+def _gone(writer: dict[str, object]) -> bool:
+    """Whether a writer marker's process ran on this machine and is no longer alive."""
+    if writer.get("host") != socket.gethostname() or not isinstance(writer.get("pid"), int):
+        return False
+    try:
+        os.kill(int(writer["pid"]), 0)  # type: ignore[call-overload]
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _mtime(info: dict[str, object]) -> float:
