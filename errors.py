@@ -53,6 +53,18 @@ class OutputExistsError(GraftError, FileExistsError):
     path: Path | str | None
 
 
+class DiskFullError(GraftError, OSError):
+    """The device (or the quota) holding a path Graftwork writes to is full; nothing was left half-written."""
+
+    path: Path | str | None
+
+
+class NoAccessError(GraftError, PermissionError):
+    """A path Graftwork writes to (or reads) may not be written (or read) by this user, or is read-only."""
+
+    path: Path | str | None
+
+
 class ModelFolderError(GraftError, ValueError):
     """A model or diff folder is missing, incomplete or malformed."""
 

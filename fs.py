@@ -7,6 +7,7 @@ complete, so a failure or a kill never leaves a partial output at the final path
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -20,12 +21,46 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputExistsError
+from .errors import DiskFullError, GraftError, NoAccessError, OutputExistsError
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
+FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up"}
+DENIED = {errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "the file system is read-only"}
+
 Say = Callable[[str], None]
 """Prints one line of a command's output (the CLI's `say`, or a test's list.append)."""
+
+
+@contextmanager
+def disk_errors(path: Path | str, *, doing: str) -> Iterator[None]:
+    """Turn a full disk or a denied write under the block into a sentence that names `path` and what was
+    being done (`doing`, e.g. "writing the diff"): `DiskFullError` or `NoAccessError`. Other errors pass as
+    they are.
+
+    Raises:
+        DiskFullError: ENOSPC or EDQUOT.
+        NoAccessError: EACCES, EPERM or EROFS.
+    """
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, GraftError):
+            raise
+        where = Path(path)
+        if e.errno in FULL:
+            raise DiskFullError(
+                f"{FULL[e.errno]} holding {where} while {doing}; nothing was left there half-written. Free space "
+                f"there (df -h {where.parent}) or choose another place, then run it again.",
+                path=where,
+            ) from None
+        if e.errno in DENIED:
+            raise NoAccessError(
+                f"{where}: {DENIED[e.errno]} while {doing}; choose a place you may write to, or fix its "
+                "permissions, then run it again.",
+                path=where,
+            ) from None
+        raise
 
 
 @contextmanager
@@ -39,28 +74,31 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = Fal
 
     Raises:
         OutputExistsError: `out` exists and `overwrite` is false.
+        DiskFullError, NoAccessError: the disk filled up, or a write was denied (nothing is left at `out`).
     """
     out = Path(out).resolve()
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists already; choose another output path or pass --overwrite.", path=out)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    with disk_errors(out, doing="making its folder"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(out)
+        tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
     try:
-        yield tmp
-        if durable:
-            fsync_tree(tmp)
-        if out.exists():
-            trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(out)
-        if durable:
-            fsync_dir(out.parent)
+        with disk_errors(out, doing=f"writing {out.name}"):
+            yield tmp
+            if durable:
+                fsync_tree(tmp)
+            if out.exists():
+                trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
+                out.rename(trash)
+                tmp.rename(out)
+                shutil.rmtree(trash)
+            else:
+                tmp.rename(out)
+            if durable:
+                fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in made:  # deepest first: the folders made for `out`, if nothing else was put there
@@ -85,12 +123,17 @@ def scratch_dir(*, prefix: str) -> Iterator[Path]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary sibling and a rename: readers see all of it or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `text` to `path` through a temporary sibling and a rename: readers see all of it or none.
+
+    Raises:
+        DiskFullError, NoAccessError: as `disk_errors` (nothing is left at `path`).
+    """
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with disk_errors(path, doing=f"writing {path.name}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -84,16 +84,17 @@ def live_progress() -> Iterator[Listener]:
 
 @contextmanager
 def track_flows(track: str) -> Iterator[None]:
-    """Run a track's flows in this command: the track is checked first (an unknown one is refused before
-    any server starts), then the flows run on the Prefect server PREFECT_API_URL names, else on the data dir's
-    own (the one `graft serve` and `graft ui` run, started for the command when none runs), with
-    their long steps drawn as live bars; errors reach the user as `user_errors` says."""
+    """Run a track's flows in this command: the track is checked first (an unknown one, or one whose release
+    directory is missing, is refused before any server starts), then the flows run on the Prefect server
+    PREFECT_API_URL names, else on the data dir's own (the one `graft serve` and `graft ui` run, started for the
+    command when none runs), with their long steps drawn as live bars; errors reach the user as `user_errors`
+    says."""
     from ..operations.progress import listening
     from ..operations.tracks import load_spec
     from .local_server import prefect_service
 
     with user_errors():
-        load_spec(open_registry(), track=track)
+        load_spec(open_registry(), track=track).source.ready()
     with (
         user_errors(),
         prefect_service(settings=settings(), say=say),

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from ..errors import BlobCorruptError, BlobMissingError, BlobStoreError, CodecError
-from ..fs import Say, atomic_output_dir, megabytes
+from ..fs import Say, atomic_output_dir, disk_errors, megabytes
 from ..storage import Registry
 from ..storage import registry as rows
 from ..storage.blobs import CHUNK
@@ -71,7 +71,7 @@ def register_diff(
         for path in files:
             relative = path.relative_to(folder.path).as_posix()
             encoded = Path(scratch) / "blob"
-            with encoded.open("wb") as out:
+            with disk_errors(scratch, doing=f"encoding {relative}"), encoded.open("wb") as out:
                 stats = encode_file(src=path, dst=out)
             with encoded.open("rb") as src:
                 blob = registry.store.put(src)

@@ -25,7 +25,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import BlobCorruptError, BlobMissingError, BlobStoreError
-from ..fs import fsync_dir
+from ..fs import disk_errors, fsync_dir
 
 CHUNK = 8 * 2**20
 WRITER_BEAT_S = 30.0
@@ -76,33 +76,37 @@ class BlobStore:
 
         Storing a blob that exists leaves its bytes as they are but marks it as new, so that a `gc`
         running meanwhile does not take it for an old orphan before its row is committed.
+
+        Raises:
+            DiskFullError, NoAccessError: the store's disk is full or may not be written (nothing is left).
         """
         tmp = f"{self.root}/tmp/{uuid.uuid4().hex}"
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with self.fs.open(tmp, "wb") as out:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                if self._local:
-                    out.flush()
-                    os.fsync(out.fileno())
-            sha = digest.hexdigest()
-            final = self.path(sha)
-            if self._local and self.fs.exists(final):
-                os.utime(final)
-                self.fs.rm(tmp)
-            else:
-                self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-                self.fs.mv(tmp, final)
-                if self._local:
-                    fsync_dir(Path(final).parent)
-        except BaseException:
-            if self.fs.exists(tmp):
-                self.fs.rm(tmp)
-            raise
+        with disk_errors(self.url, doing="storing a blob"):
+            digest = hashlib.sha256()
+            size = 0
+            try:
+                with self.fs.open(tmp, "wb") as out:
+                    while chunk := src.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+                    if self._local:
+                        out.flush()
+                        os.fsync(out.fileno())
+                sha = digest.hexdigest()
+                final = self.path(sha)
+                if self._local and self.fs.exists(final):
+                    os.utime(final)
+                    self.fs.rm(tmp)
+                else:
+                    self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+                    self.fs.mv(tmp, final)
+                    if self._local:
+                        fsync_dir(Path(final).parent)
+            except BaseException:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+                raise
         return BlobInfo(sha, size, time.time())
 
     def exists(self, sha256: str) -> bool:

@@ -248,3 +248,22 @@ def test_watching_an_unknown_track_is_refused_before_any_server_starts(
         "error: no track named 'nosuch' in the registry (tracks: t); add it with `graft track add FILE`."
     )
     assert not (data_dir / "prefect").exists()  # no Prefect server was started for it
+
+
+def test_watching_a_track_whose_release_dir_is_gone_is_one_sentence_before_any_server_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_dir = _register_track(tmp_path, monkeypatch)
+    releases = tmp_path / "releases"
+    releases.mkdir()
+    track = yaml.safe_load((tmp_path / "t.yaml").read_text())
+    (tmp_path / "u.yaml").write_text(
+        yaml.safe_dump({**track, "name": "u", "source": {"kind": "local", "release_dir": str(releases)}})
+    )
+    assert runner.invoke(app, ["track", "add", str(tmp_path / "u.yaml")]).exit_code == 0
+    releases.rmdir()
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert _fails("track", "watch", "u") == (
+        f"error: Release directory {releases} does not exist; create it or fix the track's release_dir."
+    )
+    assert not (data_dir / "prefect").exists()  # no Prefect server was started for it

@@ -77,6 +77,20 @@ def discover_refs(*, repo_id: str, ref_pattern: str | re.Pattern[str], api: HfAp
     return [ReleaseRef(repo_id=repo_id, revision=found[n], ref=n) for n in sorted(found, key=natural_key)]
 
 
+def release_root(release_dir: Path) -> Path:
+    """The release directory, resolved.
+
+    Raises:
+        ModelFolderError: it is not a directory.
+    """
+    root = Path(release_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise ModelFolderError(
+            f"Release directory {root} does not exist; create it or fix the track's release_dir.", path=root
+        )
+    return root
+
+
 def discover_local(*, release_dir: Path) -> list[ReleaseRef]:
     """Each complete model sub-folder of a local release directory, as a release.
 
@@ -95,11 +109,7 @@ def discover_local(*, release_dir: Path) -> list[ReleaseRef]:
     Raises:
         ModelFolderError: `release_dir` is not a directory.
     """
-    root = Path(release_dir).expanduser().resolve()
-    if not root.is_dir():
-        raise ModelFolderError(
-            f"Release directory {root} does not exist; create it or fix the track's release_dir.", path=root
-        )
+    root = release_root(release_dir)
     releases = []
     for sub in sorted(root.iterdir(), key=lambda p: natural_key(p.name)):
         if not sub.is_dir() or sub.name.startswith((".", "_")) or _PARTIAL.search(sub.name):

@@ -27,6 +27,14 @@ class ReleaseSource(BaseModel):
         """Whether a Hub event on `repo_id` (and `refs`, when given) may bring this source a release."""
         return False
 
+    def ready(self) -> None:
+        """Raise now what discovery would raise for a reason a person must fix before any run starts (a missing
+        release directory); a source that needs the network to tell checks nothing here.
+
+        Raises:
+            ModelFolderError: as the source says.
+        """
+
     def discover(self) -> list[ReleaseRef]:
         """The releases the source offers now.
 

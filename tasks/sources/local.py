@@ -20,6 +20,16 @@ class LocalSource(ReleaseSource):
 
     order: ClassVar[ReleaseOrder] = ReleaseOrder.FOLDER
 
+    def ready(self) -> None:
+        """That the release directory exists.
+
+        Raises:
+            ModelFolderError: it does not.
+        """
+        from ..hub.discover import release_root
+
+        release_root(self.release_dir)
+
     def discover(self) -> list[ReleaseRef]:
         """The model folders under `release_dir`, each pinned by a hash of its content.
 
