@@ -7,9 +7,10 @@ stale snapshot. PostgreSQL is the production database.
 
 from __future__ import annotations
 
-import ast
 import fcntl
+import functools
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # Alembic loads when a database is migrated, not when a comma
 
 MIGRATIONS = Path(str(resources.files("graftwork.storage") / "migrations"))
 VERSION_TABLE = "alembic_version"
+REVISION_LINE = re.compile(r"""^(revision|down_revision)\b[^=\n]*=\s*(["']?)([^"'\n]*?)\2\s*$""", re.M)
+"""A revision file's `revision = "0007"` or `down_revision: str | None = None` line: its name, quote and value."""
 SQLITE_BUSY_TIMEOUT_S = 60
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -198,19 +201,19 @@ def current_revision(engine: Engine) -> str | None:
     return found[0] if found else None
 
 
+@functools.cache
 def known_revisions() -> dict[str, str | None]:
-    """Every schema revision this version of Graftwork knows, and the one it follows (`revision` and
-    `down_revision` of each file of `migrations/versions`, read without loading Alembic)."""
+    """Every schema revision this version of Graftwork knows, and the one it follows (the `revision` and
+    `down_revision` lines of each file of `migrations/versions`, read without loading Alembic, and with a
+    pattern rather than `ast`, which CPython 3.11 cannot run from several threads at once: Prefect runs flows in
+    threads)."""
     known: dict[str, str | None] = {}
     for path in sorted((MIGRATIONS / "versions").glob("*.py")):
-        names: dict[str, str | None] = {}
-        for node in ast.parse(path.read_text()).body:
-            target, value = (node.targets[0], node.value) if isinstance(node, ast.Assign) else (None, None)
-            if isinstance(node, ast.AnnAssign):
-                target, value = node.target, node.value
-            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision") and value is not None:
-                names[target.id] = ast.literal_eval(value)
-        if "revision" in names:  # not __init__.py
+        names = {
+            name: None if (quote, value) == ("", "None") else value
+            for name, quote, value in REVISION_LINE.findall(path.read_text())
+        }
+        if names.get("revision"):  # not __init__.py
             known[str(names["revision"])] = names.get("down_revision")
     return known
 
