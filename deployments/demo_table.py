@@ -10,6 +10,7 @@ from ..fs import Say
 from ..storage import Registry, evals, runs
 from ..storage import registry as rows
 from ..storage.db import session_scope
+from ..storage.status import deciding_reason
 from ..tasks.track import TrackSpec
 from ..terms import EvalSubject
 
@@ -49,7 +50,7 @@ def release_row(
         scores = {r.subject: r.value for r in found}
         promotion = runs.decision_for(session, candidate=candidate)
         assert promotion is not None, f"release {ref} has a decision"
-        reason = next((r for r in promotion.reasons if r.startswith("fail")), promotion.reasons[-1])
+        reason = deciding_reason(promotion.reasons) or ""
         decision = str(promotion.decision)
     transferred = scores.get(EvalSubject.TRANSFERRED)
     return ReleaseRow(

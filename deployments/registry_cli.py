@@ -240,18 +240,20 @@ def _details(session: Session, row: Artifact) -> list[str]:
 
 
 def _recipe(session: Session, row: Artifact) -> list[str]:
-    """What reproduces a candidate: the track's spec version it was made with (as YAML, for `graft track add`),
-    its base release, the Δ it started from and the fine-tuning data's hash.
+    """What reproduces a candidate: the track's spec version it was made with (as the YAML `graft track add` takes,
+    defaults left out), its base release, the Δ it started from and the fine-tuning data's hash.
 
     Raises:
         NotFoundError: `row` is not a candidate.
     """
     import yaml
+    from pydantic import ValidationError
 
     from ..errors import NotFoundError
     from ..storage import registry as rows
     from ..storage import releases
     from ..storage.models import Candidate
+    from ..tasks.track import TrackSpec, spec_yaml
 
     if not isinstance(row, Candidate):
         raise NotFoundError(
@@ -272,7 +274,11 @@ def _recipe(session: Session, row: Artifact) -> list[str]:
         lines.append("  spec: not recorded (the candidate was made before Graftwork versioned track specs)")
         return lines
     lines.append(f"  spec version {row.spec.version} (sha256 {row.spec.sha256}), as `graft track add` takes it:")
-    lines += [f"    {line}" for line in yaml.safe_dump(row.spec.spec, sort_keys=False).splitlines()]
+    try:
+        written = spec_yaml(TrackSpec.model_validate(row.spec.spec))
+    except ValidationError:  # a version today's schema no longer reads: as it was stored
+        written = yaml.safe_dump(row.spec.spec, sort_keys=False)
+    lines += [f"    {line}" for line in written.splitlines()]
     return lines
 
 

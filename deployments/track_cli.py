@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -100,6 +99,7 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")], as_json
     from ..storage import plain, releases, runs, status
     from ..storage import registry as rows
     from ..storage.db import session_scope
+    from ..tasks.track import spec_yaml
 
     with user_errors():
         registry = open_registry()
@@ -119,13 +119,15 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")], as_json
         data = {"track": name, "spec": spec.model_dump(mode="json"), "channel": spec.channel, "champion": held}
         say_json({**data, "releases": [asdict(row) for row in found.releases]})
         return
-    say(json.dumps(spec.model_dump(mode="json"), indent=2))
+    say(spec_yaml(spec).rstrip())
     say(f"champion on {spec.channel}: {holder}")
     decided = [row for row in found.releases if row.decision is not None]
     if decided:
         say("decisions on the releases' candidates:")
     for row in decided:
-        say(f"  {row.label}: {row.candidate}, {row.decision} by {row.decided_by}")
+        by = f"{row.decision} by {row.decided_by}"
+        now = "" if row.reign in (None, by) else f"; the champion now, by {row.reign}"
+        say(f"  {row.label}: {row.candidate}, {by}{now}")
         for reason in row.reasons:
             say(f"    {reason}")
     say("releases, in the source's order:" if lines else "releases: none yet (`graft track watch` looks)")
@@ -136,13 +138,14 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")], as_json
 @track_app.command("status")
 def status_(name: Annotated[str, typer.Argument(help="The track's name.")], as_json: JsonOption = False) -> None:
     """A track at a glance: one row per release, in the source's order, with its state, the gate's primary
-    metric on its bare base, on base + Δ (transferred) and on its candidate, the newest decision on that
-    candidate with the reason that says most (the first rule that failed), and * on the champion's row.
+    metric on its bare base, on base + Δ (transferred) and on its candidate, the decision on that candidate
+    with the reason that decided it (the first rule that failed, else the last), and * on the champion's row
+    (with how it came to be champion, when another decision made it so).
 
     --json: an object: track, channel, metric (the primary metric's name), champion (a candidate id, or
     null) and releases, one object per release: release, label, ref, revision, state, detail, attempts,
     retry_at, candidate, scores (base, transferred, candidate), decision, decided_by, reasons, reason,
-    champion, waiting (the candidate waits for a person's approval).
+    champion, reign (how it came to be champion), waiting (the candidate waits for a person's approval).
     """
     from ..operations.tracks import load_spec
     from ..storage import registry as rows
@@ -229,26 +232,32 @@ def watch(name: Annotated[str, typer.Argument(help="The track's name.")]) -> Non
 
 
 def _decided(row: ReleaseRow) -> str:
-    """A row's decision column: the decision and the reason that says most, or that a person's approval waits."""
+    """A row's decision column: the decision on its candidate and the reason that decided it, or that a person's
+    approval waits; and, on the champion's row, how it came to be champion when another decision made it so."""
     if row.waiting:
         return f"waiting for approval (graft approve {row.candidate})"
-    return "—" if row.decision is None else f"{row.decision}" + (f" ({row.reason})" if row.reason else "")
+    if row.decision is None:
+        return "—"
+    said = f"{row.decision}" + (f" ({row.reason})" if row.reason else "")
+    if row.reign is not None and row.reign != f"{row.decision} by {row.decided_by}":
+        said += f"; champion now by {row.reign}"
+    return said
 
 
 def _say_decisions(release_ids: list[int]) -> None:
-    """One line per release that was run and gated: its decision and the reason that says most (the first
-    rule that failed, else the first)."""
+    """One line per release that was run and gated: its decision and the reason that decided it
+    (`storage.status.deciding_reason`)."""
     from ..storage import registry as rows
     from ..storage import releases, runs
     from ..storage.db import session_scope
-    from ..storage.status import first_reason
+    from ..storage.status import deciding_reason
 
     with user_errors(), session_scope(open_registry().engine) as session:
         for release_id in release_ids:
             release = rows.get_release(session, release_id=release_id)
             decided = runs.release_decision(session, release=release)
             if decided is not None:
-                say(f"  {releases.label(release)}: {decided.decision} ({first_reason(decided.reasons)})")
+                say(f"  {releases.label(release)}: {decided.decision} ({deciding_reason(decided.reasons)})")
 
 
 @track_app.command("retry")

@@ -18,7 +18,10 @@ def webhook(
     port: Annotated[int, typer.Option("--port", help="The port to listen on.")] = 8000,
 ) -> None:
     """Receive Hub webhooks at POST /hooks/hub and start the watchers of the tracks they concern, on the Prefect
-    server PREFECT_API_URL names, else on the data dir's (`graft serve` serves the watcher deployment there)."""
+    server PREFECT_API_URL names, else on the data dir's (`graft serve` serves the watcher deployment there).
+
+    Needs GRAFT_WEBHOOK_SECRET, the secret set in the webhook's settings on the Hub (it refuses to start
+    without one), and the Prefect server running."""
     import uvicorn
 
     from .prefect_api import connected, endpoint, require

@@ -310,7 +310,7 @@ def record_gate_decision(
     )
 
 
-def _reign(session: Session, *, track: Track, channel: str) -> Promotion | None:
+def reign(session: Session, *, track: Track, channel: str) -> Promotion | None:
     """The promotion (or rollback) that made the current champion of a channel."""
     query = select(Promotion).where(
         Promotion.track_id == track.id, Promotion.channel == channel, Promotion.decision != GateDecision.REJECT
@@ -320,7 +320,7 @@ def _reign(session: Session, *, track: Track, channel: str) -> Promotion | None:
 
 def champion(session: Session, *, track: Track, channel: str) -> Candidate | None:
     """The candidate currently promoted on a track's channel, if any."""
-    latest = _reign(session, track=track, channel=channel)
+    latest = reign(session, track=track, channel=channel)
     if latest is None or latest.to_candidate_id is None:
         return None
     return session.get(Candidate, latest.to_candidate_id)

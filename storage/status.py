@@ -1,6 +1,6 @@
 """A track at a glance (`graft track status`): each release in its source's order with its state, the
-scores of the gate's primary metric, the newest decision on its candidate and why, and whether that
-candidate is the champion; and every decision made on one candidate (`graft registry show`).
+scores of the gate's primary metric, the decision on its candidate and why, and whether that candidate is the
+champion now and how it came to be; and every decision made on one candidate (`graft registry show`).
 
 Every function takes a Session and only reads (a release recorded without a state row gets one, as
 `releases.status` says).
@@ -54,11 +54,12 @@ class ReleaseRow:
     it is in that state (None: nothing to say); attempts: its runs so far; retry_at: when a failed one may
     run again (ISO 8601, UTC; None: not waiting); candidate: the id of the newest candidate Algorithm 1
     made for it (None before one; backports are not counted); scores: that run's primary metric;
-    decision: the newest decision on that candidate (`promote`, `reject`, `rollback`; None before one);
-    decided_by: who made it (`gate`, or the user); reasons: all its reasons, in the gate's order; reason:
-    the first of them that failed, else the first; champion: whether the candidate is the champion of
-    the track's channel now; waiting: whether the candidate passed its gate's rules and waits for a
-    person's approval (`graft approve`).
+    decision: the decision on that candidate, its gate's (or the person's who answered its approval request, or
+    who promoted it by hand before any gate did: the first decision that named it; `promote`, `reject`; None
+    before one); decided_by: who made it (`gate`, or the user); reasons: all its reasons, in the gate's order;
+    reason: the one that decided (`deciding_reason`); champion: whether the candidate is the champion of the
+    track's channel now; reign: how it came to be, when it is (`promote by gate`, `rollback by alice`, ...);
+    waiting: whether the candidate passed its gate's rules and waits for a person's approval (`graft approve`).
     """
 
     release: str
@@ -76,6 +77,7 @@ class ReleaseRow:
     reasons: list[str]
     reason: str | None
     champion: bool
+    reign: str | None
     waiting: bool
 
 
@@ -112,17 +114,20 @@ def decisions_on(session: Session, *, candidate: Candidate) -> list[Promotion]:
     return list(session.scalars(query.order_by(Promotion.id)))
 
 
-def first_reason(reasons: list[str]) -> str | None:
-    """The reason that says most about a decision: the first rule that failed, else the first reason."""
-    return next((r for r in reasons if r.startswith("fail: ")), reasons[0] if reasons else None)
+def deciding_reason(reasons: list[str]) -> str | None:
+    """The reason that decided: the first rule that failed; else, all having passed, the last one checked (the
+    comparison with the champion, or that there was none)."""
+    return next((r for r in reasons if r.startswith("fail: ")), reasons[-1] if reasons else None)
 
 
 def _row(session: Session, *, release: Release, primary: Metric, champion: Candidate | None) -> ReleaseRow:
     state = releases.status(session, release=release)
     made = runs.recycled_candidate(session, release=release)
     decisions = [] if made is None else decisions_on(session, candidate=made)
-    last = decisions[-1] if decisions else None
-    reasons = [] if last is None else [str(r) for r in last.reasons]
+    first = decisions[0] if decisions else None
+    reasons = [] if first is None else [str(r) for r in first.reasons]
+    holds = made is not None and champion is not None and made.id == champion.id
+    reign = runs.reign(session, track=release.track, channel=first.channel) if holds and first is not None else None
     return ReleaseRow(
         release=public_id(release),
         label=releases.label(release),
@@ -134,12 +139,13 @@ def _row(session: Session, *, release: Release, primary: Metric, champion: Candi
         retry_at=None if state.retry_at is None else state.retry_at.isoformat(),
         candidate=None if made is None else public_id(made),
         scores=_scores(session, release=release, candidate=made, primary=primary),
-        decision=None if last is None else last.decision,
-        decided_by=None if last is None else last.actor,
+        decision=None if first is None else first.decision,
+        decided_by=None if first is None else first.actor,
         reasons=reasons,
-        reason=first_reason(reasons),
-        champion=made is not None and champion is not None and made.id == champion.id,
-        waiting=made is not None and last is None and approval_request(session, candidate=made) is not None,
+        reason=deciding_reason(reasons),
+        champion=holds,
+        reign=None if reign is None else f"{reign.decision} by {reign.actor}",
+        waiting=made is not None and first is None and approval_request(session, candidate=made) is not None,
     )
 
 

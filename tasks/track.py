@@ -189,6 +189,12 @@ def spec_digest(spec: TrackSpec) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+def spec_yaml(spec: TrackSpec) -> str:
+    """The spec as the YAML a person writes: the fields still at their defaults left out (its canonical form,
+    the one `spec_digest` hashes), in the schema's order."""
+    return yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
 def parse_track(data: Any, *, base_dir: Path, origin: str) -> TrackSpec:
     """Validate a track given as plain data; relative paths are resolved against `base_dir`, and an
     `eval: {suite: FILE}` is read into the track (the spec holds the whole suite, not the file's name).

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
@@ -44,7 +45,7 @@ def test_track_add_list_show(data_dir: Path, testbed: Testbed, tmp_path: Path) -
         "bed                      local      source     production",
     ]
     shown = _graft("track", "show", "bed")
-    assert json.loads(shown[: shown.rindex("}") + 1])["finetune"]["recipe"]["steps"] == 30
+    assert yaml.safe_load(shown[: shown.index("champion on")])["finetune"]["recipe"]["steps"] == 30
     assert shown.rstrip().endswith("champion on production: none yet\nreleases: none yet (`graft track watch` looks)")
     assert "no track named 'nope'" in _graft("track", "show", "nope", code=1)
 

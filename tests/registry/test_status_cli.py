@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy.orm import Session
 
 from graftwork.storage import evals, releases, runs
@@ -105,6 +106,7 @@ def _row(n: int, name: str, state: str, **fields: Any) -> dict[str, Any]:
         "reasons": [],
         "reason": None,
         "champion": False,
+        "reign": None,
         "waiting": False,
     }
     return {**row, **fields}
@@ -125,8 +127,9 @@ STATUS = {
             decision="promote",
             decided_by="gate",
             reasons=PROMOTED,
-            reason=PROMOTED[0],
+            reason=PROMOTED[-1],
             champion=True,
+            reign="promote by gate",
         ),
         _row(
             2,
@@ -155,7 +158,7 @@ def test_track_status_shows_each_release_at_a_glance(graft, database_url: str, t
         "candidate-1",
         "  release            sha           state         base  transferred  candidate  decision",
         f"* release-1 (01-M1)  {SHA['01-M1'][:12]}  done        0.2500            —     0.6000  promote "
-        "(pass: testbed_add/exact_match: candidate 0.6000 ≥ base 0.2500 + margin 0.0000 = 0.2500)",
+        "(pass: no champion yet on this channel)",
         f"  release-2 (02-M2)  {SHA['02-M2'][:12]}  done        0.3000       0.5500     0.5000  reject "
         "(fail: testbed_add/exact_match: candidate 0.5000 < champion 0.6000 + margin 0.0000 = 0.6000)",
         f"  release-3 (03-M3)  {SHA['03-M3'][:12]}  skipped          —            —          —  —",
@@ -186,7 +189,7 @@ def test_track_status_shows_each_release_at_a_glance(graft, database_url: str, t
         shown[2]
         == (  # candidate-1 is no longer the champion: its row has no *
             f"  release-1 (01-M1)  {SHA['01-M1'][:12]}  done        0.2500            —     0.6000  promote "
-            "(pass: testbed_add/exact_match: candidate 0.6000 ≥ base 0.2500 + margin 0.0000 = 0.2500)"
+            "(pass: no champion yet on this channel)"
         )
     )
 
@@ -374,3 +377,26 @@ def test_track_list_and_registry_lineage_print_json(graft, database_url: str, tm
             "codec": "zstd",
         }
     ]
+
+
+def test_a_release_keeps_its_gate_decision_and_the_champion_says_how_it_came_back(  # type: ignore[no-untyped-def]
+    graft, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a hand promotion of the rejected candidate-3 and a rollback to candidate-1, each release's row still
+    shows its own candidate's gate decision with the reason that decided it, and the champion's row says it
+    is champion again by the rollback (not "rollback" as if it had been rolled back)."""
+    monkeypatch.setenv("LOGNAME", "alice")
+    add_track(graft, tmp_path, "demo")
+    _build(database_url)
+    graft("promote", "candidate-3", "--reason", "reads better")
+    graft("rollback", "demo")
+    table = graft("track", "status", "demo").splitlines()
+    assert table[2:4] == [
+        f"* release-1 (01-M1)  {SHA['01-M1'][:12]}  done        0.2500            —     0.6000  promote "
+        "(pass: no champion yet on this channel); champion now by rollback by alice",
+        f"  release-2 (02-M2)  {SHA['02-M2'][:12]}  done        0.3000       0.5500     0.5000  reject "
+        "(fail: testbed_add/exact_match: candidate 0.5000 < champion 0.6000 + margin 0.0000 = 0.6000)",
+    ]
+    shown = graft("track", "show", "demo")
+    assert "  release-1 (01-M1): candidate-1, promote by gate; the champion now, by rollback by alice\n" in shown
+    assert "  release-2 (02-M2): candidate-3, reject by gate\n" in shown
