@@ -125,9 +125,8 @@ def show(name: Annotated[str, typer.Argument(help="The track's name.")], as_json
     if decided:
         say("decisions on the releases' candidates:")
     for row in decided:
-        by = f"{row.decision} by {row.decided_by}"
-        now = "" if row.reign in (None, by) else f"; the champion now, by {row.reign}"
-        say(f"  {row.label}: {row.candidate}, {by}{now}")
+        now = "" if row.reign_by_another is None else f"; the champion now, by {row.reign_by_another}"
+        say(f"  {row.label}: {row.candidate}, {row.decision} by {row.decided_by}{now}")
         for reason in row.reasons:
             say(f"    {reason}")
     say("releases, in the source's order:" if lines else "releases: none yet (`graft track watch` looks)")
@@ -239,8 +238,8 @@ def _decided(row: ReleaseRow) -> str:
     if row.decision is None:
         return "—"
     said = f"{row.decision}" + (f" ({row.reason})" if row.reason else "")
-    if row.reign is not None and row.reign != f"{row.decision} by {row.decided_by}":
-        said += f"; champion now by {row.reign}"
+    if row.reign_by_another is not None:
+        said += f"; champion now by {row.reign_by_another}"
     return said
 
 

@@ -94,10 +94,11 @@ def gate_and_promote(
         champion=None if champion is None else champion.records,
         pairs=None if champion is None else pairs(mine, champion, refs=spec.gate.metrics),
     )
-    holder = None if evidence is None else f"candidate-{evidence.champion_id}"
-    if champion is not None and holder is not None:
+    holder = None
+    if evidence is not None:
+        holder = f"candidate-{evidence.champion_id}"
         names = (f"candidate-{candidate_id}", holder)
-        comparison_artifact(mine, champion, names=names, rules=spec.gate, key=comparison_key)
+        comparison_artifact(mine, evidence.evaluation, names=names, rules=spec.gate, key=comparison_key)
     decision = verdicts.record_decision(
         registry, spec=spec, candidate_id=candidate_id, decision=decision, evaluations=evaluations, evidence=evidence,
         flow_run_id=flow_run.get_id(),

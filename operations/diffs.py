@@ -22,9 +22,9 @@ from ..errors import BlobCorruptError, BlobMissingError, BlobStoreError, CodecEr
 from ..fs import Say, atomic_output_dir, disk_errors, megabytes
 from ..storage import Registry
 from ..storage import registry as rows
-from ..storage.blobs import CHUNK
+from ..storage.blobs import CHUNK, BlobInfo
 from ..storage.db import session_scope
-from ..tasks.io.codec import CODEC, decode_file, encode_file, raw_prefix
+from ..tasks.io.codec import CODEC, EncodeStats, decode_file, encode_file, raw_prefix
 from ..tasks.io.difffolder import DiffFolder, open_diff_folder
 from ..tasks.io.stfile import OnDemandReader, TensorInfo, parse_header
 
@@ -70,11 +70,7 @@ def register_diff(
     with registry.store.writing(), tempfile.TemporaryDirectory(prefix="graft-register-") as scratch:
         for path in files:
             relative = path.relative_to(folder.path).as_posix()
-            encoded = Path(scratch) / "blob"
-            with disk_errors(scratch, doing=f"encoding {relative}"), encoded.open("wb") as out:
-                stats = encode_file(src=path, dst=out)
-            with encoded.open("rb") as src:
-                blob = registry.store.put(src)
+            stats, blob = _encode_and_put(registry, src=path, scratch=Path(scratch), name=relative)
             stored.append(rows.StoredFile(relative, stats.raw_sha256, stats.raw_bytes, blob.name, blob.size, CODEC))
             if say:
                 say(f"  stored {relative}: {megabytes(stats.raw_bytes)} → {megabytes(blob.size)}")
@@ -99,6 +95,19 @@ def register_diff(
     return result
 
 
+def _encode_and_put(registry: Registry, *, src: Path, scratch: Path, name: str) -> tuple[EncodeStats, BlobInfo]:
+    """Encode the diff file `src` (`name` in its folder) into `scratch`, then store it as a blob.
+
+    Raises:
+        DiskFullError, NoAccessError: scratch or the blob store is full or may not be written.
+    """
+    encoded = scratch / "blob"
+    with disk_errors(scratch, doing=f"encoding {name}"), encoded.open("wb") as out:
+        stats = encode_file(src=src, dst=out)
+    with encoded.open("rb") as blob:
+        return stats, registry.store.put(blob)
+
+
 def _store_again_what_is_gone(
     registry: Registry, *, stored: list[rows.StoredFile], folder: Path, scratch: Path
 ) -> None:
@@ -112,11 +121,7 @@ def _store_again_what_is_gone(
     for file in stored:
         if registry.store.exists(file.blob_sha256):
             continue
-        encoded = scratch / "again"
-        with encoded.open("wb") as out:
-            encode_file(src=folder / file.path, dst=out)
-        with encoded.open("rb") as src:
-            again = registry.store.put(src)
+        _, again = _encode_and_put(registry, src=folder / file.path, scratch=scratch, name=file.path)
         if again.name != file.blob_sha256:
             raise BlobMissingError(
                 f"blob {file.blob_sha256} of {file.path} left the store while the diff was registered, and "

@@ -4,7 +4,7 @@
 A hand decision is checked against the registry first: the candidate must be the track's and not the
 champion already, and a rollback goes back along the channel's history, never forth
 (`storage.runs.earlier_champions`). When the track publishes, the new champion's files are uploaded. Then,
-under the channel's lock (`storage.runs.lock_channel`), the champion is read again: if another decision was
+under the channel's lock (`storage.runs.locked_champion`), the champion is read again: if another decision was
 recorded since the check, this one is refused (`ChampionChangedError`) and records nothing; else the channel's
 Hub tag (named after the channel) is moved to the upload's commit and the decision is recorded as a new
 promotion row. A Hub failure records nothing, and the same command run again finishes the job.
@@ -227,11 +227,10 @@ def record(registry: Registry, *, target: Target, decision: GateDecision, actor:
         )
     with session_scope(registry.engine) as session:
         track = rows.get_track(session, name=target.track)
-        runs.lock_channel(session, track=track)
-        current = runs.champion(session, track=track, channel=channel)
-        if (None if current is None else current.id) != target.replacing:
+        current = runs.locked_champion(session, track=track, channel=channel)
+        if current != target.replacing:
             was = "none" if target.replacing is None else f"candidate-{target.replacing}"
-            now = "none" if current is None else f"candidate-{current.id}"
+            now = "none" if current is None else f"candidate-{current}"
             raise ChampionChangedError(
                 f"the champion of {target.track}/{channel} changed while this {decision} was made (it was {was}, it "
                 f"is {now}): another decision was recorded first, and this one is not. `graft history "

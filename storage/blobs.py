@@ -25,7 +25,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import BlobCorruptError, BlobMissingError, BlobStoreError
-from ..fs import disk_errors, fsync_dir
+from ..fs import disk_errors, fsync_dir, process_alive
 
 CHUNK = 8 * 2**20
 WRITER_BEAT_S = 30.0
@@ -120,7 +120,6 @@ class BlobStore:
         the grace. The marker (`writers/ID`, holding its start time) is refreshed while the block runs, and
         removed when it ends; a killed writer's goes stale after `WRITER_STALE_S`."""
         marker = f"{self.root}/writers/{uuid.uuid4().hex}"
-        self.fs.makedirs(f"{self.root}/writers", exist_ok=True)
         mine = {"start": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
         self.fs.pipe_file(marker, json.dumps(mine).encode())
         stop = threading.Event()
@@ -272,15 +271,8 @@ class _Discard:
 
 def _gone(writer: dict[str, object]) -> bool:
     """Whether a writer marker's process ran on this machine and is no longer alive."""
-    if writer.get("host") != socket.gethostname() or not isinstance(writer.get("pid"), int):
-        return False
-    try:
-        os.kill(int(writer["pid"]), 0)  # type: ignore[call-overload]
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    pid = writer.get("pid")
+    return writer.get("host") == socket.gethostname() and isinstance(pid, int) and not process_alive(pid)
 
 
 def _mtime(info: dict[str, object]) -> float:

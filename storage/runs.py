@@ -215,13 +215,12 @@ def add_promotion(
 ) -> Promotion:
     """Record a decision (promote, reject, rollback) as a new row, under the channel's lock; the champion is the
     newest promoted or rolled-back-to candidate of the channel."""
-    lock_channel(session, track=track)
-    current = champion(session, track=track, channel=channel)
+    current = locked_champion(session, track=track, channel=channel)
     row = Promotion(
         track_id=track.id,
         channel=channel,
         decision=decision,
-        from_candidate_id=None if current is None else current.id,
+        from_candidate_id=current,
         to_candidate_id=None if to_candidate is None else to_candidate.id,
         reasons=reasons,
         actor_kind=actor_kind,
@@ -232,12 +231,14 @@ def add_promotion(
     return row
 
 
-def lock_channel(session: Session, *, track: Track) -> None:
-    """Serialise the decisions on `track`'s channel until the session's transaction ends, so that each reads the
-    champion the one before it left: PostgreSQL locks the track's row (SELECT ... FOR UPDATE, and a statement
-    after it sees what the holder committed); a SQLite transaction here begins IMMEDIATE, holding the
-    database's write lock already."""
+def locked_champion(session: Session, *, track: Track, channel: str) -> int | None:
+    """Serialise the decisions on `track`'s channel until the session's transaction ends, and return the id of
+    its champion as the lock holder sees it (None: none), the one the decision before it left: PostgreSQL locks
+    the track's row (SELECT ... FOR UPDATE, and a statement after it sees what the holder committed); a SQLite
+    transaction here begins IMMEDIATE, holding the database's write lock already."""
     session.execute(select(Track.id).where(Track.id == track.id).with_for_update())
+    current = champion(session, track=track, channel=channel)
+    return None if current is None else current.id
 
 
 def decision_for(session: Session, *, candidate: Candidate) -> Promotion | None:
@@ -287,10 +288,9 @@ def record_gate_decision(
             nothing is recorded, and the run that measured it is run again.
     """
     track = candidate.track
-    lock_channel(session, track=track)
-    current = champion(session, track=track, channel=channel)
-    if (None if current is None else current.id) != against:
-        now = "no champion" if current is None else f"candidate-{current.id} is the champion"
+    current = locked_champion(session, track=track, channel=channel)
+    if current != against:
+        now = "no champion" if current is None else f"candidate-{current} is the champion"
         raise ChampionChangedError(
             f"the champion of {track.name}/{channel} changed while the gate measured candidate-{candidate.id} "
             f"against {'no champion' if against is None else f'candidate-{against}'}: {now} now. Nothing is "

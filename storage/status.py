@@ -80,6 +80,11 @@ class ReleaseRow:
     reign: str | None
     waiting: bool
 
+    @property
+    def reign_by_another(self) -> str | None:
+        """How the candidate came to be champion, when another decision than its own made it so (else None)."""
+        return None if self.reign == f"{self.decision} by {self.decided_by}" else self.reign
+
 
 @dataclass(frozen=True)
 class TrackStatus:
