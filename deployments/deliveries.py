@@ -1,40 +1,58 @@
-"""Hub webhook deliveries: find the tracks that watch a delivery's repo, and start their watchers once.
+"""Hub webhook deliveries: find the tracks that watch a delivery's repo, and record one outbox row per track.
 
 A delivery is identified by `delivery_key`, a hash of what it says (repo, event, head commit and
 updated refs), so the Hub replaying it, or sending it twice, gives the same key. Each (delivery,
-track) pair is recorded as one `webhook_deliveries` row, committed before the track's run is started:
-a run is started only by the request that inserts the row, and when starting fails the row is removed
-again, so a redelivery tries again. The run's idempotency key is the row's key, so a run that was
-started just before a crash is not started twice by Prefect either.
+track) pair is recorded as one `webhook_deliveries` row, in one short transaction that the answer waits
+for; the track's run is started afterwards, from the row, by the receiver's outbox (`outbox.Drainer`),
+with the row's key as Prefect's idempotency key: a delivery recorded is a run started, exactly once,
+however often it is sent and whenever the receiver is restarted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+import threading
+from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from sqlalchemy.orm import Session
 
-from ..errors import RunStartError, TrackError
-from ..operations.lifecycle import WATCH_DEPLOYMENT, why_not_started
+from ..errors import TrackError
+from ..operations.lifecycle import WATCH_DEPLOYMENT
 from ..operations.tracks import spec_of
-from ..storage import Registry
+from ..storage import Registry, deliveries
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Track
 from ..terms import Dispatch
 from .hub_events import HubEvent, delivery_key, release_refs
 
-StartRun = Callable[[str, str], None]
-"""Starts a track's run: called with the track name and an idempotency key."""
+StartRun = Callable[[str, str], str | None]
+"""Starts a track's run: called with the track name and an idempotency key; returns the run's id, if it has one."""
 
 RELEASE_EVENTS = frozenset({("create", "repo"), ("update", "repo"), ("update", "repo.content")})
 """The (action, scope) pairs that can bring a new release: a new repo, or new commits, branches or tags."""
 
 log = logging.getLogger("graftwork.webhook")
+_SQLITE_TURN = threading.Lock()
+
+
+@contextmanager
+def receiver_session(registry: Registry) -> Iterator[Session]:
+    """`session_scope` for the receiver's threads. On SQLite they first take turns on one lock in this process:
+    SQLite lets one writer in at a time, and its busy wait is a lottery that kept one of 40 threads waiting
+    over 5 s in a burst, where a queue keeps every turn short.
+
+    Raises:
+        DatabaseError: as `session_scope`.
+    """
+    turn: AbstractContextManager[object] = _SQLITE_TURN if registry.engine.dialect.name == "sqlite" else nullcontext()
+    with turn, session_scope(registry.engine) as session:
+        yield session
 
 
 def tracks_watching(session: Session, *, repo_id: str, refs: Collection[str] | None = None) -> list[Track]:
@@ -60,58 +78,38 @@ def tracks_watching(session: Session, *, repo_id: str, refs: Collection[str] | N
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a delivery did: `started` the runs of `tracks`, nothing new (`duplicate`: their runs were
-    started by an earlier delivery), or nothing at all (`ignored`, with the reason)."""
+    """What a delivery did: `queued` the runs of `tracks` (the outbox starts them), nothing new (`duplicate`:
+    an earlier delivery queued them), or nothing at all (`ignored`, with the reason)."""
 
-    status: Literal["started", "duplicate", "ignored"]
+    status: Literal["queued", "duplicate", "ignored"]
     key: str
     tracks: tuple[str, ...] = ()
     reason: str = ""
 
 
-def handle_delivery(registry: Registry, *, event: HubEvent, start_run: StartRun) -> Outcome:
-    """Record a delivery and start the run of every track that watches its repo, once per delivery.
-
-    The (delivery, track) pairs are recorded first, in one short transaction, and the runs started
-    after it, so that a slow Prefect API never holds the database (SQLite's write lock, a PostgreSQL
-    connection) and a burst of deliveries is answered and recorded in full. `start_run(track,
-    idempotency_key)` is called once per new pair; a delivery that no track watches (or a non-model
-    repo, or an event that brings no release) is recorded without a track and ignored.
+def record_delivery(registry: Registry, *, event: HubEvent) -> Outcome:
+    """Record a delivery: one row per track that watches its repo, each the outbox entry that starts the
+    track's run once. A delivery that no track watches (or a non-model repo, or an event that brings no
+    release) is recorded without a track and ignored. One short transaction, which no Prefect call holds.
 
     Raises:
-        RunStartError: `start_run` failed for a track; the pairs whose runs were not started are
-            removed again, so the Hub's redelivery tries again (a run started twice under one key is one
-            run: the key is Prefect's idempotency key).
-        DatabaseError: the registry database failed; the delivery is not recorded.
+        DatabaseError: the registry database failed; nothing of the delivery is recorded.
     """
     key = delivery_key(event)
     reason = _not_a_release(event)
-    with session_scope(registry.engine) as session:
+    with receiver_session(registry) as session:
         tracks = [] if reason else tracks_watching(session, repo_id=event.repo_id, refs=event.new_refs)
         if not tracks:
-            rows.record_delivery(session, key=key, payload=event.payload, track=None)
+            deliveries.record(session, key=key, payload=event.payload, track=None)
             return Outcome(status="ignored", key=key, reason=reason or _unwatched(session, event))
-        names = tuple(track.name for track in tracks)
-        fresh = []
-        for track in tracks:
-            row, new = rows.record_delivery(session, key=f"{key}:{track.id}", payload=event.payload, track=track)
-            if new:
-                fresh.append((track.name, row.key))
-    for done, (track_name, row_key) in enumerate(fresh):
-        try:
-            start_run(track_name, row_key)
-        except Exception as e:
-            with session_scope(registry.engine) as session:
-                rows.forget_deliveries(session, keys=[k for _, k in fresh[done:]])
-            raise RunStartError(
-                f"could not start the run of track {track_name} for {event.repo_id}: "
-                f"{why_not_started(e, deployment=WATCH_DEPLOYMENT)}. "
-                "Nothing was recorded; fix the cause and redeliver the webhook from the Hub.",
-                track=track_name,
-            ) from e
+        fresh = tuple(
+            track.name
+            for track in tracks
+            if deliveries.record(session, key=f"{key}:{track.id}", payload=event.payload, track=track)
+        )
     if fresh:
-        return Outcome(status="started", key=key, tracks=tuple(name for name, _ in fresh))
-    return Outcome(status="duplicate", key=key, tracks=names)
+        return Outcome(status="queued", key=key, tracks=fresh)
+    return Outcome(status="duplicate", key=key, tracks=tuple(track.name for track in tracks))
 
 
 def _unwatched(session: Session, event: HubEvent) -> str:
@@ -135,18 +133,23 @@ def _not_a_release(event: HubEvent) -> str:
     return ""
 
 
-def start_watcher(track: str, idempotency_key: str) -> None:
-    """Start a watcher pass over the track (the deployment `watch-releases/watch-releases`) and return at once.
+def start_watcher(track: str, idempotency_key: str) -> str:
+    """Start a watcher pass over the track (the deployment `watch-releases/watch-releases`) and return its flow
+    run's id at once.
 
-    Prefect starts one run per idempotency key, so calling this twice with one key starts one run.
+    Prefect starts one run per idempotency key: calling this twice with one key returns the first run.
 
     Raises:
         prefect.exceptions.ObjectNotFound: the deployment does not exist; serve it (`graft serve`) or
             deploy `deployments/prefect.yaml`.
     """
-    run_deployment(
-        WATCH_DEPLOYMENT,
-        parameters={"track": track, "dispatch": Dispatch.DEPLOYMENT},
-        idempotency_key=idempotency_key,
-        timeout=0,
+    run = cast(
+        FlowRun,
+        run_deployment(
+            WATCH_DEPLOYMENT,
+            parameters={"track": track, "dispatch": Dispatch.DEPLOYMENT},
+            idempotency_key=idempotency_key,
+            timeout=0,
+        ),
     )
+    return str(run.id)

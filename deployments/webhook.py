@@ -1,42 +1,56 @@
-"""The Hub webhook receiver: a FastAPI app that starts the watchers of the tracks a delivery concerns.
+"""The Hub webhook receiver: a FastAPI app that records each delivery in the registry's outbox, answers at once,
+and starts the watchers of the tracks it concerns from the outbox (`outbox.Drainer`), after the answer.
 
 | request | response |
 | --- | --- |
 | `POST /hooks/hub`, missing or wrong `X-Webhook-Secret` | 401 |
-| body larger than `max_body_bytes` | 413 (the body is not read past the limit) |
+| body larger than `max_body_bytes` (declared or sent) | 413 (the body is not kept past the limit) |
+| body not sent within `read_timeout_s` | 408 |
 | body not JSON, or not a Hub webhook payload | 422, with the reason |
 | no track watches the repo (or not a model repo, or an event that brings no release) | 202 `ignored` |
-| runs started for the tracks that watch the repo | 200 `started`, with the tracks |
-| a delivery seen before | 200 `duplicate` |
-| a run could not be started, or the database failed | 503 (nothing recorded: a redelivery tries again) |
-| `GET /healthz` | 200 `{"status": "ok"}`, or 503 when the database cannot be reached |
+| recorded for the tracks that watch the repo: their runs start from the outbox | 202 `queued`, with the tracks |
+| a delivery recorded before | 200 `duplicate` |
+| the database failed, or did not record the delivery within `answer_within_s` | 503: redeliver (never two runs) |
+| `GET /healthz` | 200 with the outbox's backlog, or 503 when the database cannot be reached |
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import DatabaseError, RunStartError, WebhookPayloadError, WebhookSecretError
-from ..storage import Registry
-from ..storage.db import current_revision
-from .deliveries import Outcome, StartRun, handle_delivery, start_watcher
+from ..errors import DatabaseError, WebhookPayloadError, WebhookSecretError
+from ..storage import Registry, deliveries
+from .deliveries import Outcome, StartRun, receiver_session, record_delivery, start_watcher
 from .hub_events import HubEvent
+from .outbox import Drainer
 
 SECRET_HEADER = "X-Webhook-Secret"
+STATUS_CODES = {"queued": 202, "ignored": 202, "duplicate": 200}
 log = logging.getLogger("graftwork.webhook")
 
 
 def create_app(
-    *, registry: Registry, secret: str, start_run: StartRun = start_watcher, max_body_bytes: int = 1_000_000
+    *,
+    registry: Registry,
+    secret: str,
+    start_run: StartRun = start_watcher,
+    max_body_bytes: int = 1_000_000,
+    read_timeout_s: float = 10.0,
+    answer_within_s: float = 5.0,
+    poll_s: float = 2.0,
 ) -> FastAPI:
-    """The webhook receiver for `registry`, accepting deliveries that carry `secret`.
-
-    `start_run(track, idempotency_key)` starts a track's run (by default its watcher deployment).
+    """The webhook receiver for `registry`, accepting deliveries that carry `secret`. While the app runs (its
+    lifespan), a `Drainer` starts the recorded deliveries' runs with `start_run(track, idempotency_key)` (by
+    default the track's watcher deployment), polling every `poll_s` seconds besides each new delivery.
 
     Raises:
         WebhookSecretError: `secret` is empty.
@@ -47,14 +61,28 @@ def create_app(
             "and in GRAFT_WEBHOOK_SECRET."
         )
     expected = secret.encode()
-    app = FastAPI(title="Graftwork Hub webhooks", docs_url=None, redoc_url=None, openapi_url=None)
+    drainer = Drainer(registry, start_run=start_run, poll_s=poll_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        drainer.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(drainer.stop)
+
+    app = FastAPI(title="Graftwork Hub webhooks", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
     @app.post("/hooks/hub")
     async def hub_delivery(request: Request) -> JSONResponse:
         given = request.headers.get(SECRET_HEADER, "").encode("latin-1")
         if not hmac.compare_digest(given, expected):
             return _error(401, f"missing or wrong {SECRET_HEADER} header; send the secret this receiver was given.")
-        body = await _read_body(request, limit=max_body_bytes)
+        try:
+            async with asyncio.timeout(read_timeout_s):
+                body = await _read_body(request, limit=max_body_bytes)
+        except TimeoutError:
+            return _error(408, f"the body was not received within {read_timeout_s:g} s; send it at once.")
         if body is None:
             return _error(413, f"the body is larger than {max_body_bytes} bytes.")
         try:
@@ -62,24 +90,36 @@ def create_app(
         except WebhookPayloadError as e:
             return _error(422, str(e))
         try:
-            outcome = await run_in_threadpool(handle_delivery, registry, event=event, start_run=start_run)
-        except (RunStartError, DatabaseError) as e:  # nothing of it kept: the Hub's redelivery tries again
+            outcome = await asyncio.wait_for(
+                run_in_threadpool(record_delivery, registry, event=event), timeout=answer_within_s
+            )
+        except DatabaseError as e:  # nothing of it kept: the Hub's redelivery tries again
             log.error("delivery for %s: %s", event.repo_id, e)
             return _error(503, str(e))
+        except TimeoutError:
+            log.error("delivery for %s: not recorded within %g s", event.repo_id, answer_within_s)
+            return _error(
+                503,
+                f"the registry did not record the delivery within {answer_within_s:g} s; redeliver it "
+                "(a delivery recorded twice starts one run).",
+            )
+        if outcome.status == "queued":
+            drainer.wake()
         log.info("delivery %s for %s: %s (%s)", outcome.key[:12], event.repo_id, outcome.status, _what(outcome))
         return JSONResponse(
             {"status": outcome.status, "key": outcome.key, "tracks": list(outcome.tracks), "reason": outcome.reason},
-            status_code=202 if outcome.status == "ignored" else 200,
+            status_code=STATUS_CODES[outcome.status],
         )
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         try:
-            current_revision(registry.engine)
+            with receiver_session(registry) as session:
+                backlog = deliveries.backlog(session)
         except DatabaseError as e:
             log.error("health check: %s", e)
             return JSONResponse({"status": "error", "detail": "the registry database cannot be reached"}, 503)
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "outbox": asdict(backlog)})
 
     return app
 

@@ -17,15 +17,16 @@ def webhook(
     host: Annotated[str, typer.Option("--host", help="The address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="The port to listen on.")] = 8000,
 ) -> None:
-    """Receive Hub webhooks at POST /hooks/hub and start the watchers of the tracks they concern, on the Prefect
-    server PREFECT_API_URL names, else on the data dir's (`graft serve` serves the watcher deployment there).
+    """Receive Hub webhooks at POST /hooks/hub: each delivery is recorded and answered at once, and the watchers
+    of the tracks it concerns are started from the record (retried until they start, exactly once, also across
+    restarts), on the Prefect server PREFECT_API_URL names, else on the data dir's (`graft serve` serves the
+    watcher deployment there).
 
     Needs GRAFT_WEBHOOK_SECRET, the secret set in the webhook's settings on the Hub (it refuses to start
     without one), and the Prefect server running."""
-    import uvicorn
-
     from .prefect_api import connected, endpoint, require
     from .webhook import create_app
+    from .webhook_http import server
 
     settings = console_settings()
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
@@ -45,7 +46,7 @@ def webhook(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     say(f"receiving Hub webhooks at http://{host}:{port}/hooks/hub (health: /healthz); runs start on {target.api_url}")
     with connected(target):
-        uvicorn.run(app, host=host, port=port, log_level="info", log_config=access_log_config())
+        server(app, host=host, port=port, log_level="info", log_config=access_log_config()).run()
 
 
 class NoQueryStrings(logging.Filter):

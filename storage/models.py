@@ -321,7 +321,10 @@ class ApprovalRequest(Immutable, Base):
 
 
 class WebhookDelivery(Base):
-    """A Hub webhook delivery, recorded once so that a duplicate starts nothing new."""
+    """A Hub webhook delivery for one track (or for none: ignored), recorded once so that a duplicate starts
+    nothing new: the receiver's outbox. `started_at` is set when the track's run was started (`flow_run_id`);
+    until then `attempts` counts the tries that failed, `last_error` says why and `retry_at` when to try again.
+    """
 
     __tablename__ = "webhook_deliveries"
 
@@ -330,3 +333,8 @@ class WebhookDelivery(Base):
     track_id: Mapped[int | None] = mapped_column(ForeignKey("tracks.id"))
     payload: Mapped[dict[str, Any]]
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)

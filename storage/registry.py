@@ -1,4 +1,4 @@
-"""Data access for the registry's artifacts: tracks, releases, diffs and webhook deliveries, and the
+"""Data access for the registry's artifacts: tracks, releases and diffs, and the
 public ids (`diff-12`) that name them. What a recycle run records (candidates, fine-tune runs, eval
 results, promotions) is in :mod:`graftwork.storage.runs`.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import DatabaseError, NotFoundError
@@ -28,7 +28,6 @@ from .models import (
     Release,
     Track,
     TrackSpecVersion,
-    WebhookDelivery,
 )
 
 Artifact = Release | Diff | Candidate | Promotion
@@ -137,24 +136,6 @@ def get_track(session: Session, *, name: str) -> Track:
             ref=name,
         )
     return track
-
-
-def record_delivery(
-    session: Session, *, key: str, payload: dict[str, Any], track: Track | None
-) -> tuple[WebhookDelivery, bool]:
-    """Record a webhook delivery once per `key`; return the row and whether it is new.
-
-    Two processes recording the same key at once get one row: on PostgreSQL the second waits for the
-    first's transaction and sees the row once it commits; on SQLite writers queue on the database lock.
-    """
-    values = {"key": key, "payload": payload, "track_id": None if track is None else track.id}
-    return insert_or_get(session, WebhookDelivery, unique=("key",), values=values)
-
-
-def forget_deliveries(session: Session, *, keys: list[str]) -> None:
-    """Remove the delivery rows `keys` (their runs could not be started: a redelivery must start them)."""
-    session.execute(delete(WebhookDelivery).where(WebhookDelivery.key.in_(keys)))
-    session.flush()
 
 
 @dataclass(frozen=True)

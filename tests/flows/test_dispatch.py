@@ -1,6 +1,7 @@
-"""The `deployment` dispatch path against a real Prefect server: the webhook receiver starts the watcher
-deployment once per delivery, the watcher starts the recycle deployment once per release with the
-idempotency key TRACK:SHA:ATTEMPT, and a deployment that does not exist is said so in words.
+"""The `deployment` dispatch path against a real Prefect server: the webhook receiver's outbox starts the watcher
+deployment once per delivery (trying again until the deployment exists), the watcher starts the recycle
+deployment once per release with the idempotency key TRACK:SHA:ATTEMPT, and a deployment that does not exist is
+said so in words.
 
 The deployments are registered without a runner, so their runs stay scheduled: what is shown is what
 `run_deployment` asked the server for. `test_release_path.py` runs them, end to end.
@@ -9,8 +10,10 @@ The deployments are registered without a runner, so their runs stay scheduled: w
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
@@ -26,8 +29,8 @@ from graftwork.deployments.serve import recycle_deployment
 from graftwork.deployments.webhook import create_app
 from graftwork.flows.watch import watch_releases
 from graftwork.operations.settings import Workspace
+from graftwork.storage import Registry, deliveries, releases
 from graftwork.storage import registry as rows
-from graftwork.storage import releases
 from graftwork.storage.db import session_scope
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import ReleaseState
@@ -35,6 +38,7 @@ from tests.flows.conftest import write_track
 from tests.hub_fixtures import hub_payload
 
 SECRET = "dispatch-test-secret-0123456789"
+T = TypeVar("T")
 
 
 def _graft(*args: str) -> str:
@@ -52,6 +56,20 @@ def registered(prefect_server: None) -> Iterator[list[str]]:
     with get_client(sync_client=True) as client:
         for name in names:
             client.delete_deployment(client.read_deployment_by_name(name).id)
+
+
+def _backlog(registry: Registry) -> deliveries.Backlog:
+    with session_scope(registry.engine) as session:
+        return deliveries.backlog(session)
+
+
+def _wait(ready: Callable[[], T | None], *, timeout: float = 60) -> T:
+    """Poll `ready` until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while not (value := ready()):
+        assert time.monotonic() < deadline, "the outbox did not get there in time"
+        time.sleep(0.1)
+    return value
 
 
 def _runs_of(deployment: str) -> list[FlowRun]:
@@ -73,23 +91,25 @@ def test_a_webhook_delivery_starts_the_watcher_deployment_once(
     path.write_text(yaml.safe_dump(spec))
     assert _graft("track", "add", str(path)).startswith("added track hubbed")
     payload = hub_payload("acme/bed", refs=("refs/tags/r1",))
-    hook = create_app(registry=Workspace.from_settings().registry(), secret=SECRET)
+    registry = Workspace.from_settings().registry()
+    hook = create_app(registry=registry, secret=SECRET, poll_s=0.2)
     with TestClient(hook) as client:
-        missing = client.post("/hooks/hub", content=json.dumps(payload), headers={"X-Webhook-Secret": SECRET})
-        assert missing.status_code == 503
-        assert missing.json()["detail"] == (
-            "could not start the run of track hubbed for acme/bed: the deployment watch-releases/watch-releases "
-            "does not exist: serve it (`graft serve`) or deploy deployments/prefect.yaml (`prefect deploy --all`). "
-            "Nothing was recorded; fix the cause and redeliver the webhook from the Hub."
+        first = client.post("/hooks/hub", content=json.dumps(payload), headers={"X-Webhook-Secret": SECRET})
+        assert (first.status_code, first.json()["status"]) == (202, "queued")
+        failing = _wait(lambda: _backlog(registry) if _backlog(registry).failing else None)
+        assert failing.last_error == (
+            "the deployment watch-releases/watch-releases does not exist: serve it (`graft serve`) or deploy "
+            "deployments/prefect.yaml (`prefect deploy --all`)"
         )
 
         watch_releases.to_deployment(name="watch-releases").apply()
         registered.append("watch-releases/watch-releases")
-        sent = [
+        _wait(lambda: _backlog(registry).waiting == 0)
+        again = [
             client.post("/hooks/hub", content=json.dumps(payload), headers={"X-Webhook-Secret": SECRET})
-            for _ in range(3)
+            for _ in range(2)
         ]
-    assert [r.json()["status"] for r in sent] == ["started", "duplicate", "duplicate"]
+    assert [r.json()["status"] for r in again] == ["duplicate", "duplicate"]
     with session_scope(Workspace.from_settings().registry().engine) as session:
         track_id = rows.get_track(session, name="hubbed").id
     (run,) = _runs_of("watch-releases/watch-releases")

@@ -1,4 +1,5 @@
-"""The Hub webhook receiver: authentication, validation, idempotency, and a burst over loopback.
+"""The Hub webhook receiver: authentication, validation, idempotency, the outbox that starts the runs, and a
+burst over loopback.
 
 Every test that touches the registry runs on SQLite and on PostgreSQL (the `registry` fixture).
 """
@@ -11,11 +12,10 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prefect.settings import PREFECT_API_URL
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine
 from typer.testing import CliRunner
 
-from graftwork.deployments import webhook_cli
+from graftwork.deployments import webhook_cli, webhook_http
 from graftwork.deployments.deliveries import tracks_watching
 from graftwork.deployments.hub_events import HubEvent, delivery_key
 from graftwork.deployments.webhook import create_app
@@ -40,32 +40,8 @@ from graftwork.storage.blobs import BlobStore
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import WebhookDelivery
 from tests.hub_fixtures import hub_payload, sha
-from tests.registry.conftest import digest, track_spec
-
-SECRET = "s3cret-for-tests-0123456789abcdef"
-OLMO = "allenai/OLMo-2-1124-7B"
-TRACKS = {
-    "olmo-stage1": {"kind": "hub-refs", "repo": OLMO, "ref_pattern": "stage1-*"},
-    "llama-3-8b": {"kind": "hub-repos", "author": "meta-llama", "name_pattern": "Llama-3.*-8B"},
-    "llama-3.1-all": {"kind": "hub-repos", "author": "meta-llama", "name_pattern": "Llama-3.1-*"},
-    "testbed-demo": {"kind": "local", "release_dir": "releases/"},
-}
-
-
-@dataclass
-class Starts:
-    """A `start_run` that records its calls (thread-safe) and can be told to fail."""
-
-    calls: list[tuple[str, str]] = field(default_factory=list)
-    failures: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, track: str, idempotency_key: str) -> None:
-        with self.lock:
-            if self.failures:
-                self.failures -= 1
-                raise ConnectionError("the Prefect API at http://127.0.0.1:4200/api is unreachable")
-            self.calls.append((track, idempotency_key))
+from tests.registry.conftest import digest
+from tests.registry.hooks import OLMO, SECRET, Burst, Starts, recorded, serving, settled, watch_tracks
 
 
 @dataclass
@@ -80,17 +56,24 @@ class Hooks:
         return self.client.post("/hooks/hub", content=json.dumps(payload), headers=headers)
 
     def deliveries(self) -> list[WebhookDelivery]:
-        with session_scope(self.registry.engine) as session:
-            return list(session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)))
+        return recorded(self.registry)
+
+    def settled(self, *, timeout: float = 60) -> list[tuple[str, str]]:
+        """The runs started, once the outbox has none left waiting."""
+        return settled(self.registry, self.starts, timeout=timeout)
 
 
 @pytest.fixture
-def hooks(registry: Registry) -> Iterator[Hooks]:
-    with session_scope(registry.engine) as session:
-        for name, source in TRACKS.items():
-            rows.save_track(session, name=name, spec=(given := track_spec(name, source)), digest=digest(given))
+def watched(registry: Registry) -> Registry:
+    """The registry with the tracks of `TRACKS`."""
+    return watch_tracks(registry)
+
+
+@pytest.fixture
+def hooks(watched: Registry) -> Iterator[Hooks]:
+    registry = watched
     starts = Starts()
-    app = create_app(registry=registry, secret=SECRET, start_run=starts, max_body_bytes=20_000)
+    app = create_app(registry=registry, secret=SECRET, start_run=starts, max_body_bytes=20_000, poll_s=0.2)
     with TestClient(app) as client:
         yield Hooks(registry, starts, app, client)
 
@@ -201,44 +184,51 @@ def test_a_delivery_no_track_watches_is_recorded_and_ignored(
     assert row.track_id is None and row.payload == payload
 
 
-def test_a_matching_delivery_starts_each_watching_track_once_with_its_key(hooks: Hooks) -> None:
+def test_a_matching_delivery_queues_each_watching_track_once_and_the_outbox_starts_it_with_its_key(
+    hooks: Hooks,
+) -> None:
     payload = hub_payload("meta-llama/Llama-3.1-8B", refs=("refs/heads/main",))
     response = hooks.post(payload)
-    assert response.status_code == 200
+    assert response.status_code == 202
     body = response.json()
-    assert body["status"] == "started"
+    assert body["status"] == "queued"
     assert body["tracks"] == ["llama-3-8b", "llama-3.1-all"]
     key = delivery_key(HubEvent.from_payload(payload))
     assert body["key"] == key
+    calls = hooks.settled()
     recorded = hooks.deliveries()
-    assert hooks.starts.calls == [("llama-3-8b", recorded[0].key), ("llama-3.1-all", recorded[1].key)]
+    assert calls == [("llama-3-8b", recorded[0].key), ("llama-3.1-all", recorded[1].key)]
     with session_scope(hooks.registry.engine) as session:
         ids = [rows.get_track(session, name=name).id for name in body["tracks"]]
-    assert [(r.key, r.track_id) for r in recorded] == [(f"{key}:{i}", i) for i in ids]
+    assert [(r.key, r.track_id, r.flow_run_id, r.attempts) for r in recorded] == [
+        (f"{key}:{ids[0]}", ids[0], "run-1", 0),
+        (f"{key}:{ids[1]}", ids[1], "run-2", 0),
+    ]
+    assert all(r.started_at is not None and r.started_at >= r.received_at for r in recorded)
 
     olmo = hooks.post(hub_payload(OLMO, refs=("refs/heads/main", "refs/tags/stage1-step2000-tokens9B")))
-    assert olmo.status_code == 200
-    assert olmo.json()["tracks"] == ["olmo-stage1"]
-    assert [track for track, _ in hooks.starts.calls] == ["llama-3-8b", "llama-3.1-all", "olmo-stage1"]
+    assert (olmo.status_code, olmo.json()["tracks"]) == (202, ["olmo-stage1"])
+    assert [track for track, _ in hooks.settled()] == ["llama-3-8b", "llama-3.1-all", "olmo-stage1"]
 
 
 def test_a_delivery_replayed_ten_times_starts_one_run(hooks: Hooks) -> None:
     payload = hub_payload(OLMO)
     statuses = [hooks.post(payload).json()["status"] for _ in range(10)]
-    assert statuses == ["started"] + ["duplicate"] * 9
-    assert len(hooks.starts.calls) == 1
+    assert statuses == ["queued"] + ["duplicate"] * 9
+    assert len(hooks.settled()) == 1
     assert len(hooks.deliveries()) == 1
 
 
-def test_a_run_that_cannot_be_started_records_nothing_so_a_redelivery_starts_it(hooks: Hooks) -> None:
+def test_a_run_that_cannot_be_started_yet_is_answered_and_started_by_a_later_try(hooks: Hooks) -> None:
     hooks.starts.failures = 1
-    failed = hooks.post(hub_payload(OLMO))
-    assert failed.status_code == 503
-    assert "track olmo-stage1" in failed.json()["detail"] and "redeliver" in failed.json()["detail"]
-    assert hooks.deliveries() == []
-    retried = hooks.post(hub_payload(OLMO))
-    assert retried.status_code == 200 and retried.json()["status"] == "started"
-    assert len(hooks.starts.calls) == 1
+    answer = hooks.post(hub_payload(OLMO))
+    assert (answer.status_code, answer.json()["status"]) == (202, "queued")
+    [(track, key)] = hooks.settled(timeout=30)
+    [row] = hooks.deliveries()
+    assert (track, key, row.attempts, row.flow_run_id) == ("olmo-stage1", row.key, 1, "run-1")
+    assert row.last_error == "ConnectionError: the Prefect API at http://127.0.0.1:4200/api is unreachable"
+    assert hooks.post(hub_payload(OLMO)).json()["status"] == "duplicate"
+    assert len(hooks.settled()) == 1
 
 
 def test_a_database_that_fails_under_a_delivery_is_503_and_one_log_line(
@@ -256,7 +246,10 @@ def test_a_database_that_fails_under_a_delivery_is_503_and_one_log_line(
 
 
 def test_healthz_checks_the_database(hooks: Hooks, tmp_path: Path) -> None:
-    assert hooks.client.get("/healthz").json() == {"status": "ok"}
+    assert hooks.client.get("/healthz").json() == {
+        "status": "ok",
+        "outbox": {"waiting": 0, "failing": 0, "last_error": None},
+    }
     unreachable = Registry(
         engine=create_engine("postgresql+psycopg://graft@127.0.0.1:1/graft"), store=BlobStore(str(tmp_path))
     )
@@ -266,88 +259,50 @@ def test_healthz_checks_the_database(hooks: Hooks, tmp_path: Path) -> None:
     assert response.json()["status"] == "error"
 
 
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Serve `app` with uvicorn on a free loopback port in a background thread; yield its URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    # Idle connections stay open longer than a loaded machine can take to reuse one (uvicorn's 5 s default
-    # closed connections the clients' pools were about to send on: httpx.ReadError under CI load).
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=120))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
-def test_a_burst_of_200_deliveries_each_sent_twice_starts_200_runs(hooks: Hooks) -> None:
+def test_a_burst_of_200_deliveries_each_sent_twice_starts_200_runs(watched: Registry) -> None:
     payloads = [hub_payload(OLMO, refs=(f"refs/heads/stage1-step{i}000-tokens{i}B",)) for i in range(200)]
 
-    async def fire(url: str) -> list[int]:
+    async def fire(url: str) -> list[tuple[int, str]]:
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
             requests = [
                 client.post("/hooks/hub", content=json.dumps(p), headers={"X-Webhook-Secret": SECRET})
                 for p in payloads + payloads[::-1]
             ]
-            return [r.status_code for r in await asyncio.gather(*requests)]
+            return [(r.status_code, r.json().get("status", r.text)) for r in await asyncio.gather(*requests)]
 
-    with serving(hooks.app) as url:
-        statuses = asyncio.run(fire(url))
-    assert statuses == [200] * 400
-    keys = [key for _, key in hooks.starts.calls]
+    starts = Starts()
+    with serving(create_app(registry=watched, secret=SECRET, start_run=starts, poll_s=0.2)) as url:
+        answers = asyncio.run(fire(url))
+        keys = [key for _, key in settled(watched, starts, timeout=60)]
+    assert Counter(answers) == {(202, "queued"): 200, (200, "duplicate"): 200}
     assert len(keys) == len(set(keys)) == 200
-    recorded = hooks.deliveries()
-    assert sorted(r.key for r in recorded) == sorted(keys)
-    with session_scope(hooks.registry.engine) as session:
-        assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 200
+    assert sorted(r.key for r in recorded(watched)) == sorted(keys)
 
 
-def test_a_burst_from_20_threads_against_a_slow_prefect_is_answered_and_recorded_once(hooks: Hooks) -> None:
-    """200 distinct deliveries from 20 threads while each run takes 0.5 s to start: the database is not
-    held while Prefect answers, so every delivery is answered 200 and recorded once, with one run each."""
-    real = hooks.starts.__call__
+def test_a_burst_against_a_slow_prefect_is_answered_before_the_runs_start(watched: Registry) -> None:
+    """100 distinct deliveries from 20 threads while each run takes 0.2 s to start: the answers do not wait for
+    Prefect (all are in while most runs are still to start), and the outbox then starts each run once."""
 
-    def slow(track: str, idempotency_key: str) -> None:
-        time.sleep(0.5)
-        real(track, idempotency_key)
+    starts = Starts()
 
-    app = create_app(registry=hooks.registry, secret=SECRET, start_run=slow)
-    answers: list[int] = []
-    lock = threading.Lock()
+    def slow(track: str, idempotency_key: str) -> str:
+        time.sleep(0.2)
+        return starts(track, idempotency_key)
 
-    def sender(url: str, thread: int) -> None:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            for i in range(10):
-                payload = hub_payload(OLMO, refs=(f"refs/heads/stage1-step{thread}{i:02d}-tokens{i}B",))
-                status = client.post("/hooks/hub", content=json.dumps(payload), headers={"X-Webhook-Secret": SECRET})
-                with lock:
-                    answers.append(status.status_code)
-
-    with serving(app) as url:
-        threads = [threading.Thread(target=sender, args=(url, t)) for t in range(20)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    keys = [key for _, key in hooks.starts.calls]
-    assert answers == [200] * 200  # answered, none lost
-    assert len(keys) == len(set(keys)) == 200  # one run each, none doubled
-    assert sorted(r.key for r in hooks.deliveries()) == sorted(keys)  # recorded, once
+    burst = Burst()
+    with serving(create_app(registry=watched, secret=SECRET, start_run=slow, poll_s=0.2)) as url:
+        burst.run(url, threads=20, each=5)
+        started_when_answered = len(starts.calls)
+        keys = [key for _, key in settled(watched, starts, timeout=120)]
+    assert [status for status, _ in burst.answers] == [202] * 100
+    assert started_when_answered < 50
+    assert len(keys) == len(set(keys)) == 100
+    assert sorted(r.key for r in recorded(watched)) == sorted(keys)
 
 
-def test_tracks_watching_reads_each_source_kind(registry: Registry) -> None:
-    with session_scope(registry.engine) as session:
-        for name, source in TRACKS.items():
-            rows.save_track(session, name=name, spec=(given := track_spec(name, source)), digest=digest(given))
+def test_tracks_watching_reads_each_source_kind(watched: Registry) -> None:
+    with session_scope(watched.engine) as session:
         rows.save_track(
             session, name="not-a-track", spec={"name": "not-a-track"}, digest=digest({"name": "not-a-track"})
         )
@@ -382,8 +337,8 @@ def test_graft_webhook_needs_a_secret_and_never_prints_it(
 ) -> None:
     cli = typer.Typer()
     cli.command()(webhook_cli.webhook)
-    served: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(kwargs))
+    served: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, sockets=None: served.append(server.config))
     monkeypatch.setenv("GRAFT_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("GRAFT_WEBHOOK_SECRET", raising=False)
     monkeypatch.delenv("GRAFT_DATABASE_URL", raising=False)
@@ -396,9 +351,11 @@ def test_graft_webhook_needs_a_secret_and_never_prints_it(
     monkeypatch.setenv("GRAFT_WEBHOOK_SECRET", SECRET)
     started = CliRunner().invoke(cli, ["--port", "8123"])
     assert started.exit_code == 0, started.output
-    assert served == [
-        {"host": "127.0.0.1", "port": 8123, "log_level": "info", "log_config": webhook_cli.access_log_config()}
-    ]
+    [config] = served
+    assert (config.host, config.port, config.log_level, config.log_config) == (
+        "127.0.0.1", 8123, "info", webhook_cli.access_log_config()
+    )  # fmt: skip
+    assert issubclass(config.http, webhook_http.GuardedProtocol) and config.limit_concurrency == 512
     assert SECRET not in started.output
     with pytest.raises(WebhookSecretError, match="GRAFT_WEBHOOK_SECRET"):
         create_app(registry=Registry(engine=create_engine("sqlite://"), store=BlobStore(str(tmp_path))), secret="")
