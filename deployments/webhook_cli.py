@@ -43,7 +43,6 @@ def webhook(
         target = endpoint(settings)
         require(target)
         app = create_app(registry=Workspace.from_settings(settings).registry(), secret=secret)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     say(f"receiving Hub webhooks at http://{host}:{port}/hooks/hub (health: /healthz); runs start on {target.api_url}")
     with connected(target):
         server(app, host=host, port=port, log_level="info", log_config=access_log_config()).run()
@@ -61,10 +60,13 @@ class NoQueryStrings(logging.Filter):
 
 
 def access_log_config() -> dict[str, Any]:
-    """uvicorn's own logging config, with `NoQueryStrings` on its access log."""
+    """uvicorn's own logging config, with `NoQueryStrings` on its access log and the receiver's log lines."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"no_query_strings": {"()": NoQueryStrings}}
     config["loggers"]["uvicorn.access"]["filters"] = ["no_query_strings"]
+    # the receiver's own lines (each delivery, each run started or try failed) beside uvicorn's: Prefect's logging
+    # set-up owns the root logger by now, at WARNING
+    config["loggers"]["graftwork"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return config
