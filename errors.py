@@ -241,6 +241,14 @@ class ReleaseOrderError(GraftError, RuntimeError):
     release: str | None
 
 
+class ReleaseChangedError(GraftError, ValueError):
+    """A local release's files are no longer those it was recorded with (its folder was changed in place), or
+    it is superseded by the release that holds them now: a run would read other bytes than its sha names."""
+
+    release: str | None
+    revision: str | None
+
+
 class LocalPrefectError(GraftError, RuntimeError):
     """The Prefect server a command starts for itself did not come up."""
 

@@ -51,7 +51,9 @@ class CarryRule(StrEnum):
 
 
 class ReleaseState(StrEnum):
-    """Where a release is in its life. `skipped`: its model files are those of the release before it."""
+    """Where a release is in its life. `skipped`: its model files are those of the release before it.
+    `superseded`: its folder's files changed before it ran to the end, and the release that holds them now
+    runs in its place (it is never run again, nor waited behind)."""
 
     DISCOVERED = "discovered"
     DISPATCHED = "dispatched"
@@ -59,6 +61,7 @@ class ReleaseState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     SKIPPED = "skipped"
+    SUPERSEDED = "superseded"
 
 
 class CandidateKind(StrEnum):

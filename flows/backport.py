@@ -10,6 +10,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from ..errors import NotFoundError
+from ..operations.lifecycle import check_files
 from ..operations.names import release_ref
 from ..operations.scores import store_evaluation
 from ..operations.settings import Workspace
@@ -57,7 +58,8 @@ def record_backport(
     scores: dict[EvalSubject, Evaluation],
 ) -> int:
     """Record the backport as a candidate of the older release (with the track's spec version it was made with),
-    with its and its base's eval results."""
+    with its and its base's eval results, once the release's files are checked to be still those its sha names."""
+    check_files(where, release_id=the_plan.release_id, release=the_plan.release)
     with session_scope(where.registry().engine) as session:
         release = rows.get_release(session, release_id=the_plan.release_id)
         assert the_plan.carried_diff is not None
@@ -92,7 +94,7 @@ def backport(track: str, to: str, alpha: float | None = None, data_dir: Path | N
     spec = load_spec(where.registry(), track=track)
     scale = spec.recycle.alpha if alpha is None else alpha
     the_plan = backport_plan(where, track, to, scale)
-    base = fetch(the_plan)
+    base = fetch(where, the_plan)
     model = carry_over(where, the_plan, base)
     with gpu_lease(count=1, gpus=where.gpus()) as lease:
         scores = {

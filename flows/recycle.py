@@ -21,7 +21,7 @@ from prefect.runtime import flow_run
 from ..fs import file_sha256, megabytes, write_text_atomic
 from ..operations.awaiting import await_approval
 from ..operations.diffs import register_diff, streamed_diff
-from ..operations.lifecycle import release_run, start_next_pass
+from ..operations.lifecycle import check_files, release_run, start_next_pass
 from ..operations.names import release_ref, run_name, run_tags, step_key, tag_this_run
 from ..operations.progress import progress_artifact
 from ..operations.report import report_run
@@ -104,12 +104,18 @@ def plan(where: Workspace, track: str, release_id: int, spec: TrackSpec, mode: R
 
 
 @task
-def fetch(the_plan: Plan) -> Path:
-    """The release's model folder: its local path, or a download pinned to its sha (its progress
-    artifact goes from 0 to 100 % when the download completes)."""
+def fetch(where: Workspace, the_plan: Plan) -> Path:
+    """The release's model folder: its local path, its files checked to be those the release was recorded with
+    (`lifecycle.check_files`), or a download pinned to its sha (its progress artifact goes from 0 to 100 % when
+    the download completes)."""
     release = the_plan.release
     if release.path is not None:
-        get_run_logger().info("fetch: the release is the local folder %s", release.path)
+        check_files(where, release_id=the_plan.release_id, release=release)
+        get_run_logger().info(
+            "fetch: the release is the local folder %s, its files checked against its sha %s",
+            release.path,
+            release.revision[:12],
+        )
         return release.path
     with progress_artifact(description=f"download {release}") as report:
         folder = download(release=release)
@@ -194,7 +200,9 @@ def record_candidate(
     where: Workspace, the_plan: Plan, spec: TrackSpec, candidate: Path, start_choice: StartRecord | None = None
 ) -> int:
     """Record the candidate and the fine-tune run that made it (its loss curve as a blob), and for an `auto`
-    track how its start was chosen; return its id. Recording it again (a resumed run) returns the same id."""
+    track how its start was chosen, once the release's files are checked to be still those its sha names; return
+    its id. Recording it again (a resumed run) returns the same id."""
+    check_files(where, release_id=the_plan.release_id, release=the_plan.release)
     report = FinetuneReport.read(the_plan.work / FINETUNE_REPORT)
     registry = where.registry()
     curve = json.dumps(report.loss_curve).encode()
@@ -239,10 +247,12 @@ def record_candidate(
 
 @task
 def new_diff(where: Workspace, the_plan: Plan, candidate: Path, base: Path, candidate_id: int) -> str:
-    """Δ_i = M*_i − M_i, registered with the Δ it was carried from as its parent."""
+    """Δ_i = M*_i − M_i, registered with the Δ it was carried from as its parent, once the release's files are
+    checked to be still those its sha names."""
     out = the_plan.work / "diff"
     if not out.is_dir():
         engine.diff(finetuned=candidate, base=base, out=out)
+    check_files(where, release_id=the_plan.release_id, release=the_plan.release)
     done = register_diff(
         where.registry(),
         diff_dir=out,
@@ -321,7 +331,7 @@ def _recycle(
 ) -> tuple[Decision, str, int]:
     the_plan = plan(where, track, release_id, spec, mode)
     tag_this_run(*run_tags(track=track, release=the_plan.release))
-    base = fetch(the_plan)
+    base = fetch(where, the_plan)
     choice = None
     if the_plan.mode is RecycleMode.AUTO:
         choice = choose_start(

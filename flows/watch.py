@@ -5,7 +5,10 @@ their source's order (each one carries the Δ of the one before it).
 `inline` dispatch runs them here, one after the other, while one can start (the embedded default);
 `deployment` starts one run of the recycle deployment with the idempotency key TRACK:SHA:ATTEMPT, and
 that run starts the next pass when it is done. A release whose dispatch failed, or whose run failed or
-died, is started again by a later pass (a failed run after a backoff, up to the retry limit).
+died, is started again by a later pass (a failed run after a backoff, up to the retry limit). A local
+release whose folder's files changed in place is recorded as a new release, which supersedes the old one.
+A track whose source is not ready (its release directory is missing) is skipped with one sentence that says
+why, no traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Crashed
 from sqlalchemy.orm import Session
 
+from ..errors import GraftError
 from ..fs import process_alive
 from ..operations import events
 from ..operations.lifecycle import RECYCLE_DEPLOYMENT, why_not_started
@@ -47,7 +51,8 @@ LIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED"})
 @dataclass(frozen=True)
 class Pass:
     """What a watcher pass did: the releases it recorded, those it started, the run that failed (its
-    release is run again by a later pass), and why the rest wait."""
+    release is run again by a later pass) or why the pass looked for none (its source is not ready), and why
+    the rest wait."""
 
     new: list[int] = field(default_factory=list)
     started: list[int] = field(default_factory=list)
@@ -64,8 +69,9 @@ def discover(spec: TrackSpec) -> list[ReleaseRef]:
 @task
 def record_releases(where: Workspace, track: str, spec: TrackSpec, found: list[ReleaseRef]) -> list[int]:
     """Record the releases never seen before, with their place in the source's order and their content
-    key (a release whose model files are those of the one before it is recorded as skipped); return the
-    ids of the new ones."""
+    key (a release whose model files are those of the one before it is recorded as skipped), and that each
+    local one holds its folder's files now (`releases.holds_its_folder`: a release of the same folder with
+    other files, not yet done, is superseded by it); return the ids of the new ones."""
     with session_scope(where.registry().engine) as session:
         seen = releases.known(session, track=rows.get_track(session, name=track))
     fresh = [ref for ref in found if (ref.repo_id, ref.revision) not in seen]
@@ -80,6 +86,14 @@ def record_releases(where: Workspace, track: str, spec: TrackSpec, found: list[R
             if created:
                 new.append(release.id)
                 events.release_discovered(track=track, repo=ref.repo_id, revision=ref.revision, ref=ref.ref)
+        for ref in found:
+            holder = releases.recorded(session, track=row, repo_id=ref.repo_id, revision=ref.revision)
+            if ref.path is None or holder is None:
+                continue
+            for gone in releases.holds_its_folder(session, release=holder):
+                get_run_logger().info(
+                    "track %s: %s is superseded: %s", track, releases.label(gone), releases.superseded_because(holder)
+                )
     return new
 
 
@@ -196,6 +210,11 @@ def watch_releases(track: str, dispatch: Dispatch = Dispatch.INLINE, data_dir: P
     tag_this_run(track_tag(track))
     where = Workspace.at(data_dir)
     spec = load_spec(where.registry(), track=track)
+    try:
+        spec.source.ready()
+    except GraftError as e:  # a person must fix it: one line in the run's log, not Prefect's traceback
+        get_run_logger().error("track %s: %s", track, e)
+        return Pass(failed=str(e))
     new = record_releases(where, track, spec, discover(spec))
     print(f"track {track}: {len(new)} new release(s)")
     for died in reconcile(where, track):

@@ -1,6 +1,7 @@
 """A track's releases in their source's order, and each one's life (`terms.ReleaseState`): recorded
 when discovered, dispatched, running (with a heartbeat), then done, failed (to be run again, with a
-backoff, up to a limit) or skipped (its model files are those of the release before it).
+backoff, up to a limit), skipped (its model files are those of the release before it) or superseded (its
+folder's files changed in place before it was done: the release that holds them now runs in its place).
 
 Every function takes a Session and only adds and flushes; the caller's `session_scope()` commits.
 """
@@ -13,13 +14,19 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..errors import NotFoundError, ReleaseOrderError
+from ..errors import NotFoundError, ReleaseChangedError, ReleaseOrderError
 from ..terms import ReleaseState
 from .models import Release, ReleaseStatus, Track
 from .registry import insert_or_get
 
-FINISHED = frozenset({ReleaseState.DONE, ReleaseState.SKIPPED})
+FINISHED = frozenset({ReleaseState.DONE, ReleaseState.SKIPPED, ReleaseState.SUPERSEDED})
+"""What a watcher pass is done with: it never runs them again, and the releases after them do not wait."""
+PASSED_OVER = frozenset({ReleaseState.SKIPPED, ReleaseState.SUPERSEDED})
+"""What no release carries from: the one after it carries from the release before it."""
 LIVE = frozenset({ReleaseState.DISPATCHED, ReleaseState.RUNNING})
+SUPERSEDABLE = frozenset({ReleaseState.DISCOVERED, ReleaseState.DISPATCHED, ReleaseState.FAILED})
+"""What a watcher pass supersedes when it finds the release's folder holding other files: a release whose run is
+not done and not running (a running one is superseded by its own run, when it finds its files changed)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,71 @@ def record(session: Session, *, track: Track, found: Found) -> tuple[Release, bo
     return release, new
 
 
+def recorded(session: Session, *, track: Track, repo_id: str, revision: str) -> Release | None:
+    """The release of `track` recorded as `repo_id` at `revision`, if any."""
+    query = select(Release).where(
+        Release.track_id == track.id, Release.repo_id == repo_id, Release.revision == revision
+    )
+    return session.scalars(query).one_or_none()
+
+
+def holds_its_folder(session: Session, *, release: Release) -> list[Release]:
+    """Record that the files of `release`, a local one, are those its folder holds now (a watcher pass found
+    them there): every other release of its track from that folder that is discovered, dispatched or failed is
+    superseded by it, and `release` itself, if it was superseded, is discovered again (its files came back).
+    Returns the releases it superseded; a Hub release (no folder) supersedes nothing."""
+    if release.path is None:
+        return []
+    same_folder = select(Release).where(
+        Release.track_id == release.track_id,
+        Release.repo_id == release.repo_id,
+        Release.ref == release.ref,
+        Release.id != release.id,
+    )
+    others = list(session.scalars(same_folder.order_by(Release.id)))
+    gone = [r for r in others if status(session, release=r).state in SUPERSEDABLE]
+    for other in gone:
+        supersede(session, release=other, by=release)
+    own = status(session, release=release)
+    if own.state is ReleaseState.SUPERSEDED:
+        own.state, own.attempts, own.retry_at = ReleaseState.DISCOVERED, 0, None
+        own.detail = f"its files are back in {release.path}"
+    session.flush()
+    return gone
+
+
+def supersede(session: Session, *, release: Release, by: Release) -> bool:
+    """Mark `release` superseded by `by`, the release that holds its folder's files now, unless its run is done
+    (or it was skipped, or superseded already); returns whether it was."""
+    row = status(session, release=release)
+    if row.state in FINISHED:
+        return False
+    mark(session, release=release, state=ReleaseState.SUPERSEDED, detail=superseded_because(by)).retry_at = None
+    session.flush()
+    return True
+
+
+def superseded_because(holder: Release) -> str:
+    """Why a release is superseded by `holder`, in the words `graft track show` and `retry` give."""
+    return f"its files changed since it was seen; {label(holder)} holds them now"
+
+
+def check_current(session: Session, *, release: Release) -> None:
+    """That `release` is not superseded: a run of it would read another release's files.
+
+    Raises:
+        ReleaseChangedError: it is superseded; the release that holds its folder's files runs in its place.
+    """
+    row = status(session, release=release)
+    if row.state is ReleaseState.SUPERSEDED:
+        raise ReleaseChangedError(
+            f"{label(release)} is superseded: {row.detail} and runs in its place, so {label(release)} is never "
+            f"run again (`graft track show {release.track.name}` shows both).",
+            release=label(release),
+            revision=release.revision,
+        )
+
+
 def in_order(session: Session, *, track: Track) -> list[Release]:
     """The track's releases in their source's order (releases recorded before positions existed first)."""
     releases = list(session.scalars(select(Release).where(Release.track_id == track.id)))
@@ -71,9 +143,10 @@ def in_order(session: Session, *, track: Track) -> list[Release]:
 
 
 def previous(session: Session, *, release: Release) -> Release | None:
-    """The release before `release` in its track's order, skipped ones passed over: the one it carries from."""
+    """The release before `release` in its track's order, skipped and superseded ones passed over: the one it
+    carries from."""
     order = in_order(session, track=release.track)
-    earlier = [r for r in order[: order.index(release)] if status(session, release=r).state is not ReleaseState.SKIPPED]
+    earlier = [r for r in order[: order.index(release)] if status(session, release=r).state not in PASSED_OVER]
     return earlier[-1] if earlier else None
 
 
@@ -215,8 +288,10 @@ def retry(session: Session, *, release: Release) -> ReleaseStatus:
     """Let a release run again now, whatever ended its last run (`graft track retry`).
 
     Raises:
+        ReleaseChangedError: the release is superseded: the release that holds its files runs in its place.
         NotFoundError: the release is done or skipped, or running: there is nothing to retry.
     """
+    check_current(session, release=release)
     row = status(session, release=release)
     if row.state in FINISHED or row.state is ReleaseState.RUNNING:
         raise NotFoundError(

@@ -164,7 +164,8 @@ def _expected(data_dir: Path) -> list[Expected]:
                 f"plan: nothing to carry over, none mode ({candidate.carry_reason}); working folder {work}"
                 if carried is None
                 else f"plan: carry {carried} over, iterative mode ({candidate.carry_reason}); working folder {work}",
-                f"fetch: the release is the local folder {release.path}",
+                f"fetch: the release is the local folder {release.path}, its files checked against its sha "
+                f"{release.revision[:12]}",
                 *([] if carried is None else [f"carry over: base + 1·{carried} in {work / 'transferred'}"]),
                 f"fine-tune: {len(curve)} steps on {report['device']} × {report['processes']}, loss "
                 f"{curve[0][1]:.4f} → {curve[-1][1]:.4f}, {report['tokens']} tokens; "

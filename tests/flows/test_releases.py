@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from graftwork.deployments.cli import app
 from graftwork.errors import ReleaseOrderError
 from graftwork.flows import recycle
-from graftwork.flows.watch import watch_all_tracks, watch_releases
+from graftwork.flows.watch import Pass, watch_all_tracks, watch_releases
 from graftwork.operations.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
@@ -213,8 +213,11 @@ def test_every_registered_track_is_watched_and_one_failing_stops_no_other(
     assert set(watch_all_tracks(dispatch="inline")) == {"one"}
     gone = _track(tmp_path, testbed, name="two")  # added later, as to a running `graft serve`
     _track(tmp_path, testbed, name="three")
-    gone.rmdir()  # its watcher pass fails: its release directory is missing
-    assert set(watch_all_tracks(dispatch="inline")) == {"one", "three"}
+    gone.rmdir()  # its watcher pass looks for nothing and says why: its release directory is missing
+    passes = watch_all_tracks(dispatch="inline")
+    assert set(passes) == {"one", "two", "three"} and passes["one"].failed is passes["three"].failed is None
+    missing = f"Release directory {gone} does not exist; create it or fix the track's release_dir."
+    assert passes["two"] == Pass(failed=missing)
 
 
 def test_track_add_checks_the_data_files(data_dir: Path, testbed: Testbed, tmp_path: Path) -> None:

@@ -4,18 +4,19 @@ may start, when a failed run may run again, and which Δ a run carries."""
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.orm import Session
 
-from graftwork.errors import NotFoundError, ReleaseOrderError
+from graftwork.errors import NotFoundError, ReleaseChangedError, ReleaseOrderError
 from graftwork.storage import Registry, releases, runs
 from graftwork.storage import registry as rows
 from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, Release, Track
 from graftwork.terms import ActorKind, CarryRule, GateDecision, RecycleMode, ReleaseState
-from tests.registry.conftest import candidate, track_named
+from tests.registry.conftest import candidate, record_release, track_named
 
 POLICY = releases.RetryPolicy(limit=2, backoff=timedelta(minutes=2), stale_after=timedelta(minutes=10))
 
@@ -69,6 +70,52 @@ def test_an_unchanged_release_is_skipped_and_a_failed_one_waits_its_backoff_up_t
         assert releases.next_to_run(session, track=track, policy=POLICY, now=datetime.now(UTC)) == first
         with pytest.raises(NotFoundError, match=r"release-\d+ \(02\) is skipped: there is nothing to retry"):
             releases.retry(session, release=same)
+
+
+def test_a_release_repaired_in_place_supersedes_the_one_it_was_and_is_not_waited_behind(registry: Registry) -> None:
+    """01 failed; its folder, repaired in place, is a new release 01' that holds its files now: 01 is superseded
+    (never run again, retried or carried from), 01' runs next; a release that was done is never superseded; and
+    a release whose files come back holds its folder again."""
+    with session_scope(registry.engine) as session:
+        track = track_named(session, "t")
+        broken, second = _record(session, track, _found("01", "001", "a"), _found("02", "002", "b"))
+        releases.mark(session, release=broken, state=ReleaseState.RUNNING, runner="h:1")
+        releases.fail(session, release=broken, detail="ModelFolderError: bad header", policy=POLICY, died=False)
+        repaired = _record(session, track, releases.Found("local:/r", "f" * 40, "01", "/r/01", "001", "c" * 64))[0]
+        assert releases.in_order(session, track=track) == [broken, repaired, second]
+        assert releases.holds_its_folder(session, release=repaired) == [broken]
+        why = f"its files changed since it was seen; release-{repaired.id} (01) holds them now"
+        row = releases.status(session, release=broken)
+        assert (row.state, row.detail, row.retry_at) == (ReleaseState.SUPERSEDED, why, None)
+        assert releases.describe(row, policy=POLICY) == f"superseded ({why})"
+        assert releases.holds_its_folder(session, release=repaired) == []  # once
+        now = datetime.now(UTC)
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=now) == repaired
+        assert releases.previous(session, release=repaired) is None
+        assert releases.previous(session, release=second) == repaired
+        refused = (
+            f"release-{broken.id} (01) is superseded: {why} and runs in its place, so release-{broken.id} (01) is "
+            "never run again (`graft track show t` shows both)."
+        )
+        with pytest.raises(ReleaseChangedError) as raised:
+            releases.retry(session, release=broken)
+        assert str(raised.value) == refused
+        with pytest.raises(ReleaseChangedError, match=re.escape(refused)):
+            releases.check_current(session, release=broken)
+        releases.check_current(session, release=repaired)
+
+        releases.mark(session, release=second, state=ReleaseState.DONE)
+        replaced = _record(session, track, releases.Found("local:/r", "e" * 40, "02", "/r/02", "002", "e" * 64))[0]
+        assert releases.holds_its_folder(session, release=replaced) == []  # a done release is history
+        assert releases.status(session, release=second).state is ReleaseState.DONE
+
+        assert releases.holds_its_folder(session, release=broken) == [repaired]  # its files are back
+        back = releases.status(session, release=broken)
+        assert (back.state, back.attempts, back.detail) == (ReleaseState.DISCOVERED, 0, "its files are back in /r/01")
+        assert releases.status(session, release=repaired).state is ReleaseState.SUPERSEDED
+        assert releases.next_to_run(session, track=track, policy=POLICY, now=now) == broken
+        hub = record_release(session, track=track, repo_id="o/m", revision="d" * 40, ref="01")[0]
+        assert releases.holds_its_folder(session, release=hub) == []  # a Hub release has no folder
 
 
 def test_a_release_is_named_by_id_ref_or_sha(registry: Registry) -> None:
