@@ -1,13 +1,15 @@
 """File-system helpers every layer may use: atomic output folders and files, fsync, JSON, sizes.
 
 An output is written under a temporary sibling name and renamed into place only when it is
-complete, so a failure or a kill never leaves a partial output at the final path.
+complete, so a failure or a kill never leaves a partial output at the final path. A resumable output's
+sibling keeps its name across a kill, for the next run to finish.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -90,23 +92,74 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = Fal
             yield tmp
             if durable:
                 fsync_tree(tmp)
-            if out.exists():
-                trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
-                out.rename(trash)
-                tmp.rename(out)
-                shutil.rmtree(trash)
-            else:
-                tmp.rename(out)
+            _move_into_place(tmp, out)
             if durable:
                 fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in made:  # deepest first: the folders made for `out`, if nothing else was put there
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_made(made)
         raise
+
+
+@contextmanager
+def resumable_output_dir(out: Path) -> Iterator[Path]:
+    """Yield `out`'s staging folder, `.OUT.staging` beside it; rename it to `out` (replacing what is there) only if
+    the block completes.
+
+    Unlike `atomic_output_dir`'s, the staging folder has a name that does not change and outlives a kill or Ctrl-C,
+    so that the next call for the same `out` finds what the killed one wrote there: the block writes each file
+    atomically and keeps those it finds already right. An error removes it, and the folders made to hold it. Calls
+    for the same `out` take turns (a lock on its parent folder), so no two write in one staging folder at once.
+
+    Raises:
+        DiskFullError, NoAccessError: the disk filled up, or a write was denied (nothing is left at `out`).
+    """
+    out = Path(out).resolve()
+    staging = out.parent / f".{out.name}.staging"
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    with disk_errors(out, doing="making its folder"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out.parent):
+        try:
+            with disk_errors(out, doing=f"writing {out.name}"):
+                staging.mkdir(exist_ok=True)
+                yield staging
+                _move_into_place(staging, out)
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            _remove_made(made)
+            raise
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (flock(2) on the folder itself) for the block."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the folder `tmp` to `out`; a folder already at `out` is replaced, then removed."""
+    if out.exists():
+        trash = out.parent / f".{out.name}.replaced-{uuid.uuid4().hex[:8]}"
+        out.rename(trash)
+        tmp.rename(out)
+        shutil.rmtree(trash)
+    else:
+        tmp.rename(out)
+
+
+def _remove_made(made: list[Path]) -> None:
+    """Remove the folders made to hold an output that failed, deepest first, while nothing else was put there."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 @contextmanager

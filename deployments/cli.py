@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..operations.settings import GraftSettings
 from ..terms import RecycleMode
 from .compare_cli import compare
 from .console import DataDir, choose_data_dir, err, live_progress, say, settings, user_errors
@@ -26,11 +26,15 @@ from .webhook_cli import webhook
 if TYPE_CHECKING:  # the commands import what they use, so that `graft --help` starts at once
     from ..tasks.engine import DeltaSummary
 
+# Help as click writes it, for every command (the sub-commands' apps take this one's mode): each docstring paragraph
+# flows to the terminal's width, and a flag reads `--fast` or `--control / --no-control`. Rich's panels (typer's
+# default) kept the single newlines of a docstring's later paragraphs, and wrote `--fast <bool>`.
 app = typer.Typer(
     name="graft",
     help="Graftwork: carry fine-tuning over to new base-model releases with diff vectors.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
@@ -283,11 +287,12 @@ def demo(
     fine-tuned, evaluated, gated and promoted through Prefect; then the lineage and what recycling saved.
 
     Everything stays under the data dir; a second run reuses what exists. The runs go to the data dir's
-    Prefect server (`graft ui` shows them): the one running, else one started for the demo and stopped after it.
+    Prefect server (`graft ui` shows them): the one running, else one started for the demo and stopped after it
+    (none when no release is left to run).
     """
+    started = time.perf_counter()  # before the demo's imports (torch's among them), which its time counts
     from ..operations.progress import listening
     from .demo import DemoOptions, run_demo
-    from .local_server import prefect_service
 
     options = DemoOptions(
         data_dir=(data_dir or settings().data_dir).resolve(),
@@ -296,13 +301,9 @@ def demo(
         fast=fast,
         testbed=testbed,
         mode=mode,
+        started=started,
     )
-    with (
-        user_errors(),
-        prefect_service(settings=GraftSettings(data_dir=options.data_dir), say=say, own=True),
-        live_progress() as listener,
-        listening(listener),
-    ):
+    with user_errors(), live_progress() as listener, listening(listener):
         run_demo(options=options, say=say)
 
 

@@ -7,9 +7,10 @@ over, fine-tune, register the new Δ, evaluate, gate, promote. Beside each candi
 release with the same budget (plain FT), evaluating along the way, to show what recycling saved.
 
 Everything lives under one data dir: the test bed, the registry (SQLite), the blob store, the runs'
-working folders and Prefect's own database (`DATA_DIR/prefect`), which `graft ui` serves. Killed at any
-point, the demo finishes the job on its next run: a release that was published but has no decision is
-run again, and every step it had completed is found where it left it.
+working folders and Prefect's own database (`DATA_DIR/prefect`), which `graft ui` serves; the runs go to
+the data dir's Prefect server, started for them when none runs. Killed at any point, the demo finishes the
+job on its next run: a release that was published but has no decision is run again, and every step it had
+completed is found where it left it. A run with no release left to run reuses it all and starts no server.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr
+from contextlib import contextmanager, nullcontext, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from ..errors import ReleaseOrderError
 from ..flows.watch import watch_releases
 from ..fs import Say, write_text_atomic
 from ..operations.progress import told
-from ..operations.settings import Workspace
+from ..operations.settings import GraftSettings, Workspace
 from ..operations.shipped import shipped_file
 from ..storage import registry as rows
 from ..storage.db import session_scope
@@ -42,6 +43,7 @@ from ..tasks.track import TrackSpec, load_track, spec_digest
 from ..tasks.training.finetune import finetune
 from ..terms import Dispatch, RecycleMode
 from .demo_table import HEADER, ReleaseRow, decided, line, release_row, summary
+from .local_server import prefect_service
 
 TRACK = "testbed-demo"
 CURVE_EVERY = 10
@@ -59,7 +61,7 @@ class DemoOptions:
     testbed: Path | None = None
     mode: RecycleMode | None = None
     started: float = field(default_factory=time.perf_counter)
-    """When the command began (its Prefect server's start included), for the time it reports."""
+    """When the command began, for the time it reports."""
 
     @property
     def root(self) -> Path:
@@ -76,10 +78,12 @@ class DemoOptions:
 
 def run_demo(*, options: DemoOptions, say: Say) -> list[ReleaseRow]:
     """Run the demo; return its table. A second run reuses what exists and says so; a run after a kill
-    finishes what the killed one left.
+    finishes what the killed one left. The runs go to the data dir's Prefect server (the one running, else one
+    started for them and stopped after them), which a run with no release left to run does not start.
 
     Raises:
         TestbedError: the test bed cannot be built where asked.
+        LocalPrefectError: the data dir's Prefect server could not be started or used (as `prefect_service`).
         GraftError: a step of the flow failed (its message says which and why).
     """
     from prefect.settings import PREFECT_LOGGING_LEVEL, temporary_settings
@@ -127,28 +131,31 @@ class _AppendOnly(io.TextIOBase):
 
 
 def _run(options: DemoOptions, say: Say) -> list[ReleaseRow]:
+    """The demo's work, then its table. The data dir's Prefect server is started only when a release is left to
+    run: a run that finds every release decided (the plain-FT curves, if any are missing, need no server) starts
+    none. The time it reports is the command's, the server's start and stop included."""
     bed = _testbed(options, say)
     versions = (*bed.releases, bed.new_release)[: options.releases]
     spec = _register_track(options, bed, say)
     release_dir = options.root / "releases"
     release_dir.mkdir(parents=True, exist_ok=True)
     registry = options.workspace.registry()
+    folders = [release_dir / f"{i:02d}-{model.name}" for i, model in enumerate(versions, 1)]
+    done = [folder.exists() and decided(registry, track=TRACK, ref=folder.name) for folder in folders]
+    settings = GraftSettings(data_dir=options.data_dir)
     table: list[ReleaseRow] = []
-    reused = 0
-    for i, model in enumerate(versions, 1):
-        folder = release_dir / f"{i:02d}-{model.name}"
-        done = folder.exists() and decided(registry, track=TRACK, ref=folder.name)
-        if not done:
-            _release(options, model, folder, say)
-        curve = _plain_curve(options, spec, model, bed)
-        table.append(release_row(registry, track=TRACK, spec=spec, name=model.name, ref=folder.name, curve=curve))
-        reused += done
+    with nullcontext() if all(done) else prefect_service(settings=settings, say=say, own=True):
+        for model, folder, earlier in zip(versions, folders, done, strict=True):
+            if not earlier:
+                _release(options, model, folder, say)
+            curve = _plain_curve(options, spec, model, bed)
+            table.append(release_row(registry, track=TRACK, spec=spec, name=model.name, ref=folder.name, curve=curve))
     say("")
     say(HEADER)
     for row in table:
         say(line(row))
     summary(table, track=TRACK, data_dir=options.data_dir, log=options.log, say=say)
-    took = f"Done in {time.perf_counter() - options.started:.0f} s"
+    took, reused = f"Done in {time.perf_counter() - options.started:.0f} s", sum(done)
     say(f"{took} ({reused} of {len(table)} releases done by an earlier run, reused)." if reused else f"{took}.")
     return table
 

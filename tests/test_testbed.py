@@ -227,3 +227,63 @@ def test_a_killed_build_takes_its_pretraining_children_with_it(tmp_path: Path) -
             if child.is_running():
                 child.kill()
     assert not (tmp_path / "bed").exists()
+
+
+KILLED_COPY = """
+import hashlib, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+from graftwork.tasks.testbed import build, shipped
+
+class Sha256:  # hangs (to be killed) as the copy checks its sixth file
+    checked = 0
+
+    def __init__(self):
+        self.digest = hashlib.sha256()
+
+    def update(self, data):
+        self.digest.update(data)
+
+    def hexdigest(self):
+        Sha256.checked += 1
+        if Sha256.checked == 6:
+            print("checking the sixth", flush=True)
+            time.sleep(60)
+        return self.digest.hexdigest()
+
+shipped.hashlib = SimpleNamespace(sha256=Sha256)
+build.build_testbed(out=Path(sys.argv[1]), seed=0, control=False)
+"""
+
+
+def test_a_copy_of_the_shipped_bed_killed_midway_is_resumed_keeping_the_files_it_had_checked(tmp_path: Path) -> None:
+    """Killed (SIGKILL) as it checks its sixth file, a copy of the shipped bed leaves nothing at OUT, and in OUT's
+    staging folder the five files it checked, whole, and the sixth under a temporary name; the next copy keeps the
+    five as they are (same inode, same mtime) but one whose bytes were changed since, drops the temporary file, and
+    ends with the shipped bed bit for bit."""
+    from graftwork.tasks.testbed import shipped
+
+    out, staging = tmp_path / "bed", tmp_path / ".bed.staging"
+    copy = subprocess.Popen([sys.executable, "-c", KILLED_COPY, str(out)], stdout=subprocess.PIPE, text=True)
+    assert copy.stdout is not None
+    assert copy.stdout.readline() == "checking the sixth\n"
+    copy.send_signal(signal.SIGKILL)
+    copy.wait()
+    assert not out.exists()
+    root = shipped.shipped_root() / "seed0"
+    wanted = sorted(f for f in json.loads((root / shipped.FILES).read_text())["files"] if not f.startswith("control/"))
+    sixth = Path(wanted[5])
+    left = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+    assert left == sorted([*wanted[:5], f"{sixth.parent}/.{sixth.name}.partial-{copy.pid}"])
+    assert all((staging / f).read_bytes() == (root / f).read_bytes() for f in wanted[:5])
+    changed = staging / wanted[4]
+    changed.write_bytes(changed.read_bytes()[:-1])
+    kept = {f: ((staging / f).stat().st_ino, (staging / f).stat().st_mtime_ns) for f in wanted[:4]}
+
+    bed = build_testbed(out=out, seed=0, control=False)
+
+    assert {f: ((out / f).stat().st_ino, (out / f).stat().st_mtime_ns) for f in kept} == kept
+    assert (out / wanted[4]).read_bytes() == (root / wanted[4]).read_bytes()
+    assert shipped.differences(bed.root) == [] and not (out / "control").exists()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [*wanted, "testbed.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bed"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from ...errors import TestbedError
-from ...fs import atomic_output_dir, die_with_parent, write_json
+from ...fs import atomic_output_dir, die_with_parent, resumable_output_dir, write_json
 from . import corpus
 from .shipped import copy_shipped, find_shipped
 
@@ -102,7 +102,8 @@ def build_testbed(
     environment: Mapping[str, str] | None = None,
 ) -> Testbed:
     """The test bed under `out`: the one already there if it was made the same way, else a copy of the
-    shipped bed (seed 0, the default set-up: verified file by file), else a build from scratch.
+    shipped bed (seed 0, the default set-up: verified file by file; a copy killed midway is resumed, keeping
+    the files it had copied), else a build from scratch.
 
     Args:
         out: the folder to build in; created atomically.
@@ -134,16 +135,19 @@ def build_testbed(
     shipped = (
         None if from_scratch else find_shipped(key=cache_key(seed=seed, versions=versions, control=True, spec=spec))
     )
+    made = {"key": key, "seed": seed, "versions": versions, "control": control}
+    if shipped is not None:
+        with resumable_output_dir(out) as staging:
+            copy_shipped(shipped, staging, control=control)
+            write_json(staging / MANIFEST, made)
+        return _testbed(out, seed=seed, versions=versions, control=control)
     with atomic_output_dir(out, overwrite=True) as tmp:
-        if shipped is not None:
-            copy_shipped(shipped, tmp, control=control)
-        else:
-            _write_data(tmp, seed=seed, spec=spec)
-            _write_tasks(tmp / "tasks")
-            _pretrain_pinned(
-                tmp, seed=seed, versions=versions, control=control, spec=spec, threads=threads, environment=environment
-            )
-        write_json(tmp / MANIFEST, {"key": key, "seed": seed, "versions": versions, "control": control})
+        _write_data(tmp, seed=seed, spec=spec)
+        _write_tasks(tmp / "tasks")
+        _pretrain_pinned(
+            tmp, seed=seed, versions=versions, control=control, spec=spec, threads=threads, environment=environment
+        )
+        write_json(tmp / MANIFEST, made)
     return _testbed(out, seed=seed, versions=versions, control=control)
 
 

@@ -2,19 +2,22 @@
 manifest of every file's sha256, so that the demo, the tests and `replicate --quick` start at once.
 
 A shipped bed is used by copying it into the folder asked for, each file checked against its
-manifest as it is copied. `python -m graftwork.tasks.testbed.ship DIR` ships the bed that
-`graft testbed build --out DIR` built (from scratch, with its control) in place of the shipped one.
+manifest as it is copied; a copy killed midway is resumed by the next, which keeps the files already checked.
+`python -m graftwork.tasks.testbed.ship DIR` ships the bed that `graft testbed build --out DIR` built (from
+scratch, with its control) in place of the shipped one.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from importlib import resources
 from pathlib import Path
 
 from ...errors import TestbedError
+from ...fs import file_sha256
 
 FILES = "files.json"
 SHIPPED_PARTS = ("releases", "control", "data", "tasks")
@@ -39,33 +42,63 @@ def copy_shipped(root: Path, dest: Path, *, control: bool) -> None:
     """Copy the shipped bed at `root` into `dest`, checking each file's sha256 against the manifest (the
     control is left out unless asked for).
 
+    A copy resumes where a killed one stopped: a file already in `dest` whose sha256 is the manifest's is kept as
+    it is, and each file copied is written under a temporary name and renamed once its bytes are checked, so that
+    a file in `dest` is always whole. Anything else in `dest` (a killed copy's temporary files, a control left by a
+    copy that asked for it) is removed first.
+
     Raises:
         TestbedError: a file is missing or its bytes are not the ones shipped.
     """
     files: dict[str, str] = json.loads((root / FILES).read_text())["files"]
-    for relative, sha256 in sorted(files.items()):
-        if relative.startswith("control/") and not control:
-            continue
-        source, target = root / relative, dest / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        try:
-            with source.open("rb") as src, target.open("wb") as dst:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    dst.write(chunk)
-        except FileNotFoundError:
-            raise TestbedError(
-                f"the shipped test bed lacks {relative} ({root}); reinstall Graftwork, or build the bed with "
-                "`graft testbed build --out DIR`.",
-                path=source,
-            ) from None
+    wanted = {relative: sha256 for relative, sha256 in files.items() if control or not relative.startswith("control/")}
+    _remove_others(dest, keep=set(wanted))
+    for relative, sha256 in sorted(wanted.items()):
+        target = dest / relative
+        if not (target.is_file() and file_sha256(target) == sha256):
+            _copy_checked(root, relative, target, sha256=sha256)
+
+
+def _remove_others(dest: Path, *, keep: set[str]) -> None:
+    """Remove the files under `dest` whose paths relative to it are not in `keep`, then the folders left empty."""
+    for path in sorted(dest.rglob("*"), reverse=True):  # a folder's contents before the folder
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        elif path.relative_to(dest).as_posix() not in keep:
+            path.unlink()
+
+
+def _copy_checked(root: Path, relative: str, target: Path, *, sha256: str) -> None:
+    """Copy the shipped file `relative` to `target` through a temporary sibling, renamed once its sha256 is checked.
+
+    Raises:
+        TestbedError: the file is missing or its bytes are not the ones shipped.
+    """
+    source = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with source.open("rb") as src, partial.open("wb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
         if digest.hexdigest() != sha256:
             raise TestbedError(
                 f"the shipped test bed's {relative} ({source}) hashes to {digest.hexdigest()}, not {sha256}; "
                 "reinstall Graftwork, or build the bed with `graft testbed build --out DIR`.",
                 path=source,
             )
+        os.replace(partial, target)
+    except FileNotFoundError:
+        raise TestbedError(
+            f"the shipped test bed lacks {relative} ({root}); reinstall Graftwork, or build the bed with "
+            "`graft testbed build --out DIR`.",
+            path=source,
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def cpu_signature() -> str:

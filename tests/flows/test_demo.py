@@ -4,6 +4,7 @@ kill, and with a Prefect server that is slow to start."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from graftwork.deployments.demo_table import HEADER
 from graftwork.operations.settings import Workspace
 from graftwork.storage import registry as rows
 from graftwork.storage import releases
@@ -56,9 +58,9 @@ def _decided(data_dir: Path) -> list[tuple[str, str]]:
 @pytest.mark.endtoend
 def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_path: Path) -> None:
     """On a clean data dir the demo publishes release after release; killed once the second is published
-    and recorded, its next run finishes that release (not publishing it again) and the third, with one
-    candidate and one decision each; a third run, whose Prefect server is slower to start than Prefect's
-    own 20 s timeout, waits for it, reuses everything and prints the same table."""
+    and recorded, its next run, whose Prefect server is slower to start than Prefect's own 20 s timeout, waits
+    for it and finishes that release (not publishing it again) and the third, with one candidate and one
+    decision each; a third run reuses everything, starts no Prefect server and prints the same table."""
     data_dir = tmp_path / "data"
     args = ["--fast", "--releases", "3", "--data-dir", str(data_dir)]
     command = [str(GRAFT), "demo", *args]
@@ -84,7 +86,10 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
         time.sleep(0.2)
     assert [ref for ref, _ in _decided(data_dir)] == ["01-M1"] and _count(data_dir, "releases") == 2
 
-    finished = _demo(args)
+    slow = {"PYTHONPATH": str(SLOW_SERVER), "GRAFT_TEST_SERVER_DELAY": "25"}
+    finished = _demo(args, **slow)
+    assert "waiting for the Prefect server to start (10 s) ..." in finished
+    assert "waiting for the Prefect server to start (20 s) ..." in finished
     assert "M2: published by an earlier run that stopped before its decision; finishing it ..." in finished
     assert "M3: published; the watcher finds it" in finished and "M1: published" not in finished
     table = _table(finished)
@@ -109,10 +114,8 @@ def test_the_demo_runs_is_killed_finishes_the_job_and_reuses_what_it_did(tmp_pat
     assert (data_dir / "prefect" / "prefect.db").is_file()  # the runs are in the data dir's Prefect database
     _runs_are_named_and_logged(data_dir)
 
-    slow = {"PYTHONPATH": str(SLOW_SERVER), "GRAFT_TEST_SERVER_DELAY": "25"}
     reused = _demo(args, **slow)
-    assert "waiting for the Prefect server to start (10 s) ..." in reused
-    assert "waiting for the Prefect server to start (20 s) ..." in reused
+    assert "Prefect server" not in reused
     assert "Reusing the CPU test bed" in reused and "Reusing track testbed-demo" in reused
     assert "published" not in reused and _table(reused) == table
     assert "(3 of 3 releases done by an earlier run, reused)." in reused
@@ -138,6 +141,43 @@ def test_a_demo_killed_in_a_fine_tune_then_after_a_diff_ends_with_one_row_of_eac
     assert [ref for ref, _ in _decided(data_dir)] == ["01-M1", "02-M2", "03-M3"]
     assert [_count(data_dir, table) for table in ("candidates", "diffs", "promotions")] == [3, 3, 3]
     assert list(temp.glob("graft-finetune-*")) == []
+
+
+def test_a_demo_with_no_release_left_to_run_starts_no_prefect_server(tmp_path: Path) -> None:
+    """Once every release is decided, the next demo prints the table again from the registry without starting the
+    data dir's Prefect server (no server process runs on its home meanwhile, and its log does not grow), and
+    reports the time it took."""
+    data_dir = tmp_path / "data"
+    args = [str(GRAFT), "demo", "--fast", "--releases", "1", "--data-dir", str(data_dir)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=900, env=_env())
+    assert first.returncode == 0, first.stdout + first.stderr
+    log = data_dir / "prefect" / "server.log"
+    logged = log.stat().st_size
+
+    start = time.monotonic()
+    again = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    servers: set[int] = set()
+    while again.poll() is None:
+        servers.update(_servers_on(data_dir / "prefect"))
+        time.sleep(0.05)
+    wall = time.monotonic() - start
+    out, err = again.communicate()
+
+    assert again.returncode == 0, out + err
+    assert servers == set() and log.stat().st_size == logged
+    before = first.stdout.splitlines()
+    ended = next(i for i, line in enumerate(before) if line.startswith("Done in "))
+    table = before[before.index(HEADER) - 1 : ended]  # the table and the summary under it
+    *lines, done, last = out.splitlines()
+    assert last == ""  # the live bars' end, where stdout is not a terminal
+    assert lines == [
+        f"Reusing the CPU test bed in {data_dir / 'demo' / 'testbed'}",
+        f"Reusing track testbed-demo ({data_dir / 'demo' / 'testbed-demo.yaml'})",
+        *table,
+    ]
+    took = re.fullmatch(r"Done in (\d+) s \(1 of 1 releases done by an earlier run, reused\)\.", done)
+    assert took is not None and int(took[1]) <= wall, (done, wall)
+    assert err == ""
 
 
 def _servers_on(home: Path) -> list[int]:
