@@ -197,6 +197,14 @@ class LaunchError(GraftError, ChildProcessError):
     status: int | None
 
 
+class TrainerCommandError(GraftError, ChildProcessError):
+    """A track's own training command could not start, exited with a non-zero status, ran past its timeout, or
+    names a file whose bytes changed since the track was added."""
+
+    command: list[str] | None
+    status: int | None
+
+
 class SuiteError(GraftError, ValueError):
     """A suite file is malformed or names tasks lm-eval cannot find."""
 

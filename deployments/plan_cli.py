@@ -33,6 +33,7 @@ def plan(
     parameters, the GPU memory per process for weights, gradients, optimizer state and activations (full,
     LoRA, FSDP, ZeRO-3 and the track's own set-up), the scratch disk of a recycle run, and whether it fits
     the pool's GPUs (GRAFT_POOL_GPUS of GRAFT_POOL_GPU_MEMORY_GIB each)."""
+    from ..errors import TrackError
     from ..operations.capacity import find_config, heading, newest_release, plan_track
     from ..operations.tracks import load_spec
     from ..tasks.track import load_track
@@ -41,6 +42,12 @@ def plan(
     settings = console_settings()
     with user_errors():
         spec = load_track(Path(track)) if Path(track).is_file() else load_spec(open_registry(), track=track)
+        if spec.finetune.command is not None:
+            raise TrackError(
+                f"track {spec.name} trains with its own command ({spec.finetune.command.argv[0]} ...), whose memory "
+                "Graftwork does not know: plan it with the tools of that trainer.",
+                track=spec.name,
+            )
         config, origin = find_config(
             spec, model=model, newest=lambda: newest_release(open_registry(), track=spec.name), online=True
         )
@@ -66,6 +73,13 @@ def check_track(spec: TrackSpec, *, model: str | None) -> None:
     from ..errors import PlanModelError
     from ..operations.capacity import check_fits, find_config, newest_release, plan_track
 
+    if spec.finetune.command is not None:
+        err.print(
+            f"note: not checked against the pool's GPUs: track {spec.name} trains with its own command, whose memory "
+            "Graftwork does not know; it runs on the GPUs of its launch (finetune.launch.processes).",
+            highlight=False, soft_wrap=True, markup=False,
+        )  # fmt: skip
+        return
     settings = console_settings()
     try:
         config, origin = find_config(

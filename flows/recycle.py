@@ -41,6 +41,7 @@ from ..tasks.training.finetune import finetune
 from ..tasks.training.gpus import GpuLease, gpu_lease
 from ..tasks.training.launch import run_launch
 from ..tasks.training.report import FINETUNE_REPORT, FinetuneReport
+from ..tasks.training.trained import train_with_command
 from ..terms import EvalSubject, RecycleMode, Verdict
 from .autostart import choose_start
 from .gating import champion_evaluation, gate_and_promote, publish_champion
@@ -150,7 +151,8 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, lease: GpuLease) -> 
     """The track's recipe on `start`, on the leased GPUs: in this process on a CPU worker (with a progress
     artifact), else in a child process that sees only those GPUs (`CUDA_VISIBLE_DEVICES`; in-process, the
     Trainer would take GPU 0 and every other visible GPU with it), under `accelerate launch` when the track asks
-    for several processes. The run's report (loss curve, tokens, device) is kept beside the candidate."""
+    for several processes. A track's own training command runs in a child process on those GPUs too, its output
+    in the run's log. The run's report (loss curve, tokens, device) is kept beside the candidate."""
     out, report = the_plan.work / "candidate", the_plan.work / FINETUNE_REPORT
     if out.is_dir() and report.is_file():
         get_run_logger().info("fine-tune: done by an earlier attempt: %s", out)
@@ -161,18 +163,22 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, lease: GpuLease) -> 
     loss = f"loss {curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "no steps"
     get_run_logger().info(
         "fine-tune: %d steps on %s × %d, %s, %d tokens; the candidate is %s",
-        len(curve),
-        done.device,
-        done.processes,
-        loss,
-        done.tokens,
-        out,
-    )
+        len(curve), done.device, done.processes, loss, done.tokens, out,
+    )  # fmt: skip
     return out
 
 
 def _fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, lease: GpuLease, *, out: Path, report: Path) -> None:
     launch = spec.finetune.launch
+    if spec.finetune.command is not None:
+        logger = get_run_logger()
+        done = train_with_command(
+            command=spec.finetune.command, start=start, data=spec.finetune.data, processes=launch.processes,
+            work=the_plan.work, env=child_environment(**lease.env()), device=lease.describe(), out=out,
+            on_line=lambda stream, line: (logger.warning if stream == "stderr" else logger.info)("trainer: %s", line),
+        )  # fmt: skip
+        done.write(report)
+        return
     if launch.processes == 1 and not lease.names:
         with progress_artifact(description=f"{the_plan.label}: fine-tune") as progress:
             result = finetune(
@@ -208,10 +214,10 @@ def record_candidate(
     curve = json.dumps(report.loss_curve).encode()
     with registry.store.writing():  # gc keeps the curve's blob until the row owning it is committed
         blob = registry.store.put(io.BytesIO(curve)).name if report.loss_curve else None
-        recipe = spec.finetune.recipe
+        recipe, command = spec.finetune.recipe, spec.finetune.command
         run = runs.FinetuneRecord(
-            recipe=recipe.model_dump(mode="json"),
-            steps=recipe.steps,
+            recipe={"command": command.model_dump(mode="json")} if command else recipe.model_dump(mode="json"),
+            steps=len(report.loss_curve) if command else recipe.steps,
             device=report.device,
             processes=report.processes,
             tokens=report.tokens,
@@ -220,7 +226,7 @@ def record_candidate(
             loss_curve_blob=blob,
             started_at=report.started_at,
             finished_at=report.finished_at,
-            data_sha256=file_sha256(spec.finetune.data),
+            data_sha256=file_sha256(spec.finetune.data) if spec.finetune.data.is_file() else None,
         )
         with session_scope(registry.engine) as session:
             source = None if the_plan.carried_diff is None else rows.get_diff(session, ref=the_plan.carried_diff)

@@ -10,6 +10,8 @@ finetune:
   data: data/train.jsonl           # {"prompt": ..., "completion": ...} per line
   recipe: {steps: 100, learning_rate: 1.0e-3}
   launch: {processes: 1}           # > 1: accelerate with distributed: fsdp | deepspeed
+# or the team's own trainer instead of the recipe (tasks/training/command.py):
+#   command: {argv: [python, train.py, "{start}", "{output}", "{data}", "{processes}"], timeout_minutes: 120}
 recycle: {mode: iterative, carry: previous, alpha: 1.0}   # iterative | source | none | auto; previous | champion
 # auto: per release, a pre-check of the weights, then a probe of base and base + α·Δ (Δ^iter, Δ^source) for each α:
 #   recycle: {mode: auto, probe: {alphas: [0.5, 0.75, 1.0], kind: zero_shot, examples: 100}, probe_suite: {...}}
@@ -56,6 +58,7 @@ from .gate import GateRules
 from .sources import Source
 from .starts.spec import Probe, ProbeKind, ProbeScore
 from .suite import Suite, load_suite
+from .training.command import TrainerCommand
 from .training.data import read_pairs
 from .training.launch import Launch
 from .training.recipe import Recipe
@@ -70,12 +73,23 @@ class _Spec(BaseModel):
 
 
 class FinetuneSpec(_Spec):
-    """The fine-tuning data and recipe (0 steps makes every candidate a pure transfer), and how many
-    GPU processes train (more than one: accelerate with FSDP or DeepSpeed ZeRO-3)."""
+    """The fine-tuning data and recipe (0 steps makes every candidate a pure transfer), or the track's own
+    training `command` instead of the recipe; and how many GPU processes train (more than one: accelerate with
+    FSDP or DeepSpeed ZeRO-3, or the command's `{processes}`)."""
 
     data: Path
     recipe: Recipe = Field(default_factory=lambda: Recipe.model_validate({}))
+    command: TrainerCommand | None = None
     launch: Launch = Field(default_factory=lambda: Launch.model_validate({}))
+
+    @model_validator(mode="after")
+    def _recipe_or_command(self) -> FinetuneSpec:
+        if self.command is not None and self.recipe != Recipe.model_validate({}):
+            raise ValueError(
+                "a track's finetune has a recipe (the built-in trainer) or a command (its own), not both; "
+                "drop one of them"
+            )
+        return self
 
 
 class RecycleSpec(_Spec):
@@ -244,7 +258,13 @@ def check_files(spec: TrackSpec) -> None:
         FinetuneDataError: the fine-tuning data is missing or malformed (the message names the line).
         TrackError: a task folder does not exist.
     """
-    read_pairs(data=spec.finetune.data)
+    if spec.finetune.command is None:
+        read_pairs(data=spec.finetune.data)
+    elif not spec.finetune.data.exists():
+        raise TrackError(
+            f"track {spec.name}: finetune.data {spec.finetune.data} does not exist; its training command reads it.",
+            track=spec.name,
+        )
     for folder in spec.eval.task_dirs:
         if not folder.is_dir():
             raise TrackError(
@@ -279,12 +299,13 @@ def _resolved(spec: TrackSpec, base: Path) -> TrackSpec:
     def suite(given: Suite) -> Suite:
         return given.model_copy(update={"task_dirs": tuple(where(d) for d in given.task_dirs)})
 
+    command = None if spec.finetune.command is None else spec.finetune.command.resolved(base)
     probe = spec.recycle.probe_suite
     recycle = spec.recycle.model_copy(update={"probe_suite": None if probe is None else suite(probe)})
     return spec.model_copy(
         update={
             "source": spec.source.resolved(base),
-            "finetune": spec.finetune.model_copy(update={"data": where(spec.finetune.data)}),
+            "finetune": spec.finetune.model_copy(update={"data": where(spec.finetune.data), "command": command}),
             "recycle": recycle,
             "eval": suite(spec.eval),
         }

@@ -50,6 +50,10 @@ class GpuLease:
         """The environment that pins a launched run to these GPUs (nothing to pin without GPUs)."""
         return {"CUDA_VISIBLE_DEVICES": ",".join(self.names)} if self.names else {}
 
+    def describe(self) -> str:
+        """Where a launched run trains, as its report says: `cuda:0,1` (the leased GPUs), or `cpu` without any."""
+        return f"cuda:{','.join(self.names)}" if self.names else "cpu"
+
     def pin(self) -> None:
         """Make the first leased GPU this process's CUDA device (`cuda` then means it); no-op without GPUs."""
         if self.names:
