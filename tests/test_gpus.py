@@ -36,7 +36,8 @@ def test_runs_on_one_worker_get_disjoint_gpus_and_wait_for_free_ones(tmp_path: P
         time.sleep(0.3)
         assert took == []  # only GPU 3 is free: a 2-GPU run waits
     waiting.join(timeout=10)
-    assert len(took) == 1 and took[0] in (("4", "5"), ("5", "6"))  # the lowest free pair when it looked again
+    # the lowest free pair when it looked again: which one depends on when the two leases' locks were let go
+    assert len(took) == 1 and took[0] in (("4", "5"), ("5", "6"), ("6", "7"))
 
 
 def test_a_killed_run_frees_its_gpus(tmp_path: Path) -> None:
