@@ -7,7 +7,7 @@ source:                            # where releases come from; one of:
   release_dir: releases/           #   hub-repos: author + name_pattern (new repos)
                                    #   hub-refs:  repo + ref_pattern (new branches/tags, OLMo style)
 finetune:
-  data: data/train.jsonl           # {"prompt": ..., "completion": ...} per line
+  data: data/train.jsonl           # {"prompt": ..., "completion": ...} or {"messages": [...]} per line
   recipe: {steps: 100, learning_rate: 1.0e-3}
   launch: {processes: 1}           # > 1: accelerate with distributed: fsdp | deepspeed
 # or the team's own trainer instead of the recipe (tasks/training/command.py):
@@ -59,7 +59,7 @@ from .sources import Source
 from .starts.spec import Probe, ProbeKind, ProbeScore
 from .suite import Suite, load_suite
 from .training.command import TrainerCommand
-from .training.data import read_pairs
+from .training.data import read_examples
 from .training.launch import Launch
 from .training.recipe import Recipe
 
@@ -259,7 +259,7 @@ def check_files(spec: TrackSpec) -> None:
         TrackError: a task folder does not exist.
     """
     if spec.finetune.command is None:
-        read_pairs(data=spec.finetune.data)
+        read_examples(data=spec.finetune.data)
     elif not spec.finetune.data.exists():
         raise TrackError(
             f"track {spec.name}: finetune.data {spec.finetune.data} does not exist; its training command reads it.",

@@ -33,11 +33,10 @@ from ..evaluate import EvalRecord, evaluate_model
 from ..io.layout import GENERATION_CONFIG
 from ..suite import Suite
 from .candidate import folder_dtype, load_dtype, with_adapter, write_candidate
-from .data import read_pairs
+from .chat import IGNORE, tokenize_chat
+from .data import read_examples
 from .recipe import Recipe
 from .report import FinetuneReport
-
-IGNORE = -100
 
 SCRATCH_PREFIX = "graft-finetune-"
 """The trainer's scratch folders in the temp dir: `graft-finetune-<pid>-<random>`."""
@@ -90,6 +89,17 @@ def tokenize_pair(*, tokenizer: Any, prompt: str, completion: str, recipe: Recip
     return {"input_ids": ids, "labels": (masked + completion_ids)[: recipe.seq_len]}
 
 
+def tokenize_example(*, tokenizer: Any, example: dict[str, Any], recipe: Recipe, where: str) -> dict[str, list[int]]:
+    """Token ids and labels of one example of `read_examples` (a pair, or a conversation; `where` names it).
+
+    Raises:
+        FinetuneDataError: a conversation the model's chat template cannot take (see `tokenize_chat`).
+    """
+    if "messages" in example:
+        return tokenize_chat(tokenizer=tokenizer, messages=example["messages"], recipe=recipe, where=where)
+    return tokenize_pair(tokenizer=tokenizer, prompt=example["prompt"], completion=example["completion"], recipe=recipe)
+
+
 def finetune(
     *,
     model_dir: Path,
@@ -106,7 +116,8 @@ def finetune(
 
     Args:
         model_dir: a Hugging Face model folder with its tokenizer.
-        data: JSONL of `{"prompt": ..., "completion": ...}` records.
+        data: JSONL of `{"prompt": ..., "completion": ...}` records, or of `{"messages": [...]}` conversations (the
+            chat template applied, the loss on the assistant turns).
         recipe: the training set-up.
         out_dir: the output model folder, written atomically.
         eval_every: with `eval_suite`, evaluate the model in memory at step 0 and every this many steps.
@@ -117,7 +128,7 @@ def finetune(
 
     Raises:
         ModelFolderError: `model_dir` is not a model folder.
-        FinetuneDataError: `data` cannot be used.
+        FinetuneDataError: `data` cannot be used (checked before any training starts).
         OutputExistsError: `out_dir` exists and `overwrite` is false.
         FinetuneConfigError: `eval_every` is given without `eval_suite`, or is not positive.
     """
@@ -133,9 +144,11 @@ def finetune(
         )
     if threads is not None:
         torch.set_num_threads(threads)
-    pairs = read_pairs(data=data)
+    rows = read_examples(data=data)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    examples = [tokenize_pair(tokenizer=tokenizer, recipe=recipe, **p) for p in pairs]
+    examples = [
+        tokenize_example(tokenizer=tokenizer, example=e, recipe=recipe, where=f"{data}:{e['line']}") for e in rows
+    ]
     torch.manual_seed(recipe.seed)
     base_dtype = folder_dtype(model_dir)
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=load_dtype(recipe=recipe))
