@@ -102,9 +102,10 @@ def atomic_output_dir(out: Path, *, overwrite: bool = False, durable: bool = Fal
 
 
 @contextmanager
-def resumable_output_dir(out: Path) -> Iterator[Path]:
+def resumable_output_dir(out: Path, *, done: Callable[[], bool] = lambda: False) -> Iterator[Path | None]:
     """Yield `out`'s staging folder, `.OUT.staging` beside it; rename it to `out` (replacing what is there) only if
-    the block completes.
+    the block completes. Yield None, and touch nothing, when `done()` says, once this call's turn has come, that
+    `out` already holds what the block would write (another call wrote it meanwhile).
 
     Unlike `atomic_output_dir`'s, the staging folder has a name that does not change and outlives a kill or Ctrl-C,
     so that the next call for the same `out` finds what the killed one wrote there: the block writes each file
@@ -120,6 +121,9 @@ def resumable_output_dir(out: Path) -> Iterator[Path]:
     with disk_errors(out, doing="making its folder"):
         out.parent.mkdir(parents=True, exist_ok=True)
     with _locked(out.parent):
+        if done():
+            yield None
+            return
         try:
             with disk_errors(out, doing=f"writing {out.name}"):
                 staging.mkdir(exist_ok=True)

@@ -105,8 +105,8 @@ class Drainer:
         self._wake.set()
 
     def stop(self, *, timeout: float = 10.0) -> None:
-        """Stop after the start in progress, waiting at most `timeout` seconds (the rows not yet marked are
-        started by the next receiver, under their keys)."""
+        """Stop draining, waiting at most `timeout` seconds for the drain in progress (a row it leaves unmarked is
+        started by the next receiver, under its key: the same run)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:

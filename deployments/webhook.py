@@ -10,7 +10,7 @@ and starts the watchers of the tracks it concerns from the outbox (`outbox.Drain
 | no track watches the repo (or not a model repo, or an event that brings no release) | 202 `ignored` |
 | recorded for the tracks that watch the repo: their runs start from the outbox | 202 `queued`, with the tracks |
 | a delivery recorded before | 200 `duplicate` |
-| the database failed, or did not record the delivery within `answer_within_s` | 503: redeliver (never two runs) |
+| the database failed, or did not record the delivery within `answer_within_s` (it may be still) | 503: redeliver |
 | `GET /healthz` | 200 with the outbox's backlog, or 503 when the database cannot be reached |
 """
 
@@ -97,7 +97,7 @@ def create_app(
             log.error("delivery for %s: %s", event.repo_id, e)
             return _error(503, str(e))
         except TimeoutError:
-            log.error("delivery for %s: not recorded within %g s", event.repo_id, answer_within_s)
+            log.error("delivery for %s: not recorded within %g s (it may be still)", event.repo_id, answer_within_s)
             return _error(
                 503,
                 f"the registry did not record the delivery within {answer_within_s:g} s; redeliver it "

@@ -105,9 +105,9 @@ class GuardedProtocol(H11Protocol):
             self._disarm()  # the head is in: the body's time is the app's to bound
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._answered = self.cycle
-        if not self.transport.is_closing():
+        answered = self._answered = self.cycle
+        super().on_response_complete()  # may start a pipelined request's cycle: its head is in, nothing to time
+        if self.cycle is answered and not self.transport.is_closing():
             self._arm()
 
     def send_400_response(self, msg: str) -> None:

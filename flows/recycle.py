@@ -163,7 +163,7 @@ def fine_tune(the_plan: Plan, start: Path, spec: TrackSpec, lease: GpuLease) -> 
     loss = f"loss {curve[0][1]:.4f} → {curve[-1][1]:.4f}" if curve else "no steps"
     get_run_logger().info(
         "fine-tune: %d steps on %s × %d, %s, %d tokens; the candidate is %s",
-        len(curve), done.device, done.processes, loss, done.tokens, out,
+        curve[-1][0] if curve else 0, done.device, done.processes, loss, done.tokens, out,
     )  # fmt: skip
     return out
 
@@ -217,7 +217,7 @@ def record_candidate(
         recipe, command = spec.finetune.recipe, spec.finetune.command
         run = runs.FinetuneRecord(
             recipe={"command": command.model_dump(mode="json")} if command else recipe.model_dump(mode="json"),
-            steps=len(report.loss_curve) if command else recipe.steps,
+            steps=(report.loss_curve[-1][0] if report.loss_curve else 0) if command else recipe.steps,
             device=report.device,
             processes=report.processes,
             tokens=report.tokens,

@@ -183,7 +183,8 @@ def label(release: Release) -> str:
 
 
 def by_name(session: Session, *, track: Track, name: str) -> Release:
-    """A release of `track` by its id (`release-3`, `3`), its ref or folder (`02-M2`), or its sha (or a prefix).
+    """A release of `track` by its id (`release-3`, `3`), its ref or folder (`02-M2`; of a folder repaired in place,
+    the release not superseded), or its sha (or a prefix).
 
     Raises:
         NotFoundError: no release of the track has that name, or a sha prefix names several.
@@ -193,6 +194,8 @@ def by_name(session: Session, *, track: Track, name: str) -> Release:
     hits = [r for r in order if (number.isdigit() and r.id == int(number)) or r.ref == name]
     if not hits and len(name) >= 7:
         hits = [r for r in order if r.revision.startswith(name)]
+    if len(hits) > 1:  # a folder repaired in place is two releases: the one in effect is not superseded
+        hits = [r for r in hits if status(session, release=r).state is not ReleaseState.SUPERSEDED] or hits
     if len(hits) != 1:
         names = ", ".join(label(r) for r in order) or "none yet"
         why = "names several" if hits else "names none"

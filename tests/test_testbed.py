@@ -287,3 +287,26 @@ def test_a_copy_of_the_shipped_bed_killed_midway_is_resumed_keeping_the_files_it
     assert shipped.differences(bed.root) == [] and not (out / "control").exists()
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [*wanted, "testbed.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bed"]
+
+
+def test_two_copies_into_one_folder_make_it_once_and_the_second_leaves_it_alone(tmp_path: Path) -> None:
+    """Two commands copy the shipped bed into one empty folder at once: the one that waits its turn finds the bed
+    made and returns it, rather than copying again and replacing the folder under the first one's feet."""
+    import threading
+
+    out = tmp_path / "bed"
+    seen: list[int] = []
+    barrier = threading.Barrier(2)
+
+    def copy() -> None:
+        barrier.wait()
+        bed = build_testbed(out=out, seed=0, control=False)
+        seen.append((bed.root / "testbed.json").stat().st_ino)
+
+    copies = [threading.Thread(target=copy) for _ in range(2)]
+    for thread in copies:
+        thread.start()
+    for thread in copies:
+        thread.join()
+    assert len(seen) == 2 and seen[0] == seen[1] == (out / "testbed.json").stat().st_ino
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bed"]  # no staging or replaced folder left

@@ -22,7 +22,7 @@ from graftwork.errors import (
     TrackError,
     TrainerCommandError,
 )
-from graftwork.tasks.track import load_track, spec_digest
+from graftwork.tasks.track import load_track, parse_track, spec_digest
 from graftwork.tasks.training.command import run_command
 from graftwork.tasks.training.trained import candidate_from, check_trained
 from tests.conftest import bits_equal, load_state, perturb, random_state, save_model
@@ -54,10 +54,15 @@ def test_the_command_and_the_bytes_of_its_script_are_the_tracks_spec(tmp_path: P
 
     assert command.files == {script: hashlib.sha256(b"print('training')\n").hexdigest()}
     command.check_files()
+    registered = track.model_dump(mode="json")  # what the registry stores
     before = spec_digest(track)
     (tmp_path / "train.py").write_text("print('training, changed')\n")
-    with pytest.raises(TrainerCommandError, match=r"train.py changed \(sha256 .*\) since the track was added"):
-        command.check_files()
+    stored = parse_track(registered, base_dir=Path("/"), origin="track own-trainer in the registry")
+    assert stored.finetune.command == command  # read back after the change: still the bytes seen at add time
+    for read in (command, stored.finetune.command):
+        assert read is not None
+        with pytest.raises(TrainerCommandError, match=r"train.py changed \(sha256 .*\) since the track was added"):
+            read.check_files()
     assert spec_digest(load_track(tmp_path / "track.yaml")) != before  # the changed script: a new spec version
     assert command.formatted(start=Path("/s"), output=Path("/o"), data=Path("/d"), processes=2) == [
         "python", script, "/s", "/o", "/d"
@@ -107,6 +112,12 @@ def test_its_output_is_streamed_and_kept_and_a_failure_ends_with_its_stderr(tmp_
     assert message.endswith("\n".join(f"warn {i}" for i in range(10, 30)))
     assert "warn 9\n" not in message
     assert (tmp_path / "trainer.log").read_text().splitlines()[:2] in (["step 1", "step 2"], ["step 2", "step 1"])
+
+
+def test_progress_bars_are_lines_and_a_huge_line_is_cut(tmp_path: Path) -> None:
+    script = "import sys\nsys.stderr.write('step 1\\rstep 2\\rstep 3\\n')\nprint('x' * 100000)\n"
+    lines, _ = run(tmp_path, script)
+    assert sorted(lines) == [("stderr", "step 1"), ("stderr", "step 2"), ("stderr", "step 3"), ("stdout", "x" * 4096)]
 
 
 def test_a_command_past_its_timeout_is_stopped_with_its_whole_process_group(tmp_path: Path) -> None:

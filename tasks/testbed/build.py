@@ -128,7 +128,7 @@ def build_testbed(
     out = Path(out).resolve()
     key = cache_key(seed=seed, versions=versions, control=control, spec=spec)
     manifest = out / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
+    if _made_as(out, key=key):
         return _testbed(out, seed=seed, versions=versions, control=control)
     if out.exists() and not manifest.is_file():
         raise TestbedError(f"{out} exists and is not a test bed folder; choose an empty or new --out.", path=out)
@@ -137,9 +137,10 @@ def build_testbed(
     )
     made = {"key": key, "seed": seed, "versions": versions, "control": control}
     if shipped is not None:
-        with resumable_output_dir(out) as staging:
-            copy_shipped(shipped, staging, control=control)
-            write_json(staging / MANIFEST, made)
+        with resumable_output_dir(out, done=lambda: _made_as(out, key=key)) as staging:
+            if staging is not None:  # else another copy made it while this one waited its turn
+                copy_shipped(shipped, staging, control=control)
+                write_json(staging / MANIFEST, made)
         return _testbed(out, seed=seed, versions=versions, control=control)
     with atomic_output_dir(out, overwrite=True) as tmp:
         _write_data(tmp, seed=seed, spec=spec)
@@ -149,6 +150,12 @@ def build_testbed(
         )
         write_json(tmp / MANIFEST, made)
     return _testbed(out, seed=seed, versions=versions, control=control)
+
+
+def _made_as(out: Path, *, key: str) -> bool:
+    """Whether `out` holds the test bed made as `key` says (its manifest, written last, names it)."""
+    manifest = out / MANIFEST
+    return manifest.is_file() and json.loads(manifest.read_text()).get("key") == key
 
 
 def _pretrain_pinned(

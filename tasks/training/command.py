@@ -38,6 +38,8 @@ from ...fs import die_with_parent
 PLACEHOLDERS = ("start", "output", "data", "processes")
 REQUIRED = ("start", "output")
 TAIL_LINES = 20
+MAX_LINE = 4096
+"""A longer line of the command's output is cut: its log, its tail in an error and the run's log stay readable."""
 STOP_GRACE_S = 10.0
 OnLine = Callable[[str, str], None]
 """Called with the stream's name (`stdout` or `stderr`) and each line the command writes to it."""
@@ -73,11 +75,14 @@ class TrainerCommand(BaseModel):
 
     def resolved(self, base: Path) -> TrainerCommand:
         """The command with each argument that names a file under `base` (or an absolute file) made absolute, and
-        the sha256 of each such file recorded in `files`."""
+        the sha256 of each such file recorded in `files`; a command that has them (a spec read back from the
+        registry) as it is, so that `check_files` compares with the bytes seen when the track was added."""
+        if self.files:
+            return self
         argv, files = [], {}
         for arg in self.argv:
             path = base / Path(arg).expanduser()
-            if "{" not in arg and path.is_file():
+            if "{" not in arg and _is_file(path):
                 arg = os.path.abspath(path)  # not resolved: a venv's python is a link that must stay one
                 files[arg] = _sha256(Path(arg))
             argv.append(arg)
@@ -171,13 +176,14 @@ def _pump(
 ) -> None:
     assert stream is not None
     for raw in stream:
-        line = raw.decode("utf-8", errors="replace").rstrip("\n")
-        with lock:
-            sink.write(f"{line}\n")
-            sink.flush()
-        if tail is not None:
-            tail.append(line)
-        on_line(name, line)
+        text = raw.decode("utf-8", errors="replace").rstrip("\n")
+        for line in (part[:MAX_LINE] for part in text.split("\r") if part):  # a progress bar's redraws are lines
+            with lock:
+                sink.write(f"{line}\n")
+                sink.flush()
+            if tail is not None:
+                tail.append(line)
+            on_line(name, line)
     stream.close()
 
 
@@ -205,6 +211,14 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` names a file; False for an argument that cannot be a path (a name too long for one)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _sha256(path: Path) -> str:

@@ -103,6 +103,7 @@ def test_a_release_repaired_in_place_supersedes_the_one_it_was_and_is_not_waited
         with pytest.raises(ReleaseChangedError, match=re.escape(refused)):
             releases.check_current(session, release=broken)
         releases.check_current(session, release=repaired)
+        assert releases.by_name(session, track=track, name="01") == repaired  # the folder's name: the one in effect
 
         releases.mark(session, release=second, state=ReleaseState.DONE)
         replaced = _record(session, track, releases.Found("local:/r", "e" * 40, "02", "/r/02", "002", "e" * 64))[0]
