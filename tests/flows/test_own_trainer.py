@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -77,7 +78,7 @@ def test_the_shipped_trl_trainer_makes_the_candidate_that_is_registered_and_gate
 
 
 def test_a_failing_command_fails_its_release_with_its_stderr_and_records_nothing(
-    data_dir: Path, testbed: Testbed, tmp_path: Path
+    data_dir: Path, testbed: Testbed, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     script = tmp_path / "train.py"
     script.write_text(
@@ -88,6 +89,8 @@ def test_a_failing_command_fails_its_release_with_its_stderr_and_records_nothing
     _graft("track", "add", str(_own_track(tmp_path, testbed, argv)))
     done = watch_releases(track="own")
     assert done.failed is not None and done.failed.endswith("loading the model\nCUDA out of memory")
+    [failed] = [r for r in caplog.records if r.getMessage().startswith("Task run failed with exception: Trainer")]
+    assert failed.name == "prefect.task_runs" and failed.exc_info is None  # its sentence, without the traceback
     with session_scope(Workspace.from_settings().registry().engine) as session:
         assert list(session.scalars(select(Candidate))) == list(session.scalars(select(Diff))) == []
         [release] = releases.in_order(session, track=rows.get_track(session, name="own"))
