@@ -1,9 +1,10 @@
 """Alembic environment: runs the registry's revisions on the engine handed over by `storage.db`.
 
 On SQLite, foreign keys are off while the revisions run (batch revisions rebuild tables) and are
-checked as a whole before the transaction commits. Concurrent upgrades queue on a lock (a PostgreSQL
-advisory lock; on SQLite the `BEGIN IMMEDIATE` that `storage.db` issues), and the current revision is
-read after the lock is held, so only one process migrates and the others find nothing left to do.
+checked as a whole before the transaction commits. All revisions run in one transaction, on SQLite too.
+Concurrent upgrades queue on a lock (a PostgreSQL advisory lock; on SQLite the `BEGIN IMMEDIATE` that
+`storage.db` issues) held until that transaction ends, and the current revision is read after the lock is
+held, so only one process migrates and the others find nothing left to do.
 """
 
 from __future__ import annotations
@@ -25,8 +26,15 @@ def run_migrations() -> None:
         if sqlite:  # batch revisions rebuild tables, and SQLite would check foreign keys when it drops the old one
             raw.execute("PRAGMA foreign_keys=OFF")
         try:
+            # transactional_ddl: SQLite runs DDL in a transaction, but Alembic assumes it cannot and then commits
+            # after each revision, which let go of the lock between revisions: a second first start read revision
+            # 0002 in that gap and ran 0003 again ("duplicate column name: position", 1 in 25 rounds under load)
             context.configure(
-                connection=connection, target_metadata=Base.metadata, render_as_batch=sqlite, compare_type=True
+                connection=connection,
+                target_metadata=Base.metadata,
+                render_as_batch=sqlite,
+                compare_type=True,
+                transactional_ddl=True,
             )
             with context.begin_transaction():
                 if connection.dialect.name == "postgresql":
