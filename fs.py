@@ -120,7 +120,7 @@ def resumable_output_dir(out: Path, *, done: Callable[[], bool] = lambda: False)
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     with disk_errors(out, doing="making its folder"):
         out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out.parent):
+    with folder_lock(out.parent):
         if done():
             yield None
             return
@@ -136,8 +136,9 @@ def resumable_output_dir(out: Path, *, done: Callable[[], bool] = lambda: False)
 
 
 @contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` (flock(2) on the folder itself) for the block."""
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (flock(2) on the folder itself, so that it gains no lock file) for the
+    block; processes (and separate calls in one process) take turns."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -7,9 +7,7 @@ stale snapshot. PostgreSQL is the production database.
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import os
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from sqlalchemy.exc import DatabaseError as SQLAlchemyDatabaseError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import DatabaseError, ImmutableRowError, SchemaTooNewError
+from ..fs import folder_lock
 from .models import Immutable
 
 if TYPE_CHECKING:  # Alembic loads when a database is migrated, not when a command reads the registry
@@ -74,9 +73,7 @@ def _create_sqlite(path: Path) -> None:
     if path.is_file() and path.stat().st_size > 0:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
+    with folder_lock(path.parent):
         if path.exists():
             return  # made by the process that held the lock, or empty (refused next)
         connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
@@ -84,8 +81,6 @@ def _create_sqlite(path: Path) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
         finally:
             connection.close()
-    finally:
-        os.close(folder)  # and the lock with it
 
 
 def _refuse_non_database(path: Path) -> None:

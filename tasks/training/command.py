@@ -18,7 +18,6 @@ track's spec: a changed script is a new spec version, and a run refuses a script
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -33,7 +32,7 @@ from typing import IO, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...errors import TrainerCommandError
-from ...fs import die_with_parent
+from ...fs import die_with_parent, file_sha256
 
 PLACEHOLDERS = ("start", "output", "data", "processes")
 REQUIRED = ("start", "output")
@@ -84,7 +83,7 @@ class TrainerCommand(BaseModel):
             path = base / Path(arg).expanduser()
             if "{" not in arg and _is_file(path):
                 arg = os.path.abspath(path)  # not resolved: a venv's python is a link that must stay one
-                files[arg] = _sha256(Path(arg))
+                files[arg] = file_sha256(Path(arg))
             argv.append(arg)
         return self.model_copy(update={"argv": tuple(argv), "files": files})
 
@@ -96,7 +95,7 @@ class TrainerCommand(BaseModel):
         """
         for name, sha256 in self.files.items():
             path = Path(name)
-            found = _sha256(path) if path.is_file() else None
+            found = file_sha256(path) if path.is_file() else None
             if found != sha256:
                 what = "is missing" if found is None else f"changed (sha256 {found[:12]}, recorded {sha256[:12]})"
                 raise TrainerCommandError(
@@ -219,11 +218,3 @@ def _is_file(path: Path) -> bool:
         return path.is_file()
     except OSError:
         return False
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -11,8 +11,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from graftwork.deployments.cli import app
 from graftwork.tasks.testbed import Testbed
+
+runner = CliRunner()
+
+
+def graft(*args: str, code: int = 0) -> str:
+    """Run `graft ARGS` in this process and check that it exits with `code`; its stdout, or, when it must fail, its
+    stderr then its stdout."""
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result.stdout if code == 0 else result.stderr + result.stdout
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from graftwork.deployments.cli import app
 from graftwork.flows.watch import watch_releases
 from graftwork.operations.settings import Workspace
 from graftwork.operations.shipped import shipped_file
@@ -23,15 +21,7 @@ from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, FinetuneRun, Promotion
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import ActorKind, ReleaseState
-from tests.flows.conftest import write_track
-
-runner = CliRunner()
-
-
-def _graft(*args: str, code: int = 0) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, result.output
-    return result.stdout if code == 0 else result.stderr + result.stdout
+from tests.flows.conftest import graft, write_track
 
 
 def _own_track(folder: Path, testbed: Testbed, argv: list[str]) -> Path:
@@ -58,8 +48,8 @@ def test_the_shipped_trl_trainer_makes_the_candidate_that_is_registered_and_gate
         "--steps",
         "20",
     ]
-    _graft("track", "add", str(_own_track(tmp_path, testbed, argv)))
-    assert "track own: 1 new release(s), 1 run" in _graft("track", "watch", "own")
+    graft("track", "add", str(_own_track(tmp_path, testbed, argv)))
+    assert "track own: 1 new release(s), 1 run" in graft("track", "watch", "own")
     with session_scope(Workspace.from_settings().registry().engine) as session:
         [candidate] = session.scalars(select(Candidate))
         run = session.get(FinetuneRun, candidate.finetune_run_id)
@@ -73,7 +63,7 @@ def test_the_shipped_trl_trainer_makes_the_candidate_that_is_registered_and_gate
         assert candidate.id in (decision.to_candidate_id, decision.from_candidate_id)
     work = Path(candidate.model_uri).parent
     assert "train_runtime" in (work / "trainer.log").read_text()
-    shown = _graft("registry", "show", f"candidate-{candidate.id}", "--recipe")
+    shown = graft("registry", "show", f"candidate-{candidate.id}", "--recipe")
     assert "trl_sft.py" in shown and "{output}" in shown
 
 
@@ -86,7 +76,7 @@ def test_a_failing_command_fails_its_release_with_its_stderr_and_records_nothing
         "print('CUDA out of memory', file=sys.stderr)\nsys.exit(2)\n"
     )
     argv = [sys.executable, "train.py", "{start}", "{output}"]
-    _graft("track", "add", str(_own_track(tmp_path, testbed, argv)))
+    graft("track", "add", str(_own_track(tmp_path, testbed, argv)))
     done = watch_releases(track="own")
     assert done.failed is not None and done.failed.endswith("loading the model\nCUDA out of memory")
     [failed] = [r for r in caplog.records if r.getMessage().startswith("Task run failed with exception: Trainer")]
@@ -106,8 +96,8 @@ def test_a_failing_command_fails_its_release_with_its_stderr_and_records_nothing
 
     # Fixed (a new spec version: the script's bytes are part of it) and retried, the release runs.
     script.write_text("import shutil, sys\nshutil.copytree(sys.argv[1], sys.argv[2], dirs_exist_ok=True)\n")
-    assert "spec version 2" in _graft("track", "add", str(tmp_path / "own.yaml"))
-    _graft("track", "retry", "own", "01-M1")
+    assert "spec version 2" in graft("track", "add", str(tmp_path / "own.yaml"))
+    graft("track", "retry", "own", "01-M1")
     assert watch_releases(track="own").failed is None
     with session_scope(Workspace.from_settings().registry().engine) as session:
         assert len(list(session.scalars(select(Candidate)))) == 1

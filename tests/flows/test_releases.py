@@ -16,9 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import StateType
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from graftwork.deployments.cli import app
 from graftwork.errors import ReleaseOrderError
 from graftwork.flows import recycle
 from graftwork.flows.watch import Pass, watch_all_tracks, watch_releases
@@ -29,16 +27,9 @@ from graftwork.storage.db import session_scope
 from graftwork.storage.models import Candidate, Diff, Promotion, Release
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import CandidateKind, RecycleMode, ReleaseState
-from tests.flows.conftest import kill_when
+from tests.flows.conftest import graft, kill_when
 
 pytestmark = pytest.mark.slow
-runner = CliRunner()
-
-
-def _graft(*args: str, code: int = 0) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, result.output
-    return result.stdout if code == 0 else result.stderr + result.stdout
 
 
 def _track(folder: Path, testbed: Testbed, *, name: str, steps: int = 20, **recycle: object) -> Path:
@@ -55,7 +46,7 @@ def _track(folder: Path, testbed: Testbed, *, name: str, steps: int = 20, **recy
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert f"added track {name}" in _graft("track", "add", str(path))
+    assert f"added track {name}" in graft("track", "add", str(path))
     return release_dir
 
 
@@ -93,11 +84,11 @@ def test_releases_run_in_their_sources_order_and_carry_the_previous_releases_del
     candidate in another working folder."""
     release_dir = _track(tmp_path, testbed, name="order")
     _publish(release_dir, "02-M3", testbed.releases[2])
-    assert "track order: 1 new release(s), 1 run" in _graft("track", "watch", "order")
+    assert "track order: 1 new release(s), 1 run" in graft("track", "watch", "order")
     _publish(release_dir, "01-M2", testbed.releases[1])
-    assert "track order: 1 new release(s), 1 run" in _graft("track", "watch", "order")
+    assert "track order: 1 new release(s), 1 run" in graft("track", "watch", "order")
     _publish(release_dir, "03-M4", testbed.releases[3])
-    assert "track order: 1 new release(s), 1 run" in _graft("track", "watch", "order")
+    assert "track order: 1 new release(s), 1 run" in graft("track", "watch", "order")
 
     found = _by_ref("order")
     assert list(found) == ["01-M2", "02-M3", "03-M4"]
@@ -138,7 +129,7 @@ def test_a_failed_run_or_dispatch_is_run_again_and_a_later_release_waits_for_it(
 
     monkeypatch.setattr(recycle, "finetune", flaky)
     monkeypatch.setenv("GRAFT_RETRY_BACKOFF_SECONDS", "3600")
-    error = _graft("track", "watch", "again", code=1)
+    error = graft("track", "watch", "again", code=1)
     assert "CUDA out of memory" in error
     first, second = (release for release, _ in _by_ref("again").values())
     with session_scope(Workspace.from_settings().registry().engine) as session:
@@ -153,13 +144,13 @@ def test_a_failed_run_or_dispatch_is_run_again_and_a_later_release_waits_for_it(
         row = releases.status(session, release=session.get(Release, second.id))  # type: ignore[arg-type]
         assert (row.state, row.attempts) == (ReleaseState.DISCOVERED, 0)
 
-    waiting = _graft("track", "watch", "again")  # within the backoff: nothing runs, and it says why
+    waiting = graft("track", "watch", "again")  # within the backoff: nothing runs, and it says why
     assert "track again: 0 new release(s), 0 run" in waiting
     assert (
         f"waiting: release-{first.id} (01-M2) is failed (RuntimeError: CUDA out of memory), next run after" in waiting
     )
     _backoff_over(first.id)
-    assert "track again: 0 new release(s), 2 run" in _graft("track", "watch", "again")
+    assert "track again: 0 new release(s), 2 run" in graft("track", "watch", "again")
     # 01-M2 again from its base, then 02-M3 from 02-M3 + Δ of 01-M2.
     assert [Path(c).name for c in calls] == ["01-M2", "01-M2", "transferred"]
     assert second.revision[:12] in str(calls[2])
@@ -175,27 +166,27 @@ def test_a_failed_run_or_dispatch_is_run_again_and_a_later_release_waits_for_it(
     with session_scope(Workspace.from_settings().registry().engine) as session:
         row = releases.status(session, release=session.get(Release, third.id))  # type: ignore[arg-type]
         assert row.state is ReleaseState.FAILED and row.attempts == 1 and row.detail.startswith("its dispatch failed")  # type: ignore[union-attr]
-    shown = _graft("track", "show", "again")
+    shown = graft("track", "show", "again")
     assert shown.endswith(
         f"releases, in the source's order:\n  release-{first.id} (01-M2): done\n  release-{second.id} (02-M3): done\n"
         f"  release-{third.id} (03-M4): failed ({row.detail}), next run after {row.retry_at:%H:%M:%S} UTC\n"  # type: ignore[union-attr]
     )
-    assert f"release-{third.id} (03-M4) runs again at the track's next watcher pass" in _graft(
+    assert f"release-{third.id} (03-M4) runs again at the track's next watcher pass" in graft(
         "track", "retry", "again", "03-M4"
     )
-    assert "track again: 0 new release(s), 1 run" in _graft("track", "watch", "again")
+    assert "track again: 0 new release(s), 1 run" in graft("track", "watch", "again")
     newest = _by_ref("again")["03-M4"][1]
     assert newest is not None
 
     # Backporting: the newest Δ onto the oldest release, recorded as its backport, carried by nothing.
-    said = _graft("backport", "again", "--to", "01-M2")
+    said = graft("backport", "again", "--to", "01-M2")
     with session_scope(Workspace.from_settings().registry().engine) as session:
         made = list(session.scalars(select(Candidate).where(Candidate.release_id == first.id).order_by(Candidate.id)))
         assert [c.kind for c in made] == [CandidateKind.RECYCLE, CandidateKind.BACKPORT]
         assert releases.status(session, release=session.get(Release, first.id)).state is ReleaseState.DONE  # type: ignore[arg-type]
     ported, delta = made[1], _delta_of(newest)
     assert f"backported the newest Δ of again onto 01-M2: candidate-{ported.id}" in said
-    assert f"\n  backport, started from {ported.carry_reason}\n" in _graft("registry", "show", f"candidate-{ported.id}")
+    assert f"\n  backport, started from {ported.carry_reason}\n" in graft("registry", "show", f"candidate-{ported.id}")
     assert (ported.source_diff_id, ported.finetune_run_id) == (delta.id, None)
     assert ported.carry_reason == f"diff-{delta.id}, the track's newest Δ (of release-{third.id} (03-M4)), backported"
     assert _by_ref("again")["01-M2"][1].id == made[0].id  # type: ignore[union-attr]  # the release's own candidate is still Algorithm 1's
@@ -238,9 +229,9 @@ def test_track_add_checks_the_data_files(data_dir: Path, testbed: Testbed, tmp_p
         path = tmp_path / f"{name}.yaml"
         track = {**spec, "name": name, "finetune": {**spec["finetune"], "data": str(data)}}
         path.write_text(yaml.safe_dump({**track, "eval": {**spec["eval"], "task_dirs": [str(tasks)]}}))
-        error = _graft("track", "add", str(path), code=1)
+        error = graft("track", "add", str(path), code=1)
         assert message.format(data=data, tasks=tasks) in error and "Traceback" not in error
-    assert "no tracks yet" in _graft("track", "list")
+    assert "no tracks yet" in graft("track", "list")
 
 
 def test_a_killed_watcher_is_finished_by_the_next_one(

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from sqlalchemy import select
-from typer.testing import CliRunner
 
-from graftwork.deployments.cli import app
 from graftwork.errors import ReleaseChangedError
 from graftwork.flows import recycle
 from graftwork.operations.settings import Workspace
@@ -22,15 +20,9 @@ from graftwork.storage.models import Candidate, Diff, Promotion, Release
 from graftwork.tasks.hub import content_revision
 from graftwork.tasks.testbed import Testbed
 from graftwork.terms import ReleaseState
+from tests.flows.conftest import graft
 
 pytestmark = pytest.mark.slow
-runner = CliRunner()
-
-
-def _graft(*args: str, code: int = 0) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == code, result.output
-    return result.stdout if code == 0 else result.stderr + result.stdout
 
 
 def _track(folder: Path, testbed: Testbed, *, name: str) -> Path:
@@ -46,7 +38,7 @@ def _track(folder: Path, testbed: Testbed, *, name: str) -> Path:
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert f"added track {name}" in _graft("track", "add", str(path))
+    assert f"added track {name}" in graft("track", "add", str(path))
     return release_dir
 
 
@@ -75,7 +67,7 @@ def test_a_release_repaired_in_place_supersedes_the_failed_one_and_runs_once_und
     weights = folder / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(good[:8] + b"!" + good[9:])  # the header is no longer JSON
-    assert "release-1's run failed" in _graft("track", "watch", "mend", code=1)
+    assert "release-1's run failed" in graft("track", "watch", "mend", code=1)
     (broken,), made, _, _ = _rows()
     assert made == [] and _state(broken)[0] is ReleaseState.FAILED
     assert broken.revision == broken.content_key == content_revision(folder)  # the corrupt bytes' sha
@@ -96,7 +88,7 @@ def test_a_release_repaired_in_place_supersedes_the_failed_one_and_runs_once_und
 
     # The next pass records the repair as release-2, which supersedes release-1 and runs at once, not waiting
     # behind release-1's backoff.
-    assert "track mend: 1 new release(s), 1 run" in _graft("track", "watch", "mend")
+    assert "track mend: 1 new release(s), 1 run" in graft("track", "watch", "mend")
     (_, repaired), made, diffs, promotions = _rows()
     why = "its files changed since it was seen; release-2 (01-M2) holds them now"
     assert _state(broken) == (ReleaseState.SUPERSEDED, why)
@@ -104,15 +96,15 @@ def test_a_release_repaired_in_place_supersedes_the_failed_one_and_runs_once_und
     assert (repaired.ref, repaired.revision, repaired.content_key) == ("01-M2", mended, mended)
     assert [c.release_id for c in made] == [repaired.id] and (diffs, promotions) == (1, 1)
 
-    assert _graft("track", "retry", "mend", "release-1", code=1).strip() == (
+    assert graft("track", "retry", "mend", "release-1", code=1).strip() == (
         f"error: release-1 (01-M2) is superseded: {why} and runs in its place, so release-1 (01-M2) is never run "
         "again (`graft track show mend` shows both)."
     )
-    assert _graft("track", "show", "mend").endswith(
+    assert graft("track", "show", "mend").endswith(
         f"releases, in the source's order:\n  release-1 (01-M2): superseded ({why})\n  release-2 (01-M2): done\n"
     )
-    status = _graft("track", "status", "mend").splitlines()
+    status = graft("track", "status", "mend").splitlines()
     assert status[2].split()[:3] == ["release-1", "(01-M2)", broken.revision[:12]]
     assert status[2].split()[3:] == ["superseded", "—", "—", "—", "—"]
-    assert "track mend: 0 new release(s), 0 run" in _graft("track", "watch", "mend")
+    assert "track mend: 0 new release(s), 0 run" in graft("track", "watch", "mend")
     assert len(_rows()[1]) == 1  # one candidate for the one model its bytes name
