@@ -144,8 +144,7 @@ def run_command(
             pump.start()
         try:
             status = child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _stop_group(child)
+        except subprocess.TimeoutExpired:  # stopped with its group below, as every run ends
             raise TrainerCommandError(
                 f"the training command ran past its timeout of {timeout_s / 60:g} min and was stopped with its "
                 f"processes; raise finetune.command.timeout_minutes, or make it faster. Its log: {log}",
@@ -187,19 +186,27 @@ def _pump(
 
 
 def _stop_group(child: subprocess.Popen[Any]) -> None:
-    """Stop what is left of the child's process group: SIGTERM, then SIGKILL after `STOP_GRACE_S`."""
-    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, None)):
+    """Stop what is left of the child's process group: SIGTERM, then SIGKILL after `STOP_GRACE_S`; return once
+    the group is gone (or, past a SIGKILL, `STOP_GRACE_S` more)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(child.pid, sig)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + (wait or 0)
-        while wait is not None and time.monotonic() < deadline and _group_alive(child.pid):
-            time.sleep(0.1)
-            child.poll()
-        if not _group_alive(child.pid):
+        if _gone(child, within=STOP_GRACE_S):
             break
     child.wait()
+
+
+def _gone(child: subprocess.Popen[Any], *, within: float) -> bool:
+    """Whether the child's process group is gone within `within` seconds (its leader reaped meanwhile)."""
+    deadline = time.monotonic() + within
+    while _group_alive(child.pid):
+        if time.monotonic() >= deadline:
+            return False
+        child.poll()
+        time.sleep(0.05)
+    return True
 
 
 def _group_alive(pgid: int) -> bool:
