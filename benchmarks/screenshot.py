@@ -6,7 +6,7 @@ Run `make demo` (or `graft demo --data-dir DIR`) first. This starts `graft ui` o
 its page in headless Chromium (Debian's `chromium` package), saves the picture and stops the
 server.
 
-    python benchmarks/screenshot.py [--data-dir ~/.graftwork] [--out docs]
+    python benchmarks/screenshot.py [--data-dir ~/.graftwork] [--out docs/prefect-run.png]
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def _screenshot(browser: str, url: str, out: Path, *, size: str) -> None:
             capture_output=True,
             timeout=120,
         )
+    if not out.is_file():  # Chromium exits 0 when it cannot write the picture (an --out that is a folder)
+        raise SystemExit(f"Chromium wrote no picture at {out}; --out names the PNG file to write.")
 
 
 def _free_port() -> int:
