@@ -46,5 +46,5 @@ def build(
     say(f"  new release M{len(bed.releases) + 1}: {bed.new_release}")
     if bed.control is not None:
         say(f"  control (another initialisation): {bed.control}")
-    say(f"  fine-tuning data: {bed.train_data}")
-    say(f"  lm-eval tasks {bed.generate_task}, {bed.choice_task}: {bed.task_dir}")
+    say(f"  fine-tuning data: {bed.train_data}; preference pairs (DPO): {bed.preference_data}")
+    say(f"  lm-eval tasks {bed.generate_task}, {bed.choice_task}, {bed.preference_task}: {bed.task_dir}")

@@ -2,9 +2,9 @@
 
 `build_testbed` writes ordinary Hugging Face folders: base releases M1..Mn (successive checkpoints of
 one pretraining run), a new release (continued pretraining on a shifted corpus), optionally a control
-model pretrained from another initialisation, the fine-tuning data (JSONL) and a local lm-eval task
-folder. A build is deterministic for a seed and cached: a second call with the same arguments returns
-at once.
+model pretrained from another initialisation, the fine-tuning data (JSONL; and preference pairs for a DPO
+stage) and a local lm-eval task folder. A build is deterministic for a seed and cached: a second call with
+the same arguments returns at once.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ SPECIAL = ("<pad>", "<s>", "</s>", "<unk>")
 VOCAB = (*SPECIAL, *corpus.ALPHABET)
 GENERATE_TASK = "testbed_add"
 CHOICE_TASK = "testbed_add_mc"
+PREFERENCE_TASK = "testbed_add_pref"
 MANIFEST = "testbed.json"
 TASK_DATA = "testbed_data"
 TASK_DATA_SOURCE = '''"""The test bed's eval data for lm-eval (`custom_dataset`): the bed's own data/eval.jsonl."""
@@ -43,7 +44,7 @@ def eval_split(**_):
     path = Path(__file__).resolve().parents[1] / "data" / "eval.jsonl"
     return datasets.load_dataset("json", data_files={"test": str(path)})
 '''
-BED_FORMAT = "graftwork-testbed-3"
+BED_FORMAT = "graftwork-testbed-4"
 # The pretraining's kernels, pinned so that a seed gives the same test bed on every x86 machine: ATen's
 # portable (not AVX) kernels and MKL's reproducible mode. Left to pick AVX-512 or AVX2 kernels by CPU,
 # an AMD machine gave, for seed 0, bases that never learned to add (fine-tuned: 3-6 % against 80 %).
@@ -77,6 +78,7 @@ class Testbed:
     new_release: Path
     control: Path | None
     train_data: Path
+    preference_data: Path
     task_dir: Path
 
     @property
@@ -88,6 +90,11 @@ class Testbed:
     def choice_task(self) -> str:
         """The lm-eval multiple-choice variant (four candidate sums)."""
         return CHOICE_TASK
+
+    @property
+    def preference_task(self) -> str:
+        """The lm-eval held-out preference accuracy: the correct sum against one near miss (2 choices)."""
+        return PREFERENCE_TASK
 
 
 def build_testbed(
@@ -210,6 +217,7 @@ def _testbed(root: Path, *, seed: int, versions: int, control: bool) -> Testbed:
         new_release=root / "releases" / f"M{versions + 1}",
         control=root / "control" if control else None,
         train_data=root / "data" / "train.jsonl",
+        preference_data=root / "data" / "prefs.jsonl",
         task_dir=root / "tasks",
     )
 
@@ -228,6 +236,8 @@ def _write_data(root: Path, *, seed: int, spec: PretrainSpec) -> None:
     rng = random.Random(seed + 1)
     _write_jsonl(data / "train.jsonl", [corpus.finetune_record(a, b) for a, b in train])
     _write_jsonl(data / "eval.jsonl", [corpus.eval_record(a, b, rng) for a, b in test])
+    pairs = random.Random(seed + 2)
+    _write_jsonl(data / "prefs.jsonl", [corpus.preference_record(a, b, pairs) for a, b in train])
 
 
 def _write_jsonl(path: Path, rows: Sequence[Mapping[str, object]]) -> None:
@@ -253,6 +263,15 @@ def _write_tasks(folder: Path) -> None:
             "output_type": "multiple_choice",
             "doc_to_choice": "{{choices}}",
             "doc_to_target": "{{label}}",
+            "target_delimiter": "",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        },
+        PREFERENCE_TASK: {  # acc: how often the correct sum is likelier than the item's first near miss
+            "task": PREFERENCE_TASK,
+            **common,
+            "output_type": "multiple_choice",
+            "doc_to_choice": "{{[answer, (choices | reject('equalto', answer) | first)]}}",
+            "doc_to_target": 0,
             "target_delimiter": "",
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         },

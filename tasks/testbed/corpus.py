@@ -90,6 +90,16 @@ def finetune_record(a: int, b: int) -> dict[str, str]:
     return {"prompt": prompt(a, b), "completion": f"{a + b}\n"}
 
 
+def near_miss(answer: int, rng: random.Random) -> int:
+    """A wrong sum close to `answer`: one digit off (±1, ±10) or a carry slip (+2), never negative."""
+    return rng.choice([d for d in (answer - 10, answer - 1, answer + 1, answer + 10, answer + 2) if d >= 0])
+
+
+def preference_record(a: int, b: int, rng: random.Random) -> dict[str, str]:
+    """A preference pair for a DPO stage: the correct sum chosen, a near miss rejected."""
+    return {"prompt": prompt(a, b), "chosen": f"{a + b}\n", "rejected": f"{near_miss(a + b, rng)}\n"}
+
+
 def eval_record(a: int, b: int, rng: random.Random) -> dict[str, object]:
     """An eval item with the answer for generation and four choices for the multiple-choice variant."""
     answer = a + b
