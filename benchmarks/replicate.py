@@ -15,6 +15,11 @@ measures `recycle.mode: auto` instead (see `auto_run`): for each seed and releas
 accuracy, every candidate start fine-tuned in full (to know the true winner), each probe's pick and cost, and
 the pre-check on the control lineage. It writes `auto.md` and `auto.json` (the detail).
 
+    python benchmarks/replicate.py --dpo [--out DIR]
+
+measures whether an SFT → DPO track's Δ carries over (see `carry_dpo.py`), on the shipped seed-0 bed; it writes
+`dpo.md` and `dpo.json`.
+
 `results.json` is, in both cases, one row per seed, release and mode:
 `{"seed", "release", "mode", "final", "steps", "probe_steps"}`, `final` the exact-match accuracy in percent
 after the full fine-tune. (Before `auto`, `results.json` held what `seeds.json` holds now.)
@@ -622,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auto", action="store_true", help="measure recycle.mode: auto (auto.md, auto.json)")
     parser.add_argument("--steps", type=int, help="override the full fine-tune's steps")
     parser.add_argument("--probe", choices=list(PROBES), default=Probe().kind, help="the probe auto follows")
+    parser.add_argument("--dpo", action="store_true", help="measure SFT → DPO carried over (dpo.md, dpo.json)")
     ns = parser.parse_args(argv)
     setup = QUICK if ns.quick else FULL
     if ns.seeds:
@@ -633,6 +639,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     seeds = setup.seeds
     jobs = max(1, min(ns.jobs, len(seeds)))
+    if ns.dpo:  # the shipped seed-0 bed
+        from carry_dpo import main_dpo  # beside this script
+
+        report = main_dpo(bed=build_testbed(out=ns.beds / "seed0", seed=0, control=False), out=ns.out)
+        print(report.read_text())
+        return 0
     if ns.auto:
         return _main_auto(setup=setup, out=ns.out, beds=ns.beds, jobs=jobs, probe=ns.probe)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:

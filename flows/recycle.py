@@ -216,8 +216,8 @@ def record_candidate(
         blob = registry.store.put(io.BytesIO(curve)).name if report.loss_curve else None
         recipe, command = spec.finetune.recipe, spec.finetune.command
         run = runs.FinetuneRecord(
-            recipe={"command": command.model_dump(mode="json")} if command else recipe.model_dump(mode="json"),
-            steps=(report.loss_curve[-1][0] if report.loss_curve else 0) if command else recipe.steps,
+            recipe={"command": command.model_dump(mode="json")} if command else recipe.recorded(),
+            steps=(report.loss_curve[-1][0] if report.loss_curve else 0) if command else recipe.total_steps,
             device=report.device,
             processes=report.processes,
             tokens=report.tokens,

@@ -9,6 +9,8 @@ source:                            # where releases come from; one of:
 finetune:
   data: data/train.jsonl           # {"prompt": ..., "completion": ...} or {"messages": [...]} per line
   recipe: {steps: 100, learning_rate: 1.0e-3}
+  # stages, each from the model the one before left (none: one sft stage on `data`):
+  #   recipe: {steps: 50, stages: [{kind: sft}, {kind: dpo, data: prefs.jsonl, steps: 100, beta: 0.1}]}
   launch: {processes: 1}           # > 1: accelerate with distributed: fsdp | deepspeed
 # or the team's own trainer instead of the recipe (tasks/training/command.py):
 #   command: {argv: [python, train.py, "{start}", "{output}", "{data}", "{processes}"], timeout_minutes: 120}
@@ -59,7 +61,7 @@ from .sources import Source
 from .starts.spec import Probe, ProbeKind, ProbeScore
 from .suite import Suite, load_suite
 from .training.command import TrainerCommand
-from .training.data import read_examples
+from .training.data import read_examples, read_preferences
 from .training.launch import Launch
 from .training.recipe import Recipe
 
@@ -252,14 +254,16 @@ def _plain(message: str) -> str:
 
 def check_files(spec: TrackSpec) -> None:
     """Check that the files a track names exist and parse: its fine-tuning data (one prompt/completion
-    object per line) and its eval suite's task folders.
+    object per line), each stage's (a dpo stage's preference pairs) and its eval suite's task folders.
 
     Raises:
-        FinetuneDataError: the fine-tuning data is missing or malformed (the message names the line).
+        FinetuneDataError: some fine-tuning data is missing or malformed (the message names the line).
         TrackError: a task folder does not exist.
     """
     if spec.finetune.command is None:
-        read_examples(data=spec.finetune.data)
+        for stage in spec.finetune.recipe.staged():
+            read = read_preferences if stage.kind == "dpo" else read_examples
+            read(data=stage.data or spec.finetune.data)
     elif not spec.finetune.data.exists():
         raise TrackError(
             f"track {spec.name}: finetune.data {spec.finetune.data} does not exist; its training command reads it.",
@@ -300,12 +304,16 @@ def _resolved(spec: TrackSpec, base: Path) -> TrackSpec:
         return given.model_copy(update={"task_dirs": tuple(where(d) for d in given.task_dirs)})
 
     command = None if spec.finetune.command is None else spec.finetune.command.resolved(base)
+    recipe = spec.finetune.recipe
+    recipe = recipe.model_copy(update={"stages": tuple(stage.resolved(base) for stage in recipe.stages)})
     probe = spec.recycle.probe_suite
     recycle = spec.recycle.model_copy(update={"probe_suite": None if probe is None else suite(probe)})
     return spec.model_copy(
         update={
             "source": spec.source.resolved(base),
-            "finetune": spec.finetune.model_copy(update={"data": where(spec.finetune.data), "command": command}),
+            "finetune": spec.finetune.model_copy(
+                update={"data": where(spec.finetune.data), "command": command, "recipe": recipe}
+            ),
             "recycle": recycle,
             "eval": suite(spec.eval),
         }

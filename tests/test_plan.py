@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from graftwork.deployments.cli import app
 from graftwork.errors import FinetuneConfigError, ModelFolderError
 from graftwork.tasks.training.plan import Setup, activation_bytes, footprint, model_shape, plan_finetune
-from graftwork.tasks.training.recipe import Lora, Recipe
+from graftwork.tasks.training.recipe import Lora, Recipe, Stage
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS, TRACKS = ROOT / "deployments" / "models", ROOT / "deployments" / "tracks"
@@ -104,6 +104,28 @@ def test_the_plan_marks_the_tracks_own_setup_and_counts_scratch() -> None:
     assert plan32.rows[1].setup.label == "LoRA r=16" and plan32.shape.adapter_params == 4 * LORA4
 
 
+def test_a_dpo_stage_counts_its_reference_model_for_full_training_and_none_for_lora() -> None:
+    shape = model_shape(config=TINY, lora=Lora(r=4), origin="tiny")
+    dpo = RECIPE.model_copy(update={"stages": (Stage(kind="sft"), Stage(kind="dpo", data=Path("prefs.jsonl")))})
+    p, a, n = PARAMS, LORA4, 2
+    # DPO runs chosen and rejected in one forward: the activations of a micro-batch twice as large.
+    doubled = activation_bytes(shape=shape, recipe=RECIPE.model_copy(update={"batch_size": 4}))
+    assert doubled == 2 * 34 * 2 * SBH + 4 * 2 * SBH + 4 * 16 * 4 * 100 == 173056
+    rows = {
+        label: footprint(shape=shape, recipe=dpo, setup=Setup(label, lora=lora, processes=k, sharded=sharded))
+        for label, lora, k, sharded in [("full", False, 1, False), ("lora", True, 1, False), ("fsdp", False, n, True)]
+    }
+    # Full: a second copy of the start's weights in the policy's fp32; FSDP shards it; LoRA needs none (adapter off).
+    assert {label: row.reference for label, row in rows.items()} == {"full": 4 * p, "lora": 0, "fsdp": 4 * p // n}
+    assert rows["full"].total == 4 * p + 6 * p + 8 * p + doubled + 4 * p == 722880
+    assert rows["lora"].total == 2 * p + 4 * a + 4 * a + 8 * a + doubled == 288576
+    # The sft stage alone holds no reference and half the activations: each row is its hungriest stage.
+    sft_only = footprint(shape=shape, recipe=RECIPE, setup=Setup("full", lora=False, processes=1, sharded=False))
+    assert (sft_only.reference, rows["full"].total - sft_only.total) == (0, doubled - ACTIVATIONS + 4 * p)
+    plan = plan_finetune(shape=shape, recipe=dpo, processes=1, distributed="ddp", pool_gpus=1, gpu_memory_gib=1)
+    assert plan.scratch.stage == 2 * p  # the sft stage's model, until the dpo stage has written the candidate
+
+
 def _track(tmp_path: Path, *, name: str = "tiny", source: dict[str, Any] | None = None, **finetune: Any) -> Path:
     data = tmp_path / "train.jsonl"
     data.write_text('{"prompt": "q: 1+1?", "completion": "2"}\n')
@@ -185,6 +207,10 @@ EXAMPLES = {
     "llama-3-8b-turkish": (
         "llama-3.1-8b",
         "* FSDP                  8      3.74       3.74       7.48        14.20     29.16  yes",
+    ),
+    "llama-3-8b-dpo": (  # SFT then DPO: the reference model sharded over the 8 GPUs
+        "llama-3.1-8b",
+        "* FSDP                  8      3.74       3.74       7.48        14.20       3.74     32.90  yes",
     ),
     "olmo-2-7b-checkpoints": (
         "olmo-2-1124-7b",

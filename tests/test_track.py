@@ -25,10 +25,16 @@ def test_every_example_track_is_valid(path: Path) -> None:
     spec = load_track(path)
     assert spec.name == path.stem
     assert spec.finetune.data.is_absolute()
+    assert all(
+        stage.data is None or stage.data.is_file() for stage in spec.finetune.recipe.stages if "testbed" in path.stem
+    )
+    assert all(stage.data is None or stage.data.is_absolute() for stage in spec.finetune.recipe.stages)
     assert spec.gate.metrics, "a gate reads at least one metric"
 
 
-@pytest.mark.parametrize("name", ["llama-3-8b-instruct", "llama-3-8b-turkish", "olmo-2-7b-checkpoints"])
+@pytest.mark.parametrize(
+    "name", ["llama-3-8b-instruct", "llama-3-8b-dpo", "llama-3-8b-turkish", "olmo-2-7b-checkpoints"]
+)
 def test_the_hub_tracks_evaluate_the_papers_suite_on_the_gpu(name: str) -> None:
     spec = load_track(TRACKS / f"{name}.yaml")
     chat = name != "olmo-2-7b-checkpoints"  # OLMo's stage-1 checkpoints are base models

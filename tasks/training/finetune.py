@@ -1,5 +1,8 @@
 """Fine-tuning: a model folder, a JSONL of prompt/completion pairs and a recipe in, a model folder out.
 
+A recipe may train in stages (`Recipe.stages`): sft on pairs or conversations, then DPO on preference pairs
+(`dpo.py`, TRL's `DPOTrainer`), each stage starting from the model the one before wrote.
+
 Runs with the transformers `Trainer` (and so with accelerate): deterministic on the CPU for a seed,
 bf16 and multi-GPU on GPU workers through `accelerate launch` with a config from
 `deployments/accelerate/`::
@@ -25,17 +28,17 @@ from typing import Any
 
 import torch
 import yaml
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback, TrainingArguments
 
 from ...errors import FinetuneConfigError, ModelFolderError
-from ...fs import atomic_output_dir, scratch_dir
-from ..evaluate import EvalRecord, evaluate_model
-from ..io.layout import GENERATION_CONFIG
+from ...fs import scratch_dir
+from ..evaluate import EvalRecord
 from ..suite import Suite
-from .candidate import folder_dtype, load_dtype, with_adapter, write_candidate
 from .chat import IGNORE, tokenize_chat
-from .data import read_examples
-from .recipe import Recipe
+from .data import read_examples, read_preferences
+from .dpo import train_dpo
+from .hf_trainer import Curves, StageRun, trainer_args
+from .recipe import Recipe, Stage
 from .report import FinetuneReport
 
 SCRATCH_PREFIX = "graft-finetune-"
@@ -112,30 +115,31 @@ def finetune(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune the model folder `model_dir` on `data` with `recipe`; write the result to `out_dir`.
+    """Fine-tune the model folder `model_dir` on `data` with `recipe`, stage by stage; write the result to `out_dir`.
 
     Args:
         model_dir: a Hugging Face model folder with its tokenizer.
         data: JSONL of `{"prompt": ..., "completion": ...}` records, or of `{"messages": [...]}` conversations (the
-            chat template applied, the loss on the assistant turns).
-        recipe: the training set-up.
-        out_dir: the output model folder, written atomically.
+            chat template applied, the loss on the assistant turns): the data of an sft stage that names none.
+        recipe: the training set-up, and its stages (none: one sft stage).
+        out_dir: the output model folder, written atomically; a stage before the last writes its model beside it
+            (`<out_dir>.stage<N>-<kind>`, removed at the end).
         eval_every: with `eval_suite`, evaluate the model in memory at step 0 and every this many steps.
         eval_suite: the suite for `eval_every`.
         threads: torch CPU threads (None leaves torch's setting).
         overwrite: replace `out_dir` if it exists.
-        progress: called with (steps done, steps in all) after every optimizer step.
+        progress: called with (steps done, steps in all, every stage counted) after every optimizer step.
 
     Raises:
         ModelFolderError: `model_dir` is not a model folder.
-        FinetuneDataError: `data` cannot be used (checked before any training starts).
+        FinetuneDataError: a stage's data cannot be used (every stage's is checked before any training starts).
         OutputExistsError: `out_dir` exists and `overwrite` is false.
         FinetuneConfigError: `eval_every` is given without `eval_suite`, or is not positive.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+    from transformers import AutoTokenizer
 
     start, started_at = time.perf_counter(), datetime.now(UTC)
-    model_dir = Path(model_dir)
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelFolderError(f"{model_dir} has no config.json; pass a Hugging Face model folder.", path=model_dir)
     if eval_every is not None and (eval_suite is None or eval_every < 1):
@@ -144,77 +148,103 @@ def finetune(
         )
     if threads is not None:
         torch.set_num_threads(threads)
-    rows = read_examples(data=data)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    examples = [
-        tokenize_example(tokenizer=tokenizer, example=e, recipe=recipe, where=f"{data}:{e['line']}") for e in rows
-    ]
-    torch.manual_seed(recipe.seed)
-    base_dtype = folder_dtype(model_dir)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=load_dtype(recipe=recipe))
-    if recipe.peft is not None:
-        model = with_adapter(model, lora=recipe.peft)
-    curves = _Curves(eval_every=eval_every, suite=eval_suite, tokenizer=tokenizer, progress=progress)
+    stages = recipe.staged()
+    inputs = [_stage_input(stage, data=data, recipe=recipe, tokenizer=tokenizer) for stage in stages]
+    curves = Curves(
+        eval_every=eval_every, suite=eval_suite, tokenizer=tokenizer, progress=progress,
+        total_steps=recipe.total_steps,
+    )  # fmt: skip
+    here, tokens = model_dir, 0
     with scratch_dir(prefix=SCRATCH_PREFIX) as scratch:
-        args = TrainingArguments(
-            output_dir=str(scratch),
-            max_steps=recipe.steps,
-            per_device_train_batch_size=recipe.batch_size,
-            gradient_accumulation_steps=recipe.grad_accum,
-            learning_rate=recipe.learning_rate,
-            lr_scheduler_type=recipe.schedule,
-            warmup_steps=recipe.warmup_steps,
-            weight_decay=recipe.weight_decay,
-            optim="adamw_torch",
-            seed=recipe.seed,
-            data_seed=recipe.seed,
-            full_determinism=recipe.deterministic,
-            bf16=recipe.precision == "bf16",
-            fp16=recipe.precision == "fp16",
-            activation_checkpointing=recipe.gradient_checkpointing,
-            activation_checkpointing_kwargs={"use_reentrant": False},
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            use_cpu=not torch.cuda.is_available(),
-            dataloader_pin_memory=torch.cuda.is_available(),
-            include_num_input_tokens_seen="non_padding",
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=examples,
-            data_collator=_Collator(pad_id=tokenizer.pad_token_id or 0),
-            processing_class=tokenizer,
-            callbacks=[curves],
-        )
-        trainer.remove_callback(PrinterCallback)  # the loss curve is returned, not printed
-        if recipe.steps:
-            trainer.train()
-        else:
-            curves.evaluate(model, 0)
-        # Every rank takes part in saving (FSDP and ZeRO-3 gather the weights); only the main process publishes.
-        staged = scratch / "model"
-        trainer.save_model(str(staged))
-        if trainer.is_world_process_zero():
-            with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
-                write_candidate(staged=staged, start=model_dir, dtype=base_dtype, out=tmp)
-                tokenizer.save_pretrained(str(tmp))
-                if (model_dir / GENERATION_CONFIG).is_file():
-                    shutil.copyfile(model_dir / GENERATION_CONFIG, tmp / GENERATION_CONFIG)
+        try:
+            for number, (stage, rows) in enumerate(zip(stages, inputs, strict=True), 1):
+                last = number == len(stages)
+                target = out_dir if last else out_dir.with_name(f"{out_dir.name}.stage{number}-{stage.kind}")
+                staged = recipe.for_stage(stage)
+                train = _sft if stage.kind == "sft" else train_dpo
+                run = StageRun(
+                    start=here, origin=model_dir, tokenizer=tokenizer, recipe=staged, stage=stage, out=target,
+                    overwrite=overwrite or not last, scratch=scratch / f"stage{number}", curves=curves,
+                )  # fmt: skip
+                trainer = train(run, **rows)
+                _wait_for_everyone()  # the next stage's processes read what the main process wrote
+                _drop_stage(here, first=model_dir)
+                here, tokens = target, tokens + int(trainer.state.num_input_tokens_seen)
+                curves.offset += staged.steps
+        finally:
+            if here != out_dir:
+                _drop_stage(here, first=model_dir)  # a stage failed: nothing of the run is left beside out_dir
     return FinetuneResult(
-        out_dir=Path(out_dir).resolve(),
+        out_dir=out_dir.resolve(),
         loss_curve=tuple(curves.losses),
         eval_curve=tuple(curves.evals),
         seconds=time.perf_counter() - start,
-        tokens=int(trainer.state.num_input_tokens_seen),
-        device=str(args.device),
-        processes=args.world_size,
+        tokens=tokens,
+        device=str(trainer.args.device),
+        processes=trainer.args.world_size,
         started_at=started_at,
         finished_at=datetime.now(UTC),
     )
+
+
+def _stage_input(stage: Stage, *, data: Path, recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
+    """A stage's data, read, checked and (sft) tokenized: the keyword its trainer takes it by.
+
+    Raises:
+        FinetuneDataError: the data cannot be used.
+    """
+    path = stage.data or data
+    if stage.kind == "dpo":
+        return {"pairs": read_preferences(data=path)}
+    staged = recipe.for_stage(stage)
+    return {
+        "examples": [
+            tokenize_example(tokenizer=tokenizer, example=e, recipe=staged, where=f"{path}:{e['line']}")
+            for e in read_examples(data=path)
+        ]
+    }
+
+
+def _sft(run: StageRun, *, examples: list[dict[str, list[int]]]) -> Any:
+    """An sft stage: the transformers `Trainer` on tokenized `examples`, from `run`'s start, written to `run.out`;
+    return the trainer, after training.
+
+    Raises:
+        OutputExistsError: `run.out` exists and `run.overwrite` is false.
+    """
+    from transformers import Trainer
+
+    model = run.load_model()
+    trainer = Trainer(
+        model=model,
+        args=trainer_args(TrainingArguments, recipe=run.recipe, scratch=run.scratch),
+        train_dataset=examples,
+        data_collator=_Collator(pad_id=run.tokenizer.pad_token_id or 0),
+        processing_class=run.tokenizer,
+        callbacks=[run.curves],
+    )
+    trainer.remove_callback(PrinterCallback)  # the loss curve is returned, not printed
+    if run.recipe.steps:
+        trainer.train()
+    elif run.curves.offset == 0:
+        run.curves.evaluate(model, 0)
+    run.publish(trainer)
+    return trainer
+
+
+def _drop_stage(folder: Path, *, first: Path) -> None:
+    """Remove a stage's model folder once the next stage has read it (never `first`, the fine-tune's input)."""
+    from accelerate import PartialState
+
+    if folder != first and PartialState().is_main_process:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
 
 
 class _Collator:
@@ -232,42 +262,6 @@ class _Collator:
         ids = pad("input_ids", self.pad_id)
         mask = torch.tensor([[1] * len(b["input_ids"]) + [0] * (width - len(b["input_ids"])) for b in batch])
         return {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE)}
-
-
-class _Curves(TrainerCallback):
-    """Collects the loss at every step and, when asked, eval records every `eval_every` steps."""
-
-    def __init__(
-        self,
-        *,
-        eval_every: int | None,
-        suite: Suite | None,
-        tokenizer: Any,
-        progress: Callable[[int, int], None] | None,
-    ) -> None:
-        self.eval_every, self.suite, self.tokenizer, self.progress = eval_every, suite, tokenizer, progress
-        self.losses: list[tuple[int, float]] = []
-        self.evals: list[tuple[int, tuple[EvalRecord, ...]]] = []
-
-    def evaluate(self, model: Any, step: int) -> None:
-        if self.eval_every is not None and self.suite is not None:
-            plain = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA run's PeftModel
-            records = evaluate_model(model=plain, tokenizer=self.tokenizer, suite=self.suite)
-            self.evals.append((step, tuple(records)))
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        self.evaluate(model, 0)
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
-        if logs and "loss" in logs:
-            self.losses.append((state.global_step, float(logs["loss"])))
-
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        step = state.global_step
-        if self.progress is not None:
-            self.progress(step, state.max_steps)
-        if self.eval_every and (step % self.eval_every == 0 or step == state.max_steps):
-            self.evaluate(model, step)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

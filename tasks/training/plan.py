@@ -24,7 +24,13 @@ with 16-bit activations (fp32 recipes: twice the s·b·h terms):
 - with gradient checkpointing, 2·s·b·h bytes per layer (its input) plus one layer's 34·s·b·h recomputed;
 - after the layers, 4·s·b·h (final norm, output projection) plus 4·s·b·V (the fp32 logits of the loss).
 
-Scratch disk of a recycle run: the start model (base + α·Δ) and the candidate, each in the base's dtype,
+A dpo stage (TRL's `DPOTrainer`) runs chosen and rejected answers in one forward, so its micro-batch holds 2·b
+sequences, and it holds a reference model: when every weight trains, a second copy of the start's weights in the
+policy's dtype (fp32, 4P; FSDP and ZeRO-3 shard it, 4P/N); with LoRA none, since the reference is the start model
+with the adapter switched off. A staged recipe's figures are those of its hungriest stage.
+
+Scratch disk of a recycle run: the start model (base + α·Δ) and the candidate, each in the base's dtype (and, for
+a staged recipe, the model one stage leaves the next),
 plus the candidate's Δ before the codec compresses it (4 bytes per parameter, 8 for a float32 base, whose Δ
 the engine may widen to float64). The base's own download (the Hub cache) is not counted.
 """
@@ -38,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import FinetuneConfigError, ModelFolderError
-from .recipe import Lora, Recipe
+from .recipe import DPO_BETA, Lora, Recipe, Stage
 
 GIB = 2**30
 SHARDED = frozenset({"fsdp", "deepspeed"})
@@ -84,11 +90,13 @@ class Footprint:
     gradients: int
     optimizer: int
     activations: int
+    reference: int = 0
+    """A dpo stage's reference model (0: none, as with LoRA, or no dpo stage)."""
 
     @property
     def total(self) -> int:
         """Everything one process holds."""
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.activations + self.reference
 
 
 @dataclass(frozen=True)
@@ -98,11 +106,13 @@ class Scratch:
     start: int
     candidate: int
     delta: int
+    stage: int = 0
+    """A staged recipe's model between two stages, kept until the next stage has written its own (0: one stage)."""
 
     @property
     def total(self) -> int:
         """All of it."""
-        return self.start + self.candidate + self.delta
+        return self.start + self.candidate + self.delta + self.stage
 
 
 @dataclass(frozen=True)
@@ -218,13 +228,24 @@ def activation_bytes(*, shape: ModelShape, recipe: Recipe) -> int:
 
 
 def footprint(*, shape: ModelShape, recipe: Recipe, setup: Setup) -> Footprint:
-    """GPU memory of one process of `setup` for `recipe` (bytes per parameter as the module says)."""
+    """GPU memory of one process of `setup` for `recipe`: its hungriest stage's (bytes per parameter, activations
+    and a dpo stage's reference model as the module says)."""
+    stages = (
+        _stage_footprint(shape=shape, recipe=recipe.for_stage(s), setup=setup, dpo=s.kind == "dpo")
+        for s in recipe.staged()
+    )
+    return max(stages, key=lambda row: row.total)
+
+
+def _stage_footprint(*, shape: ModelShape, recipe: Recipe, setup: Setup, dpo: bool) -> Footprint:
     p, a, n = shape.params, shape.adapter_params, setup.processes
-    activations = activation_bytes(shape=shape, recipe=recipe)
+    sequences = recipe.model_copy(update={"batch_size": 2 * recipe.batch_size}) if dpo else recipe
+    activations = activation_bytes(shape=shape, recipe=sequences)
+    reference = 0 if not dpo or setup.lora else _ceil(4 * p, n) if setup.sharded else 4 * p
     if setup.sharded:
         trained = a if setup.lora else p
         weights = 4 * p + 4 * a if setup.lora else 4 * p
-        return Footprint(setup, _ceil(weights, n), _ceil(4 * trained, n), _ceil(8 * trained, n), activations)
+        return Footprint(setup, _ceil(weights, n), _ceil(4 * trained, n), _ceil(8 * trained, n), activations, reference)
     if setup.lora:
         base = 2 if recipe.precision == "bf16" else 4
         return Footprint(setup, base * p + 4 * a, 4 * a, 8 * a, activations)
@@ -232,7 +253,7 @@ def footprint(*, shape: ModelShape, recipe: Recipe, setup: Setup) -> Footprint:
 
     precision = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[recipe.precision]
     usage = estimate_training_usage(4 * p, precision)
-    return Footprint(setup, usage["model"], usage["gradients"], usage["optimizer"], activations)
+    return Footprint(setup, usage["model"], usage["gradients"], usage["optimizer"], activations, reference)
 
 
 def _ceil(n: int, d: int) -> int:
@@ -270,7 +291,8 @@ def plan_finetune(
         standard.append(own)
     rows = tuple(footprint(shape=shape, recipe=recipe, setup=setup) for setup in standard)
     model_bytes = shape.params * shape.dtype_bytes
-    scratch = Scratch(model_bytes, model_bytes, shape.params * (8 if shape.dtype_bytes == 4 else 4))
+    delta = shape.params * (8 if shape.dtype_bytes == 4 else 4)
+    scratch = Scratch(model_bytes, model_bytes, delta, model_bytes if len(recipe.staged()) > 1 else 0)
     return FinetunePlan(
         shape=shape,
         recipe=recipe,
@@ -294,20 +316,23 @@ def render(plan: FinetunePlan, *, heading: str) -> str:
     modules = shape.lora.target_modules
     targets = modules if isinstance(modules, str) else ", ".join(modules)
     pool = f"{plan.pool_gpus} GPU(s) of {plan.gpu_memory_gib:g} GiB"
+    dpo = any(stage.kind == "dpo" for stage in recipe.staged())
     lines = [
         heading,
         f"parameters: {shape.params:,} ({shape.model_type}, {shape.dtype}: {size(shape.params * shape.dtype_bytes)} "
         f"{unit}); LoRA r={shape.lora.r} on {targets}: {shape.adapter_params:,} trainable",
         f"recipe: {recipe.precision}, micro-batch {recipe.batch_size} x {recipe.seq_len} tokens, "
         f"gradient checkpointing {'on' if recipe.gradient_checkpointing else 'off'}",
+        *([f"stages: {_stages(recipe)}; each row is the stage that needs most"] if recipe.stages else []),
         f"pool: {pool}",
         f"GPU memory per process, {unit}:",
         f"  {'set-up':<18}{'GPUs':>5}{'weights':>10}{'gradients':>11}{'optimizer':>11}{'activations':>13}"
-        f"{'total':>10}  fits",
+        f"{'reference' if dpo else '':>{11 if dpo else 0}}{'total':>10}  fits",
     ]
     for row in plan.rows:
-        figures = (row.weights, row.gradients, row.optimizer, row.activations, row.total)
-        cells = "".join(f"{size(v):>{w}}" for v, w in zip(figures, (10, 11, 11, 13, 10), strict=True))
+        figures = (row.weights, row.gradients, row.optimizer, row.activations, *([row.reference] if dpo else []))
+        widths = (10, 11, 11, 13, *([11] if dpo else []))
+        cells = "".join(f"{size(v):>{w}}" for v, w in zip((*figures, row.total), (*widths, 10), strict=True))
         mark, fits = "*" if row is plan.track else " ", "yes" if plan.fits(row) else "no"
         lines.append(f"{mark} {row.setup.label:<18}{row.setup.processes:>5}{cells}  {fits}")
     track = plan.track
@@ -315,12 +340,29 @@ def render(plan: FinetunePlan, *, heading: str) -> str:
         f"* the track's set-up: {size(track.total)} {unit} per process on {track.setup.processes} GPU(s): "
         f"{'fits' if plan.track_fits else 'does not fit'} the pool's {pool}",
         f"scratch disk per recycle run: {size(scratch.total)} {unit} = start model {size(scratch.start)} "
-        f"+ candidate {size(scratch.candidate)} + Δ {size(scratch.delta)}",
+        f"+ candidate {size(scratch.candidate)} + Δ {size(scratch.delta)}"
+        + (f" + a stage's model {size(scratch.stage)}" if scratch.stage else ""),
         "activations (Korthikanti et al. 2022; b x s tokens, hidden h, vocabulary V): 34·s·b·h bytes per layer,",
         "  or 2·s·b·h with gradient checkpointing plus one layer's 34·s·b·h; then 4·s·b·h + 4·s·b·V for the head",
         "  and the fp32 loss; fp32 recipes hold twice the s·b·h terms",
+        *(
+            [
+                "dpo: chosen and rejected in one forward (2·b sequences); its reference model is a second copy of",
+                "  the weights (4 bytes per parameter, sharded by FSDP and ZeRO-3), none with LoRA (adapter off)",
+            ]
+            if dpo
+            else []
+        ),
     ]
     return "\n".join(lines)
+
+
+def _stages(recipe: Recipe) -> str:
+    def one(stage: Stage) -> str:
+        beta = f", beta {stage.beta or DPO_BETA:g}" if stage.kind == "dpo" else ""
+        return f"{stage.kind} {recipe.for_stage(stage).steps} steps{beta}"
+
+    return " -> ".join(one(stage) for stage in recipe.staged())
 
 
 def _unit(largest: int) -> tuple[str, int]:

@@ -1,10 +1,14 @@
-"""How to fine-tune: the recipe a track declares, validated here, and its LoRA option."""
+"""How to fine-tune: the recipe a track declares, validated here, its LoRA option, and its stages (SFT, then
+preference tuning with DPO, each on its own data)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ...fs import file_sha256
 
 
 class Lora(BaseModel):
@@ -20,6 +24,47 @@ class Lora(BaseModel):
     target_modules: tuple[str, ...] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]), or every linear layer."
     )
+
+
+class Stage(BaseModel):
+    """One step of a staged fine-tune: supervised fine-tuning (`sft`) or Direct Preference Optimization (`dpo`,
+    TRL's `DPOTrainer`), on its own data, with the recipe's hyper-parameters except those it sets."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    kind: Literal["sft", "dpo"]
+    data: Path | None = Field(
+        default=None,
+        description="The stage's JSONL: sft, prompt/completion pairs or messages (default: the track's "
+        "finetune.data); dpo, preference pairs (prompt/chosen/rejected, or chosen/rejected conversations).",
+    )
+    steps: int | None = Field(default=None, ge=0, description="Optimizer steps of this stage (default: the recipe's).")
+    learning_rate: float | None = Field(default=None, gt=0, description="Default: the recipe's.")
+    warmup_steps: int | None = Field(default=None, ge=0, description="Default: the recipe's.")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Default: the recipe's (dpo: pairs per micro-batch)."
+    )
+    beta: float | None = Field(
+        default=None,
+        gt=0,
+        description="dpo only: how far from the reference model the policy may move (TRL's default 0.1).",
+    )
+
+    @model_validator(mode="after")
+    def _fits_its_kind(self) -> Stage:
+        if self.kind == "dpo" and self.data is None:
+            raise ValueError("a dpo stage needs its own data: preference pairs (prompt/chosen/rejected) per line")
+        if self.kind == "sft" and self.beta is not None:
+            raise ValueError("beta is DPO's; drop it from the sft stage")
+        return self
+
+    def resolved(self, base: Path) -> Stage:
+        """The stage with a relative `data` taken from the folder `base` (a track file's)."""
+        return self if self.data is None else self.model_copy(update={"data": base / self.data.expanduser()})
+
+
+DPO_BETA = 0.1
+"""A dpo stage's beta when it sets none: TRL's default."""
 
 
 class Recipe(BaseModel):
@@ -47,3 +92,38 @@ class Recipe(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
     peft: Lora | None = Field(None, description="Train a LoRA adapter instead of every weight.")
     deterministic: bool = Field(True, description="Deterministic kernels (torch.use_deterministic_algorithms).")
+    stages: tuple[Stage, ...] = Field(
+        (),
+        description="Train in these steps, in order, each starting from the one before's model (empty: one sft "
+        "stage on the track's data). A LoRA recipe trains a new adapter in each stage and merges it before the next, "
+        "so a dpo stage's reference model is its start, the adapter switched off.",
+    )
+
+    def for_stage(self, stage: Stage) -> Recipe:
+        """The recipe one stage trains with: this one's fields, overridden by those the stage sets."""
+        fields = ("steps", "learning_rate", "warmup_steps", "batch_size")
+        overrides = {f: getattr(stage, f) for f in fields if getattr(stage, f) is not None}
+        return self.model_copy(update={**overrides, "stages": ()})
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of every stage together."""
+        return sum(self.for_stage(stage).steps for stage in self.staged())
+
+    def recorded(self) -> dict[str, Any]:
+        """The recipe as a fine-tune run records it: its fields as JSON, each stage that names its data with the
+        sha256 of that file as it is now (`data_sha256`).
+
+        Raises:
+            OSError: a stage's data cannot be read.
+        """
+        fields = self.model_dump(mode="json")
+        fields["stages"] = [
+            {**given, **({} if stage.data is None else {"data_sha256": file_sha256(stage.data)})}
+            for stage, given in zip(self.stages, fields["stages"], strict=True)
+        ]
+        return fields
+
+    def staged(self) -> tuple[Stage, ...]:
+        """The stages to run: `stages`, or the one sft stage of a recipe with none."""
+        return self.stages or (Stage(kind="sft"),)
