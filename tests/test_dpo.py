@@ -4,6 +4,7 @@ line by line before any training starts, and what a staged run leaves on disk.""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from graftwork.tasks.testbed import Testbed
 from graftwork.tasks.training.data import read_preferences
 from graftwork.tasks.training.finetune import finetune
 from graftwork.tasks.training.recipe import Recipe, Stage
+from tests.test_chat_data import TEMPLATE
 
 CHOSEN = [{"role": "user", "content": "3+4?"}, {"role": "assistant", "content": "7"}]
 REJECTED = [{"role": "user", "content": "3+4?"}, {"role": "assistant", "content": "8"}]
@@ -139,3 +141,59 @@ def test_a_lora_dpo_stage_merges_its_adapter_into_a_full_model(testbed: Testbed,
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
     ]  # fmt: skip
     assert [step for step, _ in result.loss_curve] == list(range(1, 11)) and result.tokens > 0
+
+
+def conversation_pairs(n: int) -> list[dict[str, object]]:
+    """Preference pairs as conversations: the question as the prompt, the sum chosen, the sum plus one rejected."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"{a}+{b}?"}],
+            "chosen": [{"role": "assistant", "content": str(a + b)}],
+            "rejected": [{"role": "assistant", "content": str(a + b + 1)}],
+        }
+        for a in range(n)
+        for b in range(n)
+    ]
+
+
+def test_conversation_pairs_need_a_chat_template_that_takes_them_before_any_training(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    prefs = jsonl(tmp_path / "prefs.jsonl", conversation_pairs(2))
+    recipe = staged(prefs, steps=1, dpo_steps=1)
+    with pytest.raises(FinetuneDataError) as err:
+        finetune(model_dir=testbed.releases[0], data=testbed.train_data, recipe=recipe, out_dir=tmp_path / "out")
+    assert str(err.value) == (
+        f"{prefs}:1: a conversation needs the model's chat template, and its tokenizer has none; give the data as "
+        "prompt/completion pairs, or a model whose tokenizer_config.json has a chat_template."
+    )
+    model = with_template(testbed, tmp_path / "M1")
+    bad = jsonl(
+        tmp_path / "bad.jsonl",
+        [*conversation_pairs(1), {**conversation_pairs(1)[0], "prompt": [{"role": "tool", "content": "x"}]}],
+    )
+    with pytest.raises(
+        FinetuneDataError, match=r"bad.jsonl:2: the model's chat template refused the conversation \(no role tool\)"
+    ):
+        finetune(
+            model_dir=model, data=testbed.train_data, recipe=staged(bad, steps=1, dpo_steps=1), out_dir=tmp_path / "out"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["M1", "bad.jsonl", "prefs.jsonl"]
+
+
+def test_a_dpo_stage_trains_on_conversation_pairs_with_the_chat_template(testbed: Testbed, tmp_path: Path) -> None:
+    model = with_template(testbed, tmp_path / "M1")
+    prefs = jsonl(tmp_path / "prefs.jsonl", conversation_pairs(10))
+    result = finetune(
+        model_dir=model, data=testbed.train_data, recipe=staged(prefs, steps=2, dpo_steps=3), out_dir=tmp_path / "out"
+    )
+    assert [step for step, _ in result.loss_curve] == [1, 2, 3, 4, 5]
+    assert result.loss_curve[2][1] == pytest.approx(0.6931472, abs=1e-6)  # DPO's first step: policy = reference
+
+
+def with_template(testbed: Testbed, model: Path) -> Path:
+    """A copy of the bed's M1 whose tokenizer has the chat template of `tests/test_chat_data.py`."""
+    shutil.copytree(testbed.releases[0], model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TEMPLATE}))
+    return model

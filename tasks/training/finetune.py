@@ -34,7 +34,7 @@ from ...errors import FinetuneConfigError, ModelFolderError
 from ...fs import scratch_dir
 from ..evaluate import EvalRecord
 from ..suite import Suite
-from .chat import IGNORE, tokenize_chat
+from .chat import IGNORE, check_chat_pairs, tokenize_chat
 from .data import read_examples, read_preferences
 from .dpo import train_dpo
 from .hf_trainer import Curves, StageRun, trainer_args
@@ -196,7 +196,9 @@ def _stage_input(stage: Stage, *, data: Path, recipe: Recipe, tokenizer: Any) ->
     """
     path = stage.data or data
     if stage.kind == "dpo":
-        return {"pairs": read_preferences(data=path)}
+        pairs = read_preferences(data=path)
+        check_chat_pairs(tokenizer=tokenizer, pairs=pairs, data=path)
+        return {"pairs": pairs}
     staged = recipe.for_stage(stage)
     return {
         "examples": [
