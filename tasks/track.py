@@ -196,6 +196,16 @@ class TrackSpec(_Spec):
             )
         return self
 
+    @model_validator(mode="after")
+    def _short_probes_train_one_stage(self) -> TrackSpec:
+        short = self.recycle.mode is RecycleMode.AUTO and self.recycle.probe.kind is ProbeKind.SHORT_FINETUNE
+        if short and self.finetune.recipe.stages:
+            raise ValueError(
+                "recycle.probe short_finetune trains each start with a share of the recipe's steps, and a staged "
+                "recipe's stages have steps of their own; use probe kind zero_shot or heldout_loss with stages"
+            )
+        return self
+
 
 def spec_digest(spec: TrackSpec) -> str:
     """The hash a spec version is known by: the sha256 of the spec's canonical form, its JSON with sorted keys

@@ -4,13 +4,14 @@ line by line before any training starts, and what a staged run leaves on disk.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from graftwork.errors import FinetuneDataError
+from graftwork.errors import FinetuneDataError, OutputExistsError
 from graftwork.tasks.evaluate import evaluate
 from graftwork.tasks.suite import Suite
 from graftwork.tasks.testbed import Testbed
@@ -64,8 +65,17 @@ def staged(prefs: Path, *, steps: int = 50, dpo_steps: int = 100, **more: object
             'prefs.jsonl:1: "chosen" and "rejected" are both strings (with a string "prompt") or both conversations '
             '(lists of {"role", "content"}).',
         ),
+        (
+            [
+                {"chosen": CHOSEN, "rejected": REJECTED},
+                {"prompt": CHOSEN[:1], "chosen": CHOSEN[1:], "rejected": REJECTED[1:]},
+            ],
+            "prefs.jsonl:2 holds chosen/rejected conversations after a prompt conversation, but line 1 holds "
+            "chosen/rejected conversations: a file holds one format; split it into two files (or convert one format "
+            "to the other).",
+        ),
     ],
-    ids=["no-rejected", "sft-pair", "mixed", "no-assistant", "string-and-list"],
+    ids=["no-rejected", "sft-pair", "mixed", "no-assistant", "string-and-list", "prompt-on-some-lines"],
 )
 def test_bad_preference_data_is_refused_with_the_file_the_line_and_the_fix(
     tmp_path: Path, rows: list[object], reason: str
@@ -197,3 +207,66 @@ def with_template(testbed: Testbed, model: Path) -> Path:
     config = json.loads((model / "tokenizer_config.json").read_text())
     (model / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": TEMPLATE}))
     return model
+
+
+def test_a_stage_that_fails_leaves_nothing_beside_the_output(
+    testbed: Testbed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dpo stage dies (as a run killed by an out-of-memory error would): the sft stage's model, named as an
+    unfinished output of this process, is removed, and the output was never made."""
+    import graftwork.tasks.training.finetune as module
+
+    seen: list[str] = []
+
+    def dies(run: object, **_: object) -> None:
+        seen.extend(p.name for p in tmp_path.iterdir())
+        raise MemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(module, "train_dpo", dies)
+    with pytest.raises(MemoryError):
+        finetune(model_dir=testbed.releases[0], data=testbed.train_data, recipe=staged(testbed.preference_data,
+                 steps=2, dpo_steps=2), out_dir=tmp_path / "out")  # fmt: skip
+    assert [name for name in seen if name != "out"] == [f".out.partial-{os.getpid()}-stage1sft"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_output_or_a_prompt_too_long_is_refused_before_any_training(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputExistsError, match="out exists; pass overwrite to replace it"):
+        finetune(model_dir=testbed.releases[0], data=testbed.train_data, recipe=staged(testbed.preference_data),
+                 out_dir=tmp_path / "out")  # fmt: skip
+    prefs = jsonl(tmp_path / "prefs.jsonl", [{"prompt": "q: 1+1?", "chosen": "2", "rejected": "3"}] * 2)
+    recipe = staged(prefs, seq_len=6)
+    with pytest.raises(FinetuneDataError) as err:
+        finetune(model_dir=testbed.releases[0], data=testbed.train_data, recipe=recipe, out_dir=tmp_path / "new")
+    assert str(err.value) == (
+        f"{prefs}:1: the prompt is 7 tokens and the recipe's seq_len is 6, which leaves no room for the answers; "
+        "raise seq_len or shorten the prompt."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "prefs.jsonl"]
+
+
+def test_the_eval_curve_counts_steps_over_every_stage(
+    testbed: Testbed, preference_suite: Suite, tmp_path: Path
+) -> None:
+    result = finetune(
+        model_dir=testbed.releases[0], data=testbed.train_data, recipe=staged(testbed.preference_data, steps=3,
+        dpo_steps=4), out_dir=tmp_path / "out", eval_every=2, eval_suite=preference_suite,
+    )  # fmt: skip
+    assert [step for step, _ in result.eval_curve] == [0, 2, 4, 6, 7]
+    assert [step for step, _ in result.loss_curve] == list(range(1, 8))
+
+
+def test_a_dpo_stage_keeps_the_start_tokenizer_and_pad_ids(testbed: Testbed, tmp_path: Path) -> None:
+    """A base without a pad token (as Llama 3's): TRL gives its tokenizer one; the output's is still the base's."""
+    model = tmp_path / "M1"
+    shutil.copytree(testbed.releases[0], model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "pad_token"}))
+    before = json.loads((model / "config.json").read_text())["pad_token_id"]
+    result = finetune(model_dir=model, data=testbed.train_data, recipe=staged(testbed.preference_data, steps=1,
+                      dpo_steps=1), out_dir=tmp_path / "out")  # fmt: skip
+    assert "pad_token" not in json.loads((result.out_dir / "tokenizer_config.json").read_text())
+    assert json.loads((result.out_dir / "config.json").read_text())["pad_token_id"] == before

@@ -73,6 +73,21 @@ def test_relative_paths_are_taken_from_the_files_folder(tmp_path: Path) -> None:
     assert (spec.recycle.mode, spec.recycle.alpha, spec.channel) == ("iterative", 1.0, "production")
 
 
+def test_stage_data_is_taken_from_the_files_folder_and_short_probes_refuse_stages(tmp_path: Path) -> None:
+    stages = [{"kind": "sft"}, {"kind": "dpo", "data": "prefs.jsonl"}]
+    staged = {**GOOD, "finetune": {"data": "train.jsonl", "recipe": {"stages": stages}}}
+    spec = load_track(_write(tmp_path, staged))
+    assert [stage.data for stage in spec.finetune.recipe.stages] == [None, tmp_path / "prefs.jsonl"]
+    short = {**staged, "recycle": {"mode": "auto", "probe": {"kind": "short_finetune"}}}
+    with pytest.raises(TrackError) as err:
+        load_track(_write(tmp_path, short))
+    assert str(err.value).endswith(
+        "is not a valid track: track: Value error, recycle.probe short_finetune trains each start with a share of the "
+        "recipe's steps, and a staged recipe's stages have steps of their own; use probe kind zero_shot or "
+        "heldout_loss with stages"
+    )
+
+
 def test_a_stored_spec_reads_back_as_itself_and_its_version_leaves_defaults_out(tmp_path: Path) -> None:
     plain = load_track(_write(tmp_path, GOOD))
     auto = {**GOOD, "recycle": {"mode": "auto", "probe": {"kind": "heldout_loss", "alphas": [1.0]}}}

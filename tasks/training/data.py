@@ -17,6 +17,7 @@ ROLES = ("system", "user", "assistant", "tool")
 """The roles a conversation's messages may have (a model's chat template may know fewer: it is asked at tokenizing)."""
 PAIR, CHAT = "prompt/completion pairs", "conversations (messages)"
 TEXT_PREFERENCE, CHAT_PREFERENCE = "prompt/chosen/rejected strings", "chosen/rejected conversations"
+CHAT_PROMPT_PREFERENCE = "chosen/rejected conversations after a prompt conversation"
 
 
 def read_examples(*, data: Path) -> list[dict[str, Any]]:
@@ -128,6 +129,7 @@ def _preference(row: object, *, where: str, path: Path) -> tuple[str, dict[str, 
                     path=path,
                 )
             pair["prompt"] = _messages(prompt, where=f"{where}: prompt", path=path, answer=False)
+            return CHAT_PROMPT_PREFERENCE, pair
         return CHAT_PREFERENCE, pair
     raise FinetuneDataError(
         f'{where}: "chosen" and "rejected" are both strings (with a string "prompt") or both conversations '

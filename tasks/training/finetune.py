@@ -17,7 +17,9 @@ config; optimizer state is never written.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -30,13 +32,13 @@ import torch
 import yaml
 from transformers import PrinterCallback, TrainingArguments
 
-from ...errors import FinetuneConfigError, ModelFolderError
+from ...errors import FinetuneConfigError, ModelFolderError, OutputExistsError
 from ...fs import scratch_dir
 from ..evaluate import EvalRecord
 from ..suite import Suite
 from .chat import IGNORE, check_chat_pairs, tokenize_chat
 from .data import read_examples, read_preferences
-from .dpo import train_dpo
+from .dpo import check_prompt_lengths, train_dpo
 from .hf_trainer import Curves, StageRun, trainer_args
 from .recipe import Recipe, Stage
 from .report import FinetuneReport
@@ -122,8 +124,8 @@ def finetune(
         data: JSONL of `{"prompt": ..., "completion": ...}` records, or of `{"messages": [...]}` conversations (the
             chat template applied, the loss on the assistant turns): the data of an sft stage that names none.
         recipe: the training set-up, and its stages (none: one sft stage).
-        out_dir: the output model folder, written atomically; a stage before the last writes its model beside it
-            (`<out_dir>.stage<N>-<kind>`, removed at the end).
+        out_dir: the output model folder, written atomically; a stage before the last writes its model beside it,
+            removed once the next stage has written its own.
         eval_every: with `eval_suite`, evaluate the model in memory at step 0 and every this many steps.
         eval_suite: the suite for `eval_every`.
         threads: torch CPU threads (None leaves torch's setting).
@@ -155,12 +157,14 @@ def finetune(
         eval_every=eval_every, suite=eval_suite, tokenizer=tokenizer, progress=progress,
         total_steps=recipe.total_steps,
     )  # fmt: skip
+    if out_dir.exists() and not overwrite:
+        raise OutputExistsError(f"{out_dir} exists; pass overwrite to replace it.", path=out_dir)
     here, tokens = model_dir, 0
     with scratch_dir(prefix=SCRATCH_PREFIX) as scratch:
         try:
             for number, (stage, rows) in enumerate(zip(stages, inputs, strict=True), 1):
                 last = number == len(stages)
-                target = out_dir if last else out_dir.with_name(f"{out_dir.name}.stage{number}-{stage.kind}")
+                target = out_dir if last else _stage_dir(out_dir, number=number, kind=stage.kind)
                 staged = recipe.for_stage(stage)
                 train = _sft if stage.kind == "sft" else train_dpo
                 run = StageRun(
@@ -168,9 +172,13 @@ def finetune(
                     overwrite=overwrite or not last, scratch=scratch / f"stage{number}", curves=curves,
                 )  # fmt: skip
                 trainer = train(run, **rows)
+                tokens += int(trainer.state.num_input_tokens_seen)
+                device, processes = str(trainer.args.device), trainer.args.world_size
+                del trainer  # its model and optimizer state are not the next stage's to carry
+                _free_memory()
                 _wait_for_everyone()  # the next stage's processes read what the main process wrote
                 _drop_stage(here, first=model_dir)
-                here, tokens = target, tokens + int(trainer.state.num_input_tokens_seen)
+                here = target
                 curves.offset += staged.steps
         finally:
             if here != out_dir:
@@ -181,11 +189,25 @@ def finetune(
         eval_curve=tuple(curves.evals),
         seconds=time.perf_counter() - start,
         tokens=tokens,
-        device=str(trainer.args.device),
-        processes=trainer.args.world_size,
+        device=device,
+        processes=processes,
         started_at=started_at,
         finished_at=datetime.now(UTC),
     )
+
+
+def _stage_dir(out_dir: Path, *, number: int, kind: str) -> Path:
+    """Where a stage before the last writes its model: beside `out_dir`, named as an unfinished output of this run
+    (`.<out>.partial-<pid>-stage<N><kind>`, the pid of the launch's agent when several processes train), so that a
+    run killed midway leaves what the next output there removes."""
+    owner = os.getppid() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else os.getpid()  # torchrun sets it
+    return out_dir.with_name(f".{out_dir.name}.partial-{owner}-stage{number}{kind}")
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _stage_input(stage: Stage, *, data: Path, recipe: Recipe, tokenizer: Any) -> dict[str, Any]:
@@ -198,6 +220,7 @@ def _stage_input(stage: Stage, *, data: Path, recipe: Recipe, tokenizer: Any) ->
     if stage.kind == "dpo":
         pairs = read_preferences(data=path)
         check_chat_pairs(tokenizer=tokenizer, pairs=pairs, data=path)
+        check_prompt_lengths(tokenizer=tokenizer, pairs=pairs, recipe=recipe.for_stage(stage), data=path)
         return {"pairs": pairs}
     staged = recipe.for_stage(stage)
     return {
@@ -229,8 +252,8 @@ def _sft(run: StageRun, *, examples: list[dict[str, list[int]]]) -> Any:
     trainer.remove_callback(PrinterCallback)  # the loss curve is returned, not printed
     if run.recipe.steps:
         trainer.train()
-    elif run.curves.offset == 0:
-        run.curves.evaluate(model, 0)
+    else:
+        run.curves.begin(model)
     run.publish(trainer)
     return trainer
 
@@ -277,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, help="Write the run's report (FinetuneResult.report) here as JSON.")
     ns = parser.parse_args(argv)
     recipe = Recipe.model_validate(yaml.safe_load(ns.recipe.read_text()) or {})
+    base = ns.recipe.resolve().parent
+    recipe = recipe.model_copy(update={"stages": tuple(stage.resolved(base) for stage in recipe.stages)})
     result = finetune(model_dir=ns.model_dir, data=ns.data, recipe=recipe, out_dir=ns.out, overwrite=ns.overwrite)
     if ns.report is not None and _is_main_process():
         result.report().write(ns.report)

@@ -96,6 +96,7 @@ class StageRun:
                 self.tokenizer.save_pretrained(str(tmp))
                 if (self.origin / GENERATION_CONFIG).is_file():
                     shutil.copyfile(self.origin / GENERATION_CONFIG, tmp / GENERATION_CONFIG)
+            shutil.rmtree(staged, ignore_errors=True)  # the trainer's copy: at most one on scratch disk at a time
 
 
 class Curves(TrainerCallback):
@@ -112,9 +113,15 @@ class Curves(TrainerCallback):
         total_steps: int,
     ) -> None:
         self.eval_every, self.suite, self.tokenizer, self.progress = eval_every, suite, tokenizer, progress
-        self.total_steps, self.offset = total_steps, 0
+        self.total_steps, self.offset, self.begun = total_steps, 0, False
         self.losses: list[tuple[int, float]] = []
         self.evals: list[tuple[int, tuple[EvalRecord, ...]]] = []
+
+    def begin(self, model: Any) -> None:
+        """The curve's step 0: evaluate the first stage's start, once, however many stages there are."""
+        if not self.begun:
+            self.begun = True
+            self.evaluate(model, 0)
 
     def evaluate(self, model: Any, step: int) -> None:
         """Evaluate `model` (in memory) on the suite, when one was given, as the curve's point at `step`."""
@@ -124,16 +131,15 @@ class Curves(TrainerCallback):
             self.evals.append((step, tuple(records)))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if self.offset == 0:
-            self.evaluate(model, 0)
+        self.begin(model)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if logs and "loss" in logs:
             self.losses.append((self.offset + state.global_step, float(logs["loss"])))
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        step = state.global_step
+        step = self.offset + state.global_step  # counted over every stage
         if self.progress is not None:
-            self.progress(self.offset + step, self.total_steps)
-        if self.eval_every and (step % self.eval_every == 0 or step == state.max_steps):
-            self.evaluate(model, self.offset + step)
+            self.progress(step, self.total_steps)
+        if self.eval_every and (step % self.eval_every == 0 or step == self.total_steps):
+            self.evaluate(model, step)

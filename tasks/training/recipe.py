@@ -112,14 +112,14 @@ class Recipe(BaseModel):
 
     def recorded(self) -> dict[str, Any]:
         """The recipe as a fine-tune run records it: its fields as JSON, each stage that names its data with the
-        sha256 of that file as it is now (`data_sha256`).
+        sha256 of that file as it is now (`data_sha256`; none when the file has gone since the run read it).
 
         Raises:
-            OSError: a stage's data cannot be read.
+            OSError: a stage's data exists but cannot be read.
         """
         fields = self.model_dump(mode="json")
         fields["stages"] = [
-            {**given, **({} if stage.data is None else {"data_sha256": file_sha256(stage.data)})}
+            {**given, **({"data_sha256": file_sha256(stage.data)} if stage.data and stage.data.is_file() else {})}
             for stage, given in zip(self.stages, fields["stages"], strict=True)
         ]
         return fields
