@@ -200,7 +200,7 @@ def _stage_dir(out_dir: Path, *, number: int, kind: str) -> Path:
     """Where a stage before the last writes its model: beside `out_dir`, named as an unfinished output of this run
     (`.<out>.partial-<pid>-stage<N><kind>`, the pid of the launch's agent when several processes train), so that a
     run killed midway leaves what the next output there removes."""
-    owner = os.getppid() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else os.getpid()  # torchrun sets it
+    owner = os.getppid() if torch.distributed.is_torchelastic_launched() else os.getpid()
     return out_dir.with_name(f".{out_dir.name}.partial-{owner}-stage{number}{kind}")
 
 
