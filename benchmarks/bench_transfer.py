@@ -4,7 +4,8 @@ Graftwork (with and without `--fsync`), mergekit and the naive approach compute 
 on one synthetic Llama-shaped bf16 family, in one run, each in a fresh process with a warm page
 cache. The benchmark checks that the outputs agree and prints wall time, peak RSS, their ratios to
 Graftwork, and how close Graftwork comes to the I/O limit (bytes read and written ÷ measured memory
-bandwidth).
+bandwidth): its throughput in GB/s, for the whole command and for the transfer itself (what the command says it
+took), and each as a fraction of the copy bandwidth measured in the same run.
 
     python benchmarks/bench_transfer.py [--params 5e8] [--skip-mergekit] [--skip-naive]
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -54,6 +56,8 @@ class Run:
     seconds: float
     peak_rss: int
     out: Path
+    own_seconds: float | None = None
+    """What the tool says its own work took (graft transfer prints it), without starting Python and imports."""
 
 
 def main() -> None:
@@ -88,8 +92,9 @@ def main() -> None:
             subprocess.run(["rm", "-rf", str(out)], check=True)
             os.sync()  # no tool pays for the write-back of the one before it
             _warm(fam)
-            seconds, rss = _measure(make_cmd(fam, out))
-            run = Run(name, seconds, rss, out)
+            seconds, rss, said = _measure(make_cmd(fam, out))
+            own = re.search(r" in ([0-9.]+) s \(", said) if name.startswith("graftwork") else None
+            run = Run(name, seconds, rss, out, float(own.group(1)) if own else None)
             best = run if best is None or run.seconds < best.seconds else best
         assert best is not None
         runs[name] = best
@@ -109,6 +114,11 @@ def main() -> None:
     print()
     print(f"memory bandwidth (copy): {bandwidth / 1e9:.1f} GB/s; I/O of a transfer: {io_bytes / 1e9:.2f} GB")
     print(f"I/O limit: {io_limit:.2f} s; graftwork takes {g.seconds / io_limit:.1f}× the I/O limit")
+    for seconds, what in ((g.seconds, "the whole command"), (g.own_seconds, "the transfer itself")):
+        if seconds:
+            throughput = io_bytes / seconds
+            print(f"graftwork, {what}: {seconds:.2f} s, {throughput / 1e9:.2f} GB/s, "
+                  f"{throughput / bandwidth:.0%} of the copy bandwidth")  # fmt: skip
 
 
 def _graftwork_cmd(fam: dict[str, Path], out: Path) -> list[str]:
@@ -163,17 +173,17 @@ def _warm(fam: dict[str, Path]) -> None:
                     pass
 
 
-def _measure(cmd: list[str]) -> tuple[float, int]:
-    """Wall time and peak RSS of a command.
+def _measure(cmd: list[str]) -> tuple[float, int, str]:
+    """Wall time, peak RSS and standard output of a command.
 
     The peak is the process's own high-water mark (VmHWM), polled every few milliseconds: the
     rusage of a child would also count this benchmark's memory, which a fork copies.
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     # stderr goes to a file: a pipe nobody reads while polling would stall a chatty tool's progress bars.
-    with tempfile.TemporaryFile() as log:
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryFile() as said:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(cmd, env=env, stdout=said, stderr=log)
         peak = 0
         status = Path(f"/proc/{proc.pid}/status")
         while proc.poll() is None:
@@ -187,7 +197,8 @@ def _measure(cmd: list[str]) -> tuple[float, int]:
         if proc.returncode != 0:
             log.seek(0)
             raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {log.read().decode()[-2000:]}")
-    return seconds, peak
+        said.seek(0)
+        return seconds, peak, said.read().decode(errors="replace")
 
 
 def _check_agreement(runs: dict[str, Run]) -> None:
