@@ -90,9 +90,14 @@ def finetune_record(a: int, b: int) -> dict[str, str]:
     return {"prompt": prompt(a, b), "completion": f"{a + b}\n"}
 
 
+def near_misses(answer: int) -> list[int]:
+    """The wrong sums close to `answer`: one digit off (±1, ±10) or a carry slip (+2), never negative."""
+    return [d for d in (answer - 10, answer - 1, answer + 1, answer + 10, answer + 2) if d >= 0]
+
+
 def near_miss(answer: int, rng: random.Random) -> int:
-    """A wrong sum close to `answer`: one digit off (±1, ±10) or a carry slip (+2), never negative."""
-    return rng.choice([d for d in (answer - 10, answer - 1, answer + 1, answer + 10, answer + 2) if d >= 0])
+    """One of `near_misses(answer)`, drawn with `rng`."""
+    return rng.choice(near_misses(answer))
 
 
 def preference_record(a: int, b: int, rng: random.Random) -> dict[str, str]:
@@ -103,7 +108,7 @@ def preference_record(a: int, b: int, rng: random.Random) -> dict[str, str]:
 def eval_record(a: int, b: int, rng: random.Random) -> dict[str, object]:
     """An eval item with the answer for generation and four choices for the multiple-choice variant."""
     answer = a + b
-    distractors = rng.sample([d for d in (answer - 10, answer - 1, answer + 1, answer + 10, answer + 2) if d >= 0], 3)
+    distractors = rng.sample(near_misses(answer), 3)
     choices = [str(c) for c in [answer, *distractors]]
     rng.shuffle(choices)
     return {"prompt": prompt(a, b), "answer": str(answer), "choices": choices, "label": choices.index(str(answer))}

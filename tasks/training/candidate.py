@@ -67,6 +67,11 @@ def with_adapter(model: Any, *, lora: Lora) -> Any:
     return get_peft_model(model, config)
 
 
+def plain_model(model: Any) -> Any:
+    """The transformers model itself: a LoRA run's PeftModel's base model, any other model as it is."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def saved_dtypes(folder: Path) -> set[torch.dtype]:
     """The dtypes of the floating-point tensors in a folder's safetensors files (read from their headers)."""
     return {

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import FinetuneDataError
+from .candidate import plain_model
 from .hf_trainer import StageRun, trainer_args
-from .recipe import DPO_BETA, Recipe
+from .recipe import Recipe
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -38,7 +39,7 @@ def train_dpo(run: StageRun, *, pairs: list[dict[str, Any]]) -> Any:
 
     recipe = run.recipe
     args = trainer_args(
-        DPOConfig, recipe=recipe, scratch=run.scratch, beta=run.stage.beta or DPO_BETA, max_length=recipe.seq_len
+        DPOConfig, recipe=recipe, scratch=run.scratch, beta=run.stage.dpo_beta, max_length=recipe.seq_len
     )
     model = run.load_model()
     pads = _pad_ids(model)
@@ -95,10 +96,10 @@ def _row(pair: dict[str, Any], *, chat: bool) -> dict[str, Any]:
 
 
 def _pad_ids(model: Any) -> tuple[Any, Any]:
-    plain = model.get_base_model() if hasattr(model, "get_base_model") else model
+    plain = plain_model(model)
     return plain.config.get_text_config().pad_token_id, plain.generation_config.pad_token_id
 
 
 def _set_pad_ids(model: Any, pads: tuple[Any, Any]) -> None:
-    plain = model.get_base_model() if hasattr(model, "get_base_model") else model
+    plain = plain_model(model)
     plain.config.get_text_config().pad_token_id, plain.generation_config.pad_token_id = pads

@@ -216,13 +216,12 @@ def _stage_input(stage: Stage, *, data: Path, recipe: Recipe, tokenizer: Any) ->
     Raises:
         FinetuneDataError: the data cannot be used.
     """
-    path = stage.data or data
+    path, staged = stage.data or data, recipe.for_stage(stage)
     if stage.kind == "dpo":
         pairs = read_preferences(data=path)
         check_chat_pairs(tokenizer=tokenizer, pairs=pairs, data=path)
-        check_prompt_lengths(tokenizer=tokenizer, pairs=pairs, recipe=recipe.for_stage(stage), data=path)
+        check_prompt_lengths(tokenizer=tokenizer, pairs=pairs, recipe=staged, data=path)
         return {"pairs": pairs}
-    staged = recipe.for_stage(stage)
     return {
         "examples": [
             tokenize_example(tokenizer=tokenizer, example=e, recipe=staged, where=f"{path}:{e['line']}")

@@ -16,7 +16,7 @@ from ...fs import atomic_output_dir
 from ..evaluate import EvalRecord, evaluate_model
 from ..io.layout import GENERATION_CONFIG
 from ..suite import Suite
-from .candidate import folder_dtype, load_dtype, with_adapter, write_candidate
+from .candidate import folder_dtype, load_dtype, plain_model, with_adapter, write_candidate
 from .recipe import Recipe, Stage
 
 Args = TypeVar("Args", bound=TrainingArguments)
@@ -126,8 +126,7 @@ class Curves(TrainerCallback):
     def evaluate(self, model: Any, step: int) -> None:
         """Evaluate `model` (in memory) on the suite, when one was given, as the curve's point at `step`."""
         if self.eval_every is not None and self.suite is not None:
-            plain = model.get_base_model() if hasattr(model, "get_base_model") else model  # a LoRA run's PeftModel
-            records = evaluate_model(model=plain, tokenizer=self.tokenizer, suite=self.suite)
+            records = evaluate_model(model=plain_model(model), tokenizer=self.tokenizer, suite=self.suite)
             self.evals.append((step, tuple(records)))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:

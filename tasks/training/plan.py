@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import FinetuneConfigError, ModelFolderError
-from .recipe import DPO_BETA, Lora, Recipe, Stage
+from .recipe import Lora, Recipe, Stage
 
 GIB = 2**30
 SHARDED = frozenset({"fsdp", "deepspeed"})
@@ -359,7 +359,7 @@ def render(plan: FinetunePlan, *, heading: str) -> str:
 
 def _stages(recipe: Recipe) -> str:
     def one(stage: Stage) -> str:
-        beta = f", beta {stage.beta or DPO_BETA:g}" if stage.kind == "dpo" else ""
+        beta = f", beta {stage.dpo_beta:g}" if stage.kind == "dpo" else ""
         return f"{stage.kind} {recipe.for_stage(stage).steps} steps{beta}"
 
     return " -> ".join(one(stage) for stage in recipe.staged())

@@ -26,6 +26,10 @@ class Lora(BaseModel):
     )
 
 
+DPO_BETA = 0.1
+"""A dpo stage's beta when it sets none: TRL's default."""
+
+
 class Stage(BaseModel):
     """One step of a staged fine-tune: supervised fine-tuning (`sft`) or Direct Preference Optimization (`dpo`,
     TRL's `DPOTrainer`), on its own data, with the recipe's hyper-parameters except those it sets."""
@@ -58,13 +62,14 @@ class Stage(BaseModel):
             raise ValueError("beta is DPO's; drop it from the sft stage")
         return self
 
+    @property
+    def dpo_beta(self) -> float:
+        """The beta a dpo stage trains with: its own, or TRL's default (`DPO_BETA`)."""
+        return self.beta or DPO_BETA
+
     def resolved(self, base: Path) -> Stage:
         """The stage with a relative `data` taken from the folder `base` (a track file's)."""
         return self if self.data is None else self.model_copy(update={"data": base / self.data.expanduser()})
-
-
-DPO_BETA = 0.1
-"""A dpo stage's beta when it sets none: TRL's default."""
 
 
 class Recipe(BaseModel):
