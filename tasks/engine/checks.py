@@ -73,7 +73,7 @@ def check_tensors(tensor_sets: dict[str, dict[str, TensorInfo]]) -> list[str]:
     for name, info in ref.items():
         shapes = {role: tensors[name].shape for role, tensors in tensor_sets.items()}
         for tensors in tensor_sets.values():
-            tensors[name].torch_dtype  # noqa: B018 - raises UnsupportedDtypeError for a non-float tensor
+            tensors[name].array_dtype  # noqa: B018 - raises UnsupportedDtypeError for a non-float tensor
         if len(set(shapes.values())) > 1:
             same_rest = len({s[1:] for s in shapes.values()}) == 1
             if not (is_vocab_tensor(name, info.shape) and same_rest):

@@ -1,255 +1,324 @@
-"""The engine's arithmetic and its streaming driver.
+"""The engine's arithmetic: one fused pass per chunk, compiled by numba, on the bits of the safetensors dtypes.
 
-Arithmetic is done in float64 on chunks of about half a million elements, in reused buffers, with
-one rounding to the output dtype: `round(t + α·(f − b))` and `round(t + α·Δ)` are bit for bit what
-the same expression computed on whole float64 tensors gives. Reads (maps of the page cache, read
-ahead from disk) run one thread ahead and writes one thread behind the arithmetic, which runs on all
-cores but the writer's, so disk, page-cache copies and arithmetic overlap.
+A chunk's values are decoded from their stored bits to float64, combined (`t + α·(f − b)`, `t + α·Δ`, `f − b`)
+and rounded once to the output's dtype, element by element, in one loop over the chunk: no intermediate array, so
+the data crosses memory once. The chunk is cut into one block per thread numba is given (all cores but one, see
+`stream`), and each block's loop is branch-free where it matters, so that LLVM vectorizes it. A kernel says
+whether some result is not finite as a flag (a count would cost a third of the loop), found by one comparison
+per element: |x| < the smallest magnitude that rounds to ±Inf in the output's dtype is false for NaN, ±Inf and
+every x that overflows.
+
+Arrays carry their dtype in their numpy type (`tasks.io.stfile.ARRAY_DTYPES`): bf16 as uint16 bits, fp16 as
+int16 bits, float32 and float64 as themselves. Each kernel is compiled once per combination of input and output
+types (and cached on disk by numba, so a later process loads it).
+
+Rounding to bf16 and fp16 is correct rounding to nearest, ties to even, done once: the float64 value is rounded
+to float32 *to odd* (truncated, with the last bit set when anything was cut off), then to the 16-bit type to
+nearest even. With at least two more bits in float32 than in the 16-bit type, the two steps are one correct
+rounding (Boldo & Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using rounding to
+odd", 2008); converting float64 to float32 to nearest and then to the 16-bit type, as torch does, rounds twice
+and is off by one unit in the last place about once in a thousand random values.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-
-import torch
-
-from ...errors import InexactDeltaError, NonFiniteError
-from ..io.shards import ShardedWriter
-from ..io.stfile import DTYPE_CODES, TensorInfo, TensorReader
-
-CHUNK_ELEMENTS = 1 << 19
-READ_AHEAD = 4
-WRITE_BEHIND = 4
-ProgressFn = Callable[[int], None]
+import numpy as np
+from numba import get_num_threads, njit, prange, types
+from numba.extending import overload
 
 
-class Scratch:
-    """Reusable float64 buffers, grown on demand."""
-
-    def __init__(self) -> None:
-        self._bufs = [torch.empty(0, dtype=torch.float64) for _ in range(3)]
-
-    def get(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Three float64 buffers of `n` elements."""
-        if self._bufs[0].numel() < n:
-            self._bufs = [torch.empty(n, dtype=torch.float64) for _ in range(3)]
-        x, y, z = (b[:n] for b in self._bufs)
-        return x, y, z
+def decode(v):
+    """float64 value of one stored element (compiled per dtype by the overload below)."""
+    raise NotImplementedError("only callable from numba-compiled code")
 
 
-def shift(
-    x: torch.Tensor, y: torch.Tensor, target: torch.Tensor, *, alpha: float, out_dtype: torch.dtype
-) -> torch.Tensor:
-    """round(target + alpha·x) with x a float64 Δ; `y` is float64 scratch of x's size. x is clobbered."""
-    if alpha != 1.0:
-        x.mul_(alpha)
-    y.copy_(target.reshape(-1))
-    x.add_(y)
-    out = torch.empty(x.numel(), dtype=out_dtype)
-    out.copy_(x)
-    return out
+def store(out, i, x):
+    """out[i] ← x rounded once to out's dtype."""
+    raise NotImplementedError("only callable from numba-compiled code")
 
 
-def delta64(x: torch.Tensor, y: torch.Tensor, finetuned: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """x ← finetuned − base in float64 (y ← base, kept for the caller)."""
-    x.copy_(finetuned.reshape(-1))
-    y.copy_(base.reshape(-1))
-    return x.sub_(y)
+def overflow(out):
+    """The smallest magnitude that rounds to ±Inf in out's dtype."""
+    raise NotImplementedError("only callable from numba-compiled code")
 
 
-def stored_delta(
-    x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, finetuned: torch.Tensor, *, stored: torch.dtype
-) -> tuple[torch.Tensor, float]:
-    """Round the float64 Δ in `x` to `stored`, check that base + Δ gives back `finetuned` exactly.
-
-    `y` must hold the base in float64. Returns the stored chunk and its sum of squares.
-
-    Raises:
-        InexactDeltaError: some element of base + Δ, rounded, differs from the fine-tuned value (the tensor needs a
-            wider stored dtype; `run_jobs` widens it, or names the tensor when none is wider).
-    """
-    d = x.to(stored, copy=True)  # a new tensor: x is scratch, d goes to the writer thread
-    z.copy_(d)
-    sumsq = float(torch.dot(z, z))
-    z.add_(y)
-    back = z.to(finetuned.dtype)
-    if not torch.equal(_bits(back), _bits(finetuned.reshape(-1))):
-        raise InexactDeltaError(
-            f"a chunk of Δ stored in {stored} does not give back the fine-tuned values", tensor=None
-        )
-    return d, sumsq
+def same_bits(a, i, x):
+    """Whether x rounded once to a's dtype has the bits of a[i]."""
+    raise NotImplementedError("only callable from numba-compiled code")
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """Whether every element is finite.
-
-    Any NaN or Inf makes a sum non-finite, and a sum costs a tenth of `isfinite(t).all()`. bf16 and
-    float32 sums accumulate in float32; float16 ones are asked for float32 so that they do not overflow.
-    A sum can still overflow with huge finite elements, so a non-finite sum is confirmed element by
-    element.
-    """
-    if t.dtype != torch.float64:
-        total = t.sum(dtype=torch.float32) if t.dtype == torch.float16 else t.sum()
-        if math.isfinite(float(total)):
-            return True
-    return bool(torch.isfinite(t).all())
+@njit
+def _bf16_value(h):
+    return np.float64(np.uint32(np.uint32(h) << np.uint32(16)).view(np.float32))
 
 
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+@njit
+def _fp16_value(h):
+    u = np.uint32(np.uint16(h))
+    sign = np.uint32(u & np.uint32(0x8000)) << np.uint32(16)
+    e = (u >> np.uint32(10)) & np.uint32(0x1F)
+    m = u & np.uint32(0x3FF)
+    if e == 0:
+        x = np.float64(m) * 2.0**-24
+        return -x if sign else x
+    if e == 31:
+        bits = sign | np.uint32(0x7F800000) | (m << np.uint32(13))
+    else:
+        bits = sign | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13))
+    return np.float64(np.uint32(bits).view(np.float32))
 
 
-@dataclass
-class Job:
-    """One output tensor: which inputs to read and how to turn a chunk of them into output.
-
-    `compute(job, inputs, start, stop)` gets the inputs' rows `[start, stop)` (all rows when
-    `whole`) and returns the output rows, flattened. When it raises `InexactDeltaError`, the tensor is written
-    again from its start in `wider`.
-    """
-
-    name: str
-    inputs: tuple[TensorInfo, ...]
-    roles: tuple[str, ...]
-    out_shape: tuple[int, ...]
-    out_dtype: torch.dtype
-    compute: Callable[[Job, list[torch.Tensor], int, int], torch.Tensor]
-    whole: bool = False
-    wider: torch.dtype | None = None
-    sumsq: float = field(default=0.0)
-
-    def chunks(self) -> Iterator[tuple[int, int]]:
-        """Row ranges in which the tensor is processed."""
-        rows = self.out_shape[0] if self.out_shape else 1
-        if self.whole or not self.out_shape:
-            yield 0, rows
-            return
-        step = max(1, CHUNK_ELEMENTS // max(1, self.inputs[0].row_numel))
-        for start in range(0, rows, step):
-            yield start, min(rows, start + step)
-
-    def read(self, reader: TensorReader, start: int, stop: int) -> list[torch.Tensor]:
-        """Read the inputs for one chunk."""
-        if self.whole:
-            return [reader.read_rows(i, 0, i.rows) for i in self.inputs]
-        return [reader.read_rows(i, start, stop) for i in self.inputs]
-
-    def checked(self, inputs: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:
-        """`compute`, then a check that the result is finite.
-
-        Raises:
-            NonFiniteError: an input or the result holds NaN or Inf; names the tensor and the model.
-        """
-        out = self.compute(self, inputs, start, stop)
-        if not _all_finite(out):
-            for role, info, t in zip(self.roles, self.inputs, inputs, strict=True):
-                if not bool(torch.isfinite(t).all()):
-                    raise NonFiniteError(
-                        f"tensor {self.name!r} of the {role} model ({info.path}) holds NaN or Inf; "
-                        "the model is corrupt or diverged.",
-                        tensor=self.name,
-                    )
-            raise NonFiniteError(
-                f"tensor {self.name!r} overflows {self.out_dtype} in the result (NaN or Inf); "
-                "lower alpha or check that the models belong together.",
-                tensor=self.name,
-            )
-        return out
+@njit
+def _to_odd_f32(x):
+    """Bits of x rounded to float32 to odd: rounded to nearest, moved one step toward zero when that went away
+    from zero, and the last bit set when the result is inexact (NaN stays NaN; past the float32 range, the largest
+    finite value, odd)."""
+    y = np.float32(x)
+    back = np.float64(y)
+    inexact = np.uint32(back != x)
+    outward = np.uint32(abs(back) > abs(x))
+    return (y.view(np.uint32) - (inexact & outward)) | inexact
 
 
-def run_jobs(jobs: list[Job], reader: TensorReader, writer: ShardedWriter, *, progress: ProgressFn | None) -> int:
-    """Stream every job through the writer, reading ahead and writing behind.
-
-    Returns:
-        Bytes read.
-
-    Raises:
-        Whatever a job's read, compute or write raises; the caller discards the output.
-    """
-    items = [(job, start, stop) for job in jobs for start, stop in job.chunks()]
-    done = 0
-    with (
-        _leave_a_core_to_the_writer(),
-        ThreadPoolExecutor(1, thread_name_prefix="graft-read") as rx,
-        ThreadPoolExecutor(1, thread_name_prefix="graft-write") as wx,
-    ):
-        reads: deque[Future[list[torch.Tensor]]] = deque()
-        writes: deque[Future[None]] = deque()
-        for job, start, stop in items[:READ_AHEAD]:
-            reads.append(rx.submit(job.read, reader, start, stop))
-        current: Job | None = None
-        for k, (job, start, stop) in enumerate(items):
-            inputs = reads.popleft().result()
-            if k + READ_AHEAD < len(items):
-                nj, ns, ne = items[k + READ_AHEAD]
-                reads.append(rx.submit(nj.read, reader, ns, ne))
-            if job is not current:
-                current = job
-                job.sumsq = 0.0
-                writes.append(wx.submit(writer.begin_tensor, job.name, DTYPE_CODES[job.out_dtype], job.out_shape))
-            try:
-                out = job.checked(inputs, start, stop)
-            except InexactDeltaError:
-                _widen(job, stop, reader, writer, wx, writes)
-            else:
-                writes.append(wx.submit(writer.write, out))
-            done += sum(t.numel() * t.element_size() for t in inputs)
-            while len(writes) > WRITE_BEHIND:
-                writes.popleft().result()
-            if progress is not None:
-                progress(done)
-        while writes:
-            writes.popleft().result()
-    return done
+@njit
+def _bf16_bits(x):
+    u = _to_odd_f32(x)
+    nearest = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    special = (u & np.uint32(0x7F800000)) == np.uint32(0x7F800000)  # Inf and NaN keep their top bits
+    return np.uint16(u >> np.uint32(16)) if special else np.uint16(nearest)
 
 
-@contextmanager
-def _leave_a_core_to_the_writer() -> Iterator[None]:
-    """Run torch's arithmetic on all cores but one while inside, so that the writer thread (the
-    page-cache copies of the output) does not compete with it; restore the thread count after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(before, len(os.sched_getaffinity(0)) - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+@njit
+def _fp16_bits(x):
+    u = _to_odd_f32(x)
+    sign = (u >> np.uint32(16)) & np.uint32(0x8000)
+    a = u & np.uint32(0x7FFFFFFF)
+    if a > np.uint32(0x7F800000):
+        h = sign | np.uint32(0x7E00)
+    elif a >= np.uint32(0x477FF000):  # at least halfway from 65504 to 65536: overflows to Inf
+        h = sign | np.uint32(0x7C00)
+    elif a >= np.uint32(0x38800000):  # normal in fp16
+        r = a - np.uint32(0x38000000)
+        h = sign | ((r + np.uint32(0x0FFF) + ((r >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13))
+    else:  # subnormal in fp16, or zero
+        e = a >> np.uint32(23)
+        s = np.uint32(126) - e
+        if e == 0 or s > np.uint32(24):
+            h = sign
+        else:
+            m = (a & np.uint32(0x7FFFFF)) | np.uint32(0x800000)
+            q = m >> s
+            rest = m & ((np.uint32(1) << s) - np.uint32(1))
+            half = np.uint32(1) << (s - np.uint32(1))
+            if rest > half or (rest == half and (q & np.uint32(1))):
+                q += np.uint32(1)
+            h = sign | q
+    return np.int16(np.uint16(h))
 
 
-def _widen(
-    job: Job,
-    stop: int,
-    reader: TensorReader,
-    writer: ShardedWriter,
-    wx: ThreadPoolExecutor,
-    writes: deque[Future[None]],
-) -> None:
-    """Restart `job`'s tensor in its wider dtype and redo its chunks up to row `stop`."""
-    if job.wider is None or job.wider == job.out_dtype:
-        raise _inexact(job)
-    while writes:
-        writes.popleft().result()
-    job.out_dtype = job.wider
-    job.sumsq = 0.0
-    writes.append(wx.submit(writer.restart_tensor, DTYPE_CODES[job.wider]))
-    for start, end in job.chunks():
-        if start >= stop:
-            break
-        try:
-            out = job.checked(job.read(reader, start, end), start, end)
-        except InexactDeltaError:
-            raise _inexact(job) from None
-        writes.append(wx.submit(writer.write, out))
+@overload(decode)
+def _decode(v):
+    if v == types.uint16:
+        return lambda v: _bf16_value(v)
+    if v == types.int16:
+        return lambda v: _fp16_value(v)
+    if v in (types.float32, types.float64):
+        return lambda v: np.float64(v)
+    return None
 
 
-def _inexact(job: Job) -> InexactDeltaError:
-    return InexactDeltaError(
-        f"tensor {job.name!r}: no stored dtype gives back the fine-tuned values exactly (the fine-tuned "
-        "and base values are too far apart in magnitude for float64); the models do not belong together.",
-        tensor=job.name,
-    )
+@overload(store)
+def _store(out, i, x):
+    dtype = out.dtype
+    if dtype == types.uint16:
+
+        def bf16(out, i, x):
+            out[i] = _bf16_bits(x)
+
+        return bf16
+    if dtype == types.int16:
+
+        def fp16(out, i, x):
+            out[i] = _fp16_bits(x)
+
+        return fp16
+    if dtype in (types.float32, types.float64):
+
+        def native(out, i, x):
+            out[i] = x  # numba converts float64 to float32 to nearest, ties to even
+
+        return native
+    return None
+
+
+_OVERFLOW = {
+    types.uint16: (2 - 2.0**-8) * 2.0**127,
+    types.int16: 65520.0,
+    types.float32: (2 - 2.0**-24) * 2.0**127,
+    types.float64: np.inf,
+}
+
+
+@overload(overflow)
+def _overflow(out):
+    limit = _OVERFLOW.get(out.dtype)
+    if limit is None:
+        return None
+    return lambda out: limit
+
+
+@overload(same_bits)
+def _same_bits(a, i, x):
+    dtype = a.dtype
+    if dtype == types.uint16:
+        return lambda a, i, x: _bf16_bits(x) == a[i]
+    if dtype == types.int16:
+        return lambda a, i, x: _fp16_bits(x) == a[i]
+    if dtype == types.float32:
+        return lambda a, i, x: np.float32(x).view(np.uint32) == np.float32(a[i]).view(np.uint32)
+    if dtype == types.float64:
+        return lambda a, i, x: np.float64(x).view(np.uint64) == np.float64(a[i]).view(np.uint64)
+    return None
+
+
+def _blocks(n: int) -> tuple[int, int]:
+    """One block of a chunk of n elements per thread numba is given now: their count and length (the count is
+    worked out here, not in compiled code, where reading it would keep numba from caching the kernel). Each block
+    is a slice that its loop indexes from 0: with an index numba cannot prove non-negative, every access checks
+    for wraparound and the loop is not vectorized (3x slower)."""
+    parts = max(1, min(get_num_threads(), n // 4096))
+    return parts, (n + parts - 1) // parts
+
+
+@njit
+def _shift_block(t, f, b, alpha, out):
+    limit = overflow(out)
+    bad = False
+    if alpha == 1.0:
+        for i in range(out.size):
+            x = decode(t[i]) + (decode(f[i]) - decode(b[i]))
+            store(out, i, x)
+            bad |= not abs(x) < limit
+    else:
+        for i in range(out.size):
+            x = decode(t[i]) + (decode(f[i]) - decode(b[i])) * alpha
+            store(out, i, x)
+            bad |= not abs(x) < limit
+    return bad
+
+
+@njit
+def _apply_block(t, delta, alpha, out):
+    limit = overflow(out)
+    bad = False
+    if alpha == 1.0:
+        for i in range(out.size):
+            x = decode(t[i]) + decode(delta[i])
+            store(out, i, x)
+            bad |= not abs(x) < limit
+    else:
+        for i in range(out.size):
+            x = decode(t[i]) + decode(delta[i]) * alpha
+            store(out, i, x)
+            bad |= not abs(x) < limit
+    return bad
+
+
+def transfer(t: np.ndarray, f: np.ndarray, b: np.ndarray, alpha: float, out: np.ndarray) -> bool:
+    """out ← round(t + alpha·(f − b)), computed in float64 and rounded once; returns whether some result is not
+    finite. With alpha 1, Δ is not multiplied (x·1 is x: this only saves the work)."""
+    return bool(_transfer(t, f, b, alpha, out, *_blocks(out.size)))
+
+
+def apply(t: np.ndarray, delta: np.ndarray, alpha: float, out: np.ndarray) -> bool:
+    """out ← round(t + alpha·Δ), computed in float64 and rounded once; returns whether some result is not
+    finite."""
+    return bool(_apply(t, delta, alpha, out, *_blocks(out.size)))
+
+
+def diff(f: np.ndarray, b: np.ndarray, out: np.ndarray) -> tuple[float, int, int]:
+    """out ← f − b computed in float64 and rounded to out's dtype.
+
+    Returns the sum of squares of the stored Δ, how many elements are inexact (out's dtype overflows, or b + Δ
+    rounded to f's dtype does not give back f's bits) and how many differences are not finite (an input is NaN or
+    Inf, or float64 overflows)."""
+    sumsq, inexact, bad = _diff(f, b, out, *_blocks(out.size))
+    return float(sumsq), int(inexact), int(bad)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _transfer(t, f, b, alpha, out, parts, step):
+    bad = np.zeros(parts, dtype=np.bool_)
+    for p in prange(parts):
+        lo, hi = p * step, min(out.size, (p + 1) * step)
+        bad[p] = _shift_block(t[lo:hi], f[lo:hi], b[lo:hi], alpha, out[lo:hi])
+    return bad.any()
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _apply(t, delta, alpha, out, parts, step):
+    bad = np.zeros(parts, dtype=np.bool_)
+    for p in prange(parts):
+        lo, hi = p * step, min(out.size, (p + 1) * step)
+        bad[p] = _apply_block(t[lo:hi], delta[lo:hi], alpha, out[lo:hi])
+    return bad.any()
+
+
+@njit
+def _diff_block(f, b, out):
+    limit = overflow(out)
+    sumsq = 0.0
+    inexact = 0
+    bad = 0
+    for i in range(out.size):
+        base = decode(b[i])
+        d = decode(f[i]) - base
+        store(out, i, d)
+        stored = decode(out[i])
+        if not np.isfinite(d):
+            bad += 1
+        elif not abs(d) < limit or not same_bits(f, i, base + stored):
+            inexact += 1
+        else:
+            sumsq += stored * stored
+    return sumsq, inexact, bad
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _diff(f, b, out, parts, step):
+    sums = np.zeros(parts)
+    inexact = np.zeros(parts, dtype=np.int64)
+    bad = np.zeros(parts, dtype=np.int64)
+    for p in prange(parts):
+        lo, hi = p * step, min(out.size, (p + 1) * step)
+        sums[p], inexact[p], bad[p] = _diff_block(f[lo:hi], b[lo:hi], out[lo:hi])
+    return sums.sum(), inexact.sum(), bad.sum()
+
+
+@njit(nogil=True, cache=True)
+def convert(src, out):
+    """out ← src rounded once to out's dtype; returns whether some result is not finite."""
+    limit = overflow(out)
+    bad = False
+    for i in range(out.size):
+        x = decode(src[i])
+        store(out, i, x)
+        bad |= not abs(x) < limit
+    return bad
+
+
+@njit(nogil=True, cache=True)
+def count_nonfinite(a):
+    """How many elements of `a` are NaN or ±Inf."""
+    bad = 0
+    for i in range(a.size):
+        if not np.isfinite(decode(a[i])):
+            bad += 1
+    return bad
+
+
+@njit(nogil=True, cache=True)
+def widen(a, out):
+    """out ← a's values as float64 (exact)."""
+    for i in range(a.size):
+        out[i] = decode(a[i])

@@ -1,6 +1,6 @@
 """The diff-vector engine: Δ = m' − m (`diff`), m_t + α·Δ (`apply`), and both in one pass (`transfer`).
 
-Every operation streams one tensor chunk at a time (see :mod:`tasks.kernels`), validates its inputs
+Every operation streams one tensor chunk at a time (see :mod:`tasks.engine.stream`), validates its inputs
 before it writes anything, and writes its output folder atomically.
 """
 
@@ -22,10 +22,10 @@ from ..io.checkpoints import ModelFolder, open_model_folder
 from ..io.difffolder import DIFF_PREFIX, DiffFolder, open_diff_folder, tokenizer_folder, write_manifest
 from ..io.layout import GENERATION_CONFIG
 from ..io.shards import DEFAULT_MAX_SHARD_BYTES, PlannedTensor, ShardedWriter
-from ..io.stfile import DTYPE_CODES, TensorReader, numel
+from ..io.stfile import ARRAY_DTYPES, TensorReader, numel
 from .checks import check_architectures, check_diff_architecture, check_tensors
 from .jobs import diff_job, shift_job
-from .kernels import Job, Scratch, run_jobs
+from .stream import Job, run_jobs
 from .vocab import RowPlan, check_extension, row_plan, tokenizer_of, vocab_rows
 
 Operation = Literal["diff", "apply", "transfer"]
@@ -87,8 +87,7 @@ def diff(
                 base_rows=base_rows, finetuned_rows=ft_rows, base=tokenizer_of(bs), finetuned=tokenizer_of(ft)
             )
             carried = ft_rows - base_rows
-        scratch64 = Scratch()
-        jobs = [diff_job(ft.tensors[n], bs.tensors[n], carried, scratch64) for n in names]
+        jobs = [diff_job(ft.tensors[n], bs.tensors[n], carried) for n in names]
         metadata = _provenance("diff", {"finetuned": ft, "base": bs}, alpha=None)
         read, writer = _stream(
             jobs,
@@ -109,7 +108,7 @@ def diff(
             base={**bs.describe(), "content_hash": bs.content_hash(), "tokenizer_digest": bs.tokenizer_digest()},
             tensors={
                 j.name: {
-                    "dtype": DTYPE_CODES[j.out_dtype],
+                    "dtype": j.out_dtype,
                     "source_dtype": j.inputs[0].dtype,
                     "shape": list(j.out_shape),
                     "l2_norm": j.sumsq**0.5,
@@ -177,9 +176,8 @@ def transfer(
             base_tok=tokenizer_of(bs),
             finetuned_tok=tokenizer_of(ft),
         )
-        scratch64 = Scratch()
         jobs = [
-            shift_job(n, (ft.tensors[n], bs.tensors[n]), ("fine-tuned", "base"), tg.tensors[n], plan, alpha, scratch64)
+            shift_job(n, (ft.tensors[n], bs.tensors[n]), ("fine-tuned", "base"), tg.tensors[n], plan, alpha)
             for n in names
         ]
         metadata = _provenance("transfer", models, alpha=alpha)
@@ -241,8 +239,7 @@ def apply(
             base_tok=df.tokenizer("base"),
             finetuned_tok=df.tokenizer("finetuned"),
         )
-        scratch64 = Scratch()
-        jobs = [shift_job(n, (df.tensors[n],), ("diff",), tg.tensors[n], plan, alpha, scratch64) for n in names]
+        jobs = [shift_job(n, (df.tensors[n],), ("diff",), tg.tensors[n], plan, alpha) for n in names]
         metadata = _provenance("apply", {"target": tg}, alpha=alpha)
         metadata["graftwork_diff"] = json.dumps(
             {"path": str(df.path), "finetuned": df.manifest["finetuned"], "base": df.manifest["base"]}
@@ -286,7 +283,9 @@ def _stream(
     progress: ProgressFn | None,
     reader: TensorReader | None = None,
 ) -> tuple[int, ShardedWriter]:
-    planned = [PlannedTensor(j.name, j.out_shape, numel(j.out_shape) * j.out_dtype.itemsize) for j in jobs]
+    planned = [
+        PlannedTensor(j.name, j.out_shape, numel(j.out_shape) * ARRAY_DTYPES[j.out_dtype].itemsize) for j in jobs
+    ]
     writer = ShardedWriter(
         tmp, prefix=prefix, tensors=planned, max_shard_bytes=max_shard_bytes, metadata=metadata, durable=durable
     )

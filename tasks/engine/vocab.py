@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
+import numpy as np
 
 from ...errors import ShapeMismatchError, VocabularyError
 from ..io.checkpoints import ModelFolder
@@ -48,25 +48,25 @@ class RowPlan:
     """
 
     target_rows: int
-    source: torch.Tensor | None
-    carried: torch.Tensor
+    source: np.ndarray | None
+    carried: np.ndarray
     tokenizer_from: TokenizerSource
     added_tokens: tuple[str, ...] = field(default=())
 
     @property
     def identity(self) -> bool:
         """True when every tensor can be streamed row for row, with nothing carried."""
-        return self.source is None and self.carried.numel() == 0
+        return self.source is None and self.carried.size == 0
 
     @property
     def out_rows(self) -> int:
         """Rows of the output's vocabulary tensors."""
-        return self.target_rows + self.carried.numel()
+        return self.target_rows + self.carried.size
 
     def counts(self) -> dict[str, int]:
         """Rows that took each path: transferred, kept, carried."""
         transferred = self.target_rows if self.source is None else int((self.source >= 0).sum())
-        return {"transferred": transferred, "kept": self.target_rows - transferred, "carried": self.carried.numel()}
+        return {"transferred": transferred, "kept": self.target_rows - transferred, "carried": self.carried.size}
 
 
 def plan_rows(
@@ -84,7 +84,7 @@ def plan_rows(
         VocabularyError: rows must be aligned by token and a tokenizer is missing. Check the
             fine-tuned vocabulary with :func:`check_extension` first.
     """
-    source: torch.Tensor | None = None
+    source: np.ndarray | None = None
     target_vocab: dict[str, int] | None = None
     if base_rows != target_rows or base.digest != target.digest:
         base_vocab = base.vocab(role="source base")
@@ -92,7 +92,7 @@ def plan_rows(
         if base_vocab != target_vocab or base_rows != target_rows:
             id_to_token = {i: t for t, i in target_vocab.items()}
             index = [base_vocab.get(id_to_token.get(r, ""), -1) for r in range(target_rows)]
-            source = torch.tensor([i if 0 <= i < base_rows else -1 for i in index], dtype=torch.long)
+            source = np.array([i if 0 <= i < base_rows else -1 for i in index], dtype=np.int64)
     extra = range(base_rows, finetuned_rows)
     if not extra:
         return RowPlan(target_rows=target_rows, source=source, carried=_longs([]), tokenizer_from="target")
@@ -142,8 +142,8 @@ def check_extension(*, base_rows: int, finetuned_rows: int, base: Tokenizer, fin
             )
 
 
-def _longs(values: list[int]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.long)
+def _longs(values: list[int]) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
 
 
 def row_plan(

@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ...errors import ModelFolderError, PickleWeightsError
 from ...fs import file_sha256
 from .layout import PICKLE_INDEX, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, TOKENIZER_FILES
-from .stfile import DTYPE_CODES, ShardWriter, TensorInfo, read_header
+from .stfile import ShardWriter, TensorInfo, read_header
 
 OUTPUT_EMBEDDING_ALIASES = ("lm_head.weight",)
 _SNAPSHOT = re.compile(r"^[0-9a-f]{40}$")
@@ -200,6 +198,11 @@ def _pickle_files(folder: Path) -> list[Path]:
 
 
 def _convert_pickle(files: list[Path], out: Path) -> Path:
+    """Pickle weights as one safetensors file (the only engine path that loads torch: pickle needs it)."""
+    import torch
+
+    from .torchbits import DTYPE_CODES, as_array
+
     state: dict[str, torch.Tensor] = {}
     for f in files:
         loaded = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
@@ -211,7 +214,7 @@ def _convert_pickle(files: list[Path], out: Path) -> Path:
     for name, t in state.items():
         code = DTYPE_CODES.get(t.dtype, str(t.dtype).removeprefix("torch.").upper())
         writer.begin_tensor(name, code, tuple(t.shape))
-        writer.write(t.contiguous())
+        writer.write(as_array(t))
     writer.close()
     return out
 

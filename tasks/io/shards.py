@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from ...fs import write_json
 from .stfile import ShardWriter
@@ -77,7 +77,7 @@ class ShardedWriter:
         assert self._writer is not None
         self._writer.begin_tensor(name, dtype, shape)
 
-    def write(self, data: torch.Tensor) -> None:
+    def write(self, data: np.ndarray) -> None:
         """Append a chunk to the current tensor."""
         assert self._writer is not None
         self._writer.write(data)

@@ -21,17 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from ...errors import ModelFolderError, UnsupportedDtypeError
 
-FLOAT_DTYPES: dict[str, torch.dtype] = {
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F32": torch.float32,
-    "F64": torch.float64,
+# The numpy type a floating-point tensor's elements are held in: its bits for the 16-bit types, which numpy cannot
+# do arithmetic on (bf16) or which the engine's kernels decode themselves (fp16), the values for the others.
+ARRAY_DTYPES: dict[str, np.dtype[Any]] = {
+    "BF16": np.dtype(np.uint16),
+    "F16": np.dtype(np.int16),
+    "F32": np.dtype(np.float32),
+    "F64": np.dtype(np.float64),
 }
-DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in FLOAT_DTYPES.items()}
 _ITEMSIZE = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -73,18 +74,18 @@ class TensorInfo:
         return numel(self.shape[1:])
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        """The torch dtype of a floating-point tensor.
+    def array_dtype(self) -> np.dtype[Any]:
+        """The numpy type this floating-point tensor's elements are held in (`ARRAY_DTYPES`).
 
         Raises:
             UnsupportedDtypeError: the tensor is not F16, BF16, F32 or F64.
         """
         try:
-            return FLOAT_DTYPES[self.dtype]
+            return ARRAY_DTYPES[self.dtype]
         except KeyError:
             raise UnsupportedDtypeError(
                 f"tensor {self.name!r} in {self.path} has dtype {self.dtype}; the engine only does "
-                f"arithmetic on {', '.join(FLOAT_DTYPES)} tensors. Convert the model to one of them "
+                f"arithmetic on {', '.join(ARRAY_DTYPES)} tensors. Convert the model to one of them "
                 "first.",
                 tensor=self.name,
             ) from None
@@ -156,37 +157,66 @@ def _tensor_info(path: Path, name: str, entry: Any, base: int, size: int) -> Ten
 
 
 class TensorReader:
-    """Maps row ranges of tensors, keeping one descriptor per file."""
+    """Reads row ranges of tensors, keeping one descriptor per file: mapped (:meth:`read_rows`) or copied into a
+    buffer the caller reuses (:meth:`read_into`)."""
 
     def __init__(self) -> None:
         self._fds: dict[Path, int] = {}
 
-    def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
-        """Rows `[start, stop)` of a floating-point tensor, in its own dtype.
+    def read_rows(self, info: TensorInfo, start: int, stop: int) -> np.ndarray:
+        """Rows `[start, stop)` of a floating-point tensor, as an array of its `array_dtype`.
 
-        The tensor is a copy-on-write map of the file's pages, not a copy: writing to it never
-        changes the file, and the pages are unmapped when the tensor is freed. The kernel is told to
+        The array is a copy-on-write map of the file's pages, not a copy: writing to it never
+        changes the file, and the pages are unmapped when the array is freed. The kernel is told to
         read the range ahead, so a file that is not in the page cache streams from disk.
 
         Raises:
             UnsupportedDtypeError: the tensor is not a float tensor.
             ModelFolderError: the file ended early.
         """
-        dtype = info.torch_dtype
-        row_bytes = info.row_numel * _ITEMSIZE[info.dtype]
-        shape = (stop - start, *info.shape[1:]) if info.shape else ()
-        nbytes = (stop - start) * row_bytes
+        dtype, shape, offset, nbytes = _extent(info, start, stop)
         if not nbytes:
-            return torch.empty(shape, dtype=dtype)
-        offset = info.start + start * row_bytes
+            return np.empty(shape, dtype=dtype)
         skip = offset % mmap.ALLOCATIONGRANULARITY
         fd = self._fd(info.path)
         os.posix_fadvise(fd, offset, nbytes, os.POSIX_FADV_WILLNEED)
         try:
             pages = mmap.mmap(fd, skip + nbytes, access=mmap.ACCESS_COPY, offset=offset - skip)
         except ValueError:
-            raise ModelFolderError(f"{info.path} ended while reading tensor {info.name!r}.", path=info.path) from None
-        return torch.frombuffer(pages, dtype=dtype, count=nbytes // dtype.itemsize, offset=skip).reshape(shape)
+            raise _ended(info) from None
+        return np.frombuffer(pages, dtype=dtype, count=nbytes // dtype.itemsize, offset=skip).reshape(shape)
+
+    def read_into(self, info: TensorInfo, start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        """Rows `[start, stop)` of a floating-point tensor copied into the front of `buffer` (uint8, long enough:
+        see :func:`range_bytes`), as an array of its `array_dtype` over those bytes.
+
+        A copy from the page cache costs less than mapping the pages and unmapping them again, and a reader
+        thread pays it instead of the thread that computes; the buffer is the caller's to reuse.
+
+        Raises:
+            UnsupportedDtypeError: the tensor is not a float tensor.
+            ModelFolderError: the file ended early.
+        """
+        dtype, shape, offset, nbytes = _extent(info, start, stop)
+        view = buffer[:nbytes]
+        done, fd = 0, self._fd(info.path)
+        while done < nbytes:
+            got = os.preadv(fd, [view[done:].data], offset + done)
+            if not got:
+                raise _ended(info)
+            done += got
+        return view.view(dtype).reshape(shape)
+
+    def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
+        """Ask the kernel to read rows `[start, stop)` of a tensor from disk now, so that the reads of several
+        files are in flight at once (nothing to do for pages already cached).
+
+        Raises:
+            UnsupportedDtypeError: the tensor is not a float tensor.
+        """
+        _, _, offset, nbytes = _extent(info, start, stop)
+        if nbytes:
+            os.posix_fadvise(self._fd(info.path), offset, nbytes, os.POSIX_FADV_WILLNEED)
 
     def _fd(self, path: Path) -> int:
         fd = self._fds.get(path)
@@ -195,35 +225,47 @@ class TensorReader:
         return fd
 
     def close(self) -> None:
-        """Close every file this reader opened (tensors it returned stay valid)."""
+        """Close every file this reader opened (arrays it returned stay valid)."""
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
 
 
+def range_bytes(info: TensorInfo, start: int, stop: int) -> int:
+    """Bytes of rows `[start, stop)` of a tensor."""
+    return (stop - start) * info.row_numel * _ITEMSIZE[info.dtype]
+
+
+def _extent(info: TensorInfo, start: int, stop: int) -> tuple[np.dtype[Any], tuple[int, ...], int, int]:
+    """dtype, shape, file offset and length in bytes of rows `[start, stop)`."""
+    dtype = info.array_dtype
+    shape = (stop - start, *info.shape[1:]) if info.shape else ()
+    return dtype, shape, info.start + range_bytes(info, 0, start), range_bytes(info, start, stop)
+
+
+def _ended(info: TensorInfo) -> ModelFolderError:
+    return ModelFolderError(f"{info.path} ended while reading tensor {info.name!r}.", path=info.path)
+
+
 class OnDemandReader(TensorReader):
     """A tensor reader over some files that are made when they are first read (a registered diff's shards,
     decoded from the blob store), one at a time: making one removes the one made before, so a reader that goes
-    through them in order has only one on disk. Other files are read as they are. Tensors already returned stay
-    valid (their pages stay mapped)."""
+    through them in order has only one on disk. Other files are read as they are. Arrays already returned stay
+    valid (their pages stay mapped, or they were copied)."""
 
     def __init__(self, *, made: Collection[Path], make: Callable[[Path], None]) -> None:
         super().__init__()
         self._made, self._make = frozenset(made), make
         self._current: Path | None = None
 
-    def read_rows(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
-        """As :meth:`TensorReader.read_rows`, making `info.path` first when it is one of the made files and not
-        the one at hand.
-
-        Raises:
-            Whatever `make` raises, and what :meth:`TensorReader.read_rows` raises.
-        """
-        if info.path in self._made and info.path != self._current:
+    def _fd(self, path: Path) -> int:
+        """The file's descriptor, making the file first when it is one of the made files and not the one at hand
+        (what `make` raises goes to the reader's caller)."""
+        if path in self._made and path != self._current:
             self._drop()
-            self._make(info.path)
-            self._current = info.path
-        return super().read_rows(info, start, stop)
+            self._make(path)
+            self._current = path
+        return super()._fd(path)
 
     def close(self) -> None:
         """Close the files and remove the one made last."""
@@ -278,9 +320,9 @@ class ShardWriter:
         self._current = name
         self._entries[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [self._offset, self._offset]}
 
-    def write(self, data: torch.Tensor) -> None:
-        """Append the bytes of a contiguous tensor to the current tensor."""
-        raw = data.contiguous().reshape(-1).view(torch.uint8).numpy().data
+    def write(self, data: np.ndarray) -> None:
+        """Append the bytes of an array (in C order) to the current tensor."""
+        raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
         self._file.write(raw)
         self._offset += len(raw)
         self._unsynced += len(raw)

@@ -22,8 +22,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+import numpy as np
 
+from ..engine import kernels
 from ..engine.checks import check_architectures, check_diff_architecture, check_tensors
 from ..io.checkpoints import open_model_folder
 from ..io.difffolder import DiffFolder, open_diff_folder
@@ -59,13 +60,13 @@ class _Sums:
     def __init__(self) -> None:
         self.tensors, self.prev, self.move, self.delta, self.dot = 0, 0.0, 0.0, 0.0, 0.0
 
-    def add(self, prev: torch.Tensor, new: torch.Tensor, delta: torch.Tensor) -> None:
-        move = new.double() - prev.double()
-        d = delta.double()
-        self.prev += float(prev.double().square().sum())
-        self.move += float(move.square().sum())
-        self.delta += float(d.square().sum())
-        self.dot += float((move * d).sum())
+    def add(self, prev: np.ndarray, new: np.ndarray, delta: np.ndarray) -> None:
+        p, n, d = (_float64(a) for a in (prev, new, delta))
+        move = n - p
+        self.prev += float(np.dot(p, p))
+        self.move += float(np.dot(move, move))
+        self.delta += float(np.dot(d, d))
+        self.dot += float(np.dot(move, d))
 
     def merge(self, other: _Sums) -> None:
         self.tensors += other.tensors
@@ -154,7 +155,14 @@ def precheck(
     )
 
 
-def _chunks(reader: TensorReader, infos: tuple[TensorInfo, ...]) -> Iterator[tuple[torch.Tensor, ...]]:
+def _float64(a: np.ndarray) -> np.ndarray:
+    """A read chunk's values in float64, flat."""
+    out = np.empty(a.size, dtype=np.float64)
+    kernels.widen(a.reshape(-1), out)
+    return out
+
+
+def _chunks(reader: TensorReader, infos: tuple[TensorInfo, ...]) -> Iterator[tuple[np.ndarray, ...]]:
     """Row chunks of the same rows of each tensor (the common leading rows where their row counts differ)."""
     rows = min(i.rows for i in infos)
     step = max(1, CHUNK_ELEMENTS // max(1, infos[0].row_numel))

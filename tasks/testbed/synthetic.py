@@ -15,7 +15,8 @@ import torch
 
 from ...fs import atomic_output_dir, write_json
 from ..io.shards import PlannedTensor, ShardedWriter
-from ..io.stfile import DTYPE_CODES, numel
+from ..io.stfile import numel
+from ..io.torchbits import DTYPE_CODES, as_array
 
 ROLES = ("base", "finetuned", "target")
 
@@ -106,7 +107,8 @@ def build_family(out: Path, *, spec: FamilySpec, seed: int = 0, max_shard_bytes:
             )
             for k, (name, shape) in enumerate(spec.tensors()):
                 writer.begin_tensor(name, DTYPE_CODES[spec.dtype], shape)
-                writer.write(_tensor(seed, k, shape, std=stds[role], role_seed=ROLES.index(role), dtype=spec.dtype))
+                tensor = _tensor(seed, k, shape, std=stds[role], role_seed=ROLES.index(role), dtype=spec.dtype)
+                writer.write(as_array(tensor))
             writer.close()
     return paths
 

@@ -16,7 +16,8 @@ import torch
 from accelerate.utils import parse_flag_from_env
 
 from ...errors import ModelFolderError
-from ..io.stfile import FLOAT_DTYPES, read_header
+from ..io.stfile import read_header
+from ..io.torchbits import FLOAT_DTYPES
 from .recipe import Lora, Recipe
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -1,0 +1,171 @@
+"""The fused kernels against the float64 reference rounded once, bit for bit, over random bits of every exponent.
+
+The reference rounds with numpy's own correctly rounded steps only: a float64 x is scaled by a power of two
+(exact) to the units of its last place in the output dtype, rounded to the nearest integer, ties to even
+(`np.rint`), and scaled back (exact). torch's float64 → bf16 conversion is not such a reference: it goes
+through float32 and so rounds twice (the last test shows an element where it is off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from graftwork.tasks.engine import kernels
+
+N = 1 << 16
+
+
+@dataclass(frozen=True)
+class Format:
+    """An output dtype: the numpy type its bits are held in, significand bits, smallest quantum, largest finite."""
+
+    name: str
+    array: type[np.generic]
+    digits: int
+    tiny: float
+    largest: float
+
+
+BF16 = Format("bf16", np.uint16, 8, 2.0**-133, (2 - 2.0**-7) * 2.0**127)
+FP16 = Format("fp16", np.int16, 11, 2.0**-24, 65504.0)
+FP32 = Format("fp32", np.float32, 24, 2.0**-149, float(np.finfo(np.float32).max))
+FORMATS = {f.name: f for f in (BF16, FP16, FP32)}
+
+
+def values(fmt: Format, bits: np.ndarray) -> np.ndarray:
+    """float64 values of stored elements."""
+    with np.errstate(invalid="ignore"):
+        if fmt is BF16:
+            return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+        if fmt is FP16:
+            return bits.view(np.float16).astype(np.float64)
+        return bits.astype(np.float64)
+
+
+def round_once(fmt: Format, x: np.ndarray) -> np.ndarray:
+    """x rounded to the nearest value of `fmt`, ties to even, as float64 (±inf past the largest finite)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        _, exponent = np.frexp(x)
+        quantum = np.maximum(np.ldexp(1.0, exponent - fmt.digits), fmt.tiny)
+        rounded = np.rint(x / quantum) * quantum
+    return np.where(np.abs(rounded) > fmt.largest, np.copysign(np.inf, x), rounded)
+
+
+def stored(fmt: Format, x: np.ndarray) -> np.ndarray:
+    """The bits of float64 values that `fmt` holds exactly."""
+    if fmt is BF16:
+        return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    if fmt is FP16:
+        return x.astype(np.float16).view(np.int16)
+    return x.astype(fmt.array)
+
+
+def random_elements(fmt: Format, rng: np.random.Generator) -> np.ndarray:
+    """Random finite bits of every exponent, with ±0, subnormals, the largest finite values and exact ties mixed in."""
+    width = np.dtype(fmt.array).itemsize * 8
+    raw = rng.integers(0, 1 << width, 4 * N, dtype=np.uint64).astype(f"uint{width}").view(fmt.array)
+    raw = raw[np.isfinite(values(fmt, raw))][:N].copy()
+    specials = [0.0, -0.0, fmt.tiny, -fmt.tiny, fmt.largest, -fmt.largest, 1.0, -1.0]
+    raw[: len(specials)] = stored(fmt, np.array(specials))
+    return raw
+
+
+def tie_inputs(fmt: Format) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """t, f and b (f and b in float64) whose exact t + (f − b) lies on, or a hair beside, a tie of `fmt`.
+
+    1 + 2^-digits is halfway between 1 and the next value (to even: 1); 1 + 3·2^-digits halfway between the next
+    two (to even: up). A hair of 2^-40 above a tie rounds up; a float32 conversion first loses the hair and lands
+    on the tie, so rounding twice goes down.
+    """
+    half = 2.0**-fmt.digits
+    offsets = np.array([half, 3 * half, half + 2.0**-40, -half, -half - 2.0**-40, half * 2.0**-126])
+    t = stored(fmt, np.ones(len(offsets)))
+    return t, offsets, np.zeros(len(offsets))
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+@pytest.mark.parametrize("alpha", [1.0, 0.37, -1.0, 0.5])
+def test_transfer_is_the_float64_value_rounded_once(fmt: Format, alpha: float) -> None:
+    rng = np.random.default_rng([ord(c) for c in fmt.name] + [int(alpha * 100) % 256])
+    t, f, b = (random_elements(fmt, rng) for _ in range(3))
+    t[-1], f[-1], b[-1] = stored(fmt, np.array([1, np.sign(alpha), -np.sign(alpha)]) * fmt.largest)  # overflows
+    out = np.empty_like(t)
+    bad = kernels.transfer(t, f, b, alpha, out)
+    d = values(fmt, f) - values(fmt, b)
+    x = values(fmt, t) + (d * alpha if alpha != 1.0 else d)
+    want = round_once(fmt, x)
+    finite = np.isfinite(want)
+    assert bad and kernels.count_nonfinite(out) == int((~finite).sum()) > 0  # the overflows are stored as ±Inf
+    assert np.array_equal(out[finite], stored(fmt, want[finite]))
+    assert np.signbit(values(fmt, out[finite])).tolist() == np.signbit(want[finite]).tolist()
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+def test_ties_and_near_ties_round_once(fmt: Format) -> None:
+    t, f, b = tie_inputs(fmt)
+    out = np.empty_like(t)
+    assert not kernels.transfer(t, f, b, 1.0, out)
+    want = round_once(fmt, values(fmt, t) + (f - b))
+    assert np.array_equal(out, stored(fmt, want))
+    assert values(fmt, out)[:3].tolist() == [1.0, 1.0 + 4 * 2.0**-fmt.digits, 1.0 + 2 * 2.0**-fmt.digits]
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+def test_apply_with_a_float64_delta_rounds_once(fmt: Format) -> None:
+    rng = np.random.default_rng(7)
+    t = random_elements(fmt, rng)
+    delta = rng.standard_normal(N) * np.exp2(rng.integers(-150, 130, N).astype(np.float64))
+    out = np.empty_like(t)
+    bad = kernels.apply(t, delta, 0.37, out)
+    want = round_once(fmt, values(fmt, t) + delta * 0.37)
+    finite = np.isfinite(want)
+    assert bad and kernels.count_nonfinite(out) == int((~finite).sum()) > 0
+    assert np.array_equal(out[finite], stored(fmt, want[finite]))
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+def test_convert_rounds_float64_once_and_counts_overflow(fmt: Format) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(N) * np.exp2(rng.integers(-160, 140, N).astype(np.float64))
+    out = np.empty(N, dtype=fmt.array)
+    bad = kernels.convert(x, out)
+    want = round_once(fmt, x)
+    finite = np.isfinite(want)
+    assert bad and kernels.count_nonfinite(out) == int((~finite).sum()) > 0
+    assert np.array_equal(out[finite], stored(fmt, want[finite]))
+
+
+@pytest.mark.parametrize(("fmt", "stored_as"), [(BF16, np.float32), (FP16, np.float32), (FP32, np.float64)])
+def test_diff_stores_the_difference_and_counts_the_elements_it_cannot_give_back(
+    fmt: Format, stored_as: type[np.floating]
+) -> None:
+    """Differences that the stored dtype rounds or overflows (bf16 and float32 inputs of every exponent have
+    some) do not give back the fine-tuned bits; the engine then widens the tensor, or refuses it."""
+    rng = np.random.default_rng(11)
+    f, b = random_elements(fmt, rng), random_elements(fmt, rng)
+    out = np.empty(N, dtype=stored_as)
+    sumsq, inexact, bad = kernels.diff(f, b, out)
+    exact = values(fmt, f) - values(fmt, b)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(out, exact.astype(stored_as))
+    back = round_once(fmt, values(fmt, b) + out.astype(np.float64))
+    bits = f"uint{8 * f.itemsize}"
+    same = stored(fmt, np.where(np.isfinite(back), back, 0.0)).view(bits) == f.view(bits)
+    gives_back = np.isfinite(back) & same  # bits: -0.0 does not give back +0.0
+    assert inexact == int((~gives_back).sum()) > 0
+    assert bad == 0
+    kept = out.astype(np.float64)[gives_back]
+    assert sumsq == pytest.approx(float(np.dot(kept, kept)), rel=1e-12)
+
+
+def test_bf16_rounding_differs_from_rounding_through_float32() -> None:
+    """The near tie above, in bf16: float32 first lands on the tie and then rounds down; once, it rounds up."""
+    t, f, b = tie_inputs(BF16)
+    out = np.empty_like(t)
+    kernels.transfer(t, f, b, 1.0, out)
+    through_float32 = stored(BF16, round_once(BF16, (1.0 + f[2:3]).astype(np.float32).astype(np.float64)))
+    assert out[2] != through_float32[0]
+    assert values(BF16, out)[2] == 1.0 + 2.0**-7
