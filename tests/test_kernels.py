@@ -8,12 +8,16 @@ through float32 and so rounds twice (the last test shows an element where it is 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from graftwork.tasks.engine import kernels
+from tests.service import child_env
 
 N = 1 << 16
 
@@ -169,3 +173,26 @@ def test_bf16_rounding_differs_from_rounding_through_float32() -> None:
     through_float32 = stored(BF16, round_once(BF16, (1.0 + f[2:3]).astype(np.float32).astype(np.float64)))
     assert out[2] != through_float32[0]
     assert values(BF16, out)[2] == 1.0 + 2.0**-7
+
+
+def test_threads_of_one_process_take_turns_on_numba_s_own_thread_pool(tmp_path: Path) -> None:
+    """numba's "workqueue" pool (what a machine without OpenMP or TBB gets) aborts the process when two threads
+    enter a parallel kernel at once; the engine's operations may run in threads of one process (a flow's tasks)."""
+    script = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "import numba, numpy as np\n"
+        "from graftwork.tasks.engine import kernels\n"
+        "a = np.full(1 << 20, 0x3C00, dtype=np.uint16)\n"
+        "def run(_):\n"
+        "    out = np.empty_like(a)\n"
+        "    for _ in range(10):\n"
+        "        kernels.transfer(a, a, a, 0.5, out)\n"
+        "    return int(out[0])\n"
+        "with ThreadPoolExecutor(4) as pool:\n"
+        "    results = sorted(set(pool.map(run, range(8))))\n"
+        "print(numba.threading_layer(), results)\n"
+    )
+    env = child_env(NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["workqueue", "[15360]"]  # 1.0 as bf16 bits

@@ -22,6 +22,8 @@ and is off by one unit in the last place about once in a thousand random values.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
@@ -181,6 +183,12 @@ def _same_bits(a, i, x):
     return None
 
 
+# numba's parallel kernels may not be entered from two threads at once when it runs on its own thread pool
+# ("workqueue", where no OpenMP or TBB library is installed: a slim image); the engine's operations may run in
+# threads of one process (a flow's tasks), so the parallel kernels take turns.
+_PARALLEL = threading.Lock()
+
+
 def _blocks(n: int) -> tuple[int, int]:
     """One block of a chunk of n elements per thread numba is given now: their count and length (the count is
     worked out here, not in compiled code, where reading it would keep numba from caching the kernel). Each block
@@ -227,13 +235,15 @@ def _apply_block(t, delta, alpha, out):
 def transfer(t: np.ndarray, f: np.ndarray, b: np.ndarray, alpha: float, out: np.ndarray) -> bool:
     """out ← round(t + alpha·(f − b)), computed in float64 and rounded once; returns whether some result is not
     finite. With alpha 1, Δ is not multiplied (x·1 is x: this only saves the work)."""
-    return bool(_transfer(t, f, b, alpha, out, *_blocks(out.size)))
+    with _PARALLEL:
+        return bool(_transfer(t, f, b, alpha, out, *_blocks(out.size)))
 
 
 def apply(t: np.ndarray, delta: np.ndarray, alpha: float, out: np.ndarray) -> bool:
     """out ← round(t + alpha·Δ), computed in float64 and rounded once; returns whether some result is not
     finite."""
-    return bool(_apply(t, delta, alpha, out, *_blocks(out.size)))
+    with _PARALLEL:
+        return bool(_apply(t, delta, alpha, out, *_blocks(out.size)))
 
 
 def diff(f: np.ndarray, b: np.ndarray, out: np.ndarray) -> tuple[float, int, int]:
@@ -242,7 +252,8 @@ def diff(f: np.ndarray, b: np.ndarray, out: np.ndarray) -> tuple[float, int, int
     Returns the sum of squares of the stored Δ, how many elements are inexact (out's dtype overflows, or b + Δ
     rounded to f's dtype does not give back f's bits) and how many differences are not finite (an input is NaN or
     Inf, or float64 overflows)."""
-    sumsq, inexact, bad = _diff(f, b, out, *_blocks(out.size))
+    with _PARALLEL:
+        sumsq, inexact, bad = _diff(f, b, out, *_blocks(out.size))
     return float(sumsq), int(inexact), int(bad)
 
 
