@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from tests.databases import database_url, postgresql_server, pytest_terminal_summary  # noqa: E402, F401
+from tests.rounding import BF16, FP16, FP32, round_once  # noqa: E402
 
 if TYPE_CHECKING:
     from graftwork.tasks.suite import Suite
@@ -131,9 +132,14 @@ def load_state(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+ROUNDING = {torch.bfloat16: BF16, torch.float16: FP16, torch.float32: FP32}
+
+
 def reference(target: torch.Tensor, delta64: torch.Tensor, alpha: float) -> torch.Tensor:
-    """target + alpha·Δ in float64, rounded once to the target's dtype."""
-    return (target.double() + alpha * delta64).to(target.dtype)
+    """target + alpha·Δ in float64, rounded once to the target's dtype (`tests/rounding.py`: torch's own float64 →
+    bf16/fp16 conversion rounds twice). The rounded values are the dtype's, so converting them is exact."""
+    exact = (target.double() + alpha * delta64).numpy()
+    return torch.from_numpy(round_once(ROUNDING[target.dtype], exact)).to(target.dtype)
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:

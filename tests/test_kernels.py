@@ -1,70 +1,21 @@
-"""The fused kernels against the float64 reference rounded once, bit for bit, over random bits of every exponent.
-
-The reference rounds with numpy's own correctly rounded steps only: a float64 x is scaled by a power of two
-(exact) to the units of its last place in the output dtype, rounded to the nearest integer, ties to even
-(`np.rint`), and scaled back (exact). torch's float64 → bf16 conversion is not such a reference: it goes
-through float32 and so rounds twice (the last test shows an element where it is off).
-"""
+"""The fused kernels against the float64 reference rounded once (`tests/rounding.py`), bit for bit, over random bits
+of every exponent. torch's float64 → bf16 conversion is not such a reference: it goes through float32 and so rounds
+twice (a test below shows an element where it is off)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from graftwork.tasks.engine import kernels
+from tests.rounding import BF16, FORMATS, FP16, FP32, Format, round_once, stored, values
 from tests.service import child_env
 
 N = 1 << 16
-
-
-@dataclass(frozen=True)
-class Format:
-    """An output dtype: the numpy type its bits are held in, significand bits, smallest quantum, largest finite."""
-
-    name: str
-    array: type[np.generic]
-    digits: int
-    tiny: float
-    largest: float
-
-
-BF16 = Format("bf16", np.uint16, 8, 2.0**-133, (2 - 2.0**-7) * 2.0**127)
-FP16 = Format("fp16", np.int16, 11, 2.0**-24, 65504.0)
-FP32 = Format("fp32", np.float32, 24, 2.0**-149, float(np.finfo(np.float32).max))
-FORMATS = {f.name: f for f in (BF16, FP16, FP32)}
-
-
-def values(fmt: Format, bits: np.ndarray) -> np.ndarray:
-    """float64 values of stored elements."""
-    with np.errstate(invalid="ignore"):
-        if fmt is BF16:
-            return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-        if fmt is FP16:
-            return bits.view(np.float16).astype(np.float64)
-        return bits.astype(np.float64)
-
-
-def round_once(fmt: Format, x: np.ndarray) -> np.ndarray:
-    """x rounded to the nearest value of `fmt`, ties to even, as float64 (±inf past the largest finite)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        _, exponent = np.frexp(x)
-        quantum = np.maximum(np.ldexp(1.0, exponent - fmt.digits), fmt.tiny)
-        rounded = np.rint(x / quantum) * quantum
-    return np.where(np.abs(rounded) > fmt.largest, np.copysign(np.inf, x), rounded)
-
-
-def stored(fmt: Format, x: np.ndarray) -> np.ndarray:
-    """The bits of float64 values that `fmt` holds exactly."""
-    if fmt is BF16:
-        return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    if fmt is FP16:
-        return x.astype(np.float16).view(np.int16)
-    return x.astype(fmt.array)
 
 
 def random_elements(fmt: Format, rng: np.random.Generator) -> np.ndarray:
@@ -196,3 +147,33 @@ def test_threads_of_one_process_take_turns_on_numba_s_own_thread_pool(tmp_path: 
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["workqueue", "[15360]"]  # 1.0 as bf16 bits
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+def test_a_zero_delta_keeps_the_finetuned_sign_so_negative_zeros_come_back(fmt: Format) -> None:
+    """-0.0 in both models (a pruned weight, W·mask) is common: b + (f − b) is +0.0 there, b + (-0.0) is -0.0.
+    Only a -0.0 over a +0.0 cannot come back by addition, and is counted inexact."""
+    f = stored(fmt, np.array([-0.0, 0.0, -0.0, 1.5, -0.0]))
+    b = stored(fmt, np.array([-0.0, -0.0, 0.0, 1.5, -0.0]))
+    out = np.empty(f.size, dtype=np.float64 if fmt is FP32 else np.float32)
+    assert kernels.diff(f, b, out) == (0.0, 1, 0)  # only f = -0.0 over b = +0.0
+    back = np.empty_like(f)
+    assert not kernels.apply(b, out, 1.0, back)
+    assert back.tobytes() == np.where(np.arange(f.size) == 2, b, f).tobytes()
+
+
+@pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
+def test_the_finiteness_flag_rises_exactly_where_rounding_gives_inf(fmt: Format) -> None:
+    """The one comparison per element that the kernels check finiteness with: halfway from the largest finite
+    value to the next power of two rounds (to even) to Inf and is flagged; the float64 just below it rounds to the
+    largest finite value and is not; NaN and ±Inf are flagged."""
+    _, exponent = np.frexp(fmt.largest)
+    edge = fmt.largest + 2.0 ** (int(exponent) - fmt.digits - 1)
+    below = float(np.nextafter(edge, 0.0))
+    cases = {below: (False, fmt.largest), -below: (False, -fmt.largest), edge: (True, np.inf), -edge: (True, -np.inf)}
+    for x, (flagged, value) in cases.items():
+        out = np.empty(1, dtype=fmt.array)
+        assert kernels.convert(np.array([x]), out) == flagged, x
+        assert values(fmt, out)[0] == value == round_once(fmt, np.array([x]))[0]
+    for x in (np.nan, np.inf, -np.inf):
+        assert kernels.convert(np.array([x]), np.empty(1, dtype=fmt.array))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,8 @@ import torch
 
 from graftwork.errors import ShapeMismatchError
 from graftwork.tasks import engine
+from graftwork.tasks.io.tokenizers import Tokenizer, _fast_vocab
+from graftwork.tasks.testbed import Testbed
 from tests.conftest import (
     VOCAB,
     bits_equal,
@@ -19,6 +23,7 @@ from tests.conftest import (
     reference,
     rewrite_tensor,
     save_model,
+    save_tokenizer,
 )
 
 ADDED = ["<|user|>", "<|assistant|>", "<|end|>"]
@@ -151,3 +156,32 @@ def test_any_other_shape_mismatch_names_the_tensor_and_both_shapes(states, tmp_p
     with pytest.raises(ShapeMismatchError, match=r"model\.layers\.1\.mlp\.up_proj\.weight.*\[48, 32\].*\[64, 32\]"):
         engine.transfer(finetuned=ft, base=base, target=target, out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def _transformers_vocab(folder: Path) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    return dict(AutoTokenizer.from_pretrained(str(folder)).get_vocab())
+
+
+def test_the_vocabulary_is_read_without_transformers_exactly_as_transformers_reads_it(
+    testbed: Testbed, tmp_path: Path
+) -> None:
+    """Where `tokenizer.json` holds every token its config names, the engine reads it with the tokenizers
+    library (so its commands need no transformers, and no torch), and gets transformers' vocabulary."""
+    from transformers import PreTrainedTokenizerFast
+
+    save_tokenizer(tmp_path / "plain", VOCAB)
+    added = PreTrainedTokenizerFast.from_pretrained(str(tmp_path / "plain"))
+    added.add_tokens(ADDED)
+    added.add_special_tokens({"pad_token": "<pad>"})
+    added.save_pretrained(str(tmp_path / "added"))
+    for folder in (testbed.releases[0], tmp_path / "plain", tmp_path / "added"):
+        fast = _fast_vocab(folder)
+        assert fast is not None and fast == _transformers_vocab(folder), folder
+    missing = tmp_path / "missing"
+    shutil.copytree(tmp_path / "plain", missing)
+    config = json.loads((missing / "tokenizer_config.json").read_text())
+    (missing / "tokenizer_config.json").write_text(json.dumps({**config, "pad_token": "<pad>"}))
+    assert _fast_vocab(missing) is None  # transformers adds <pad>: its reading is the one to use
+    assert "<pad>" in Tokenizer(folder=missing, digest=None).vocab(role="target")

@@ -22,11 +22,28 @@ and is off by one unit in the last place about once in a thousand random values.
 
 from __future__ import annotations
 
+import math
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numba import get_num_threads, njit, prange, types
 from numba.extending import overload
+
+
+def _compiled(*, parallel: bool = False) -> Callable[[Callable[..., Any]], Any]:
+    """numba's `njit` (releasing the GIL) with its disk cache, or without it where numba finds no folder it may
+    write (the package's `__pycache__` and `~/.cache/numba` both read-only, `NUMBA_CACHE_DIR` unset): then a process
+    compiles each kernel it uses anew (1-2 s) instead of failing to import the engine."""
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, nogil=True, parallel=parallel)(func)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return njit(nogil=True, parallel=parallel)(func)
+
+    return decorate
 
 
 def decode(v):
@@ -189,6 +206,12 @@ def _same_bits(a, i, x):
 _PARALLEL = threading.Lock()
 
 
+def _same_size(out: np.ndarray, *inputs: np.ndarray) -> None:
+    if any(a.size != out.size for a in inputs):
+        sizes = ", ".join(str(a.size) for a in inputs)
+        raise ValueError(f"a kernel's inputs ({sizes} elements) and output ({out.size}) must be of one size")
+
+
 def _blocks(n: int) -> tuple[int, int]:
     """One block of a chunk of n elements per thread numba is given now: their count and length (the count is
     worked out here, not in compiled code, where reading it would keep numba from caching the kernel). Each block
@@ -234,30 +257,46 @@ def _apply_block(t, delta, alpha, out):
 
 def transfer(t: np.ndarray, f: np.ndarray, b: np.ndarray, alpha: float, out: np.ndarray) -> bool:
     """out ← round(t + alpha·(f − b)), computed in float64 and rounded once; returns whether some result is not
-    finite. With alpha 1, Δ is not multiplied (x·1 is x: this only saves the work)."""
+    finite. With alpha 1, Δ is not multiplied (x·1 is x: this only saves the work).
+
+    Raises:
+        ValueError: the arrays are not all of one size (the compiled loop checks no bounds).
+    """
+    _same_size(out, t, f, b)
     with _PARALLEL:
         return bool(_transfer(t, f, b, alpha, out, *_blocks(out.size)))
 
 
 def apply(t: np.ndarray, delta: np.ndarray, alpha: float, out: np.ndarray) -> bool:
     """out ← round(t + alpha·Δ), computed in float64 and rounded once; returns whether some result is not
-    finite."""
+    finite.
+
+    Raises:
+        ValueError: the arrays are not all of one size (the compiled loop checks no bounds).
+    """
+    _same_size(out, t, delta)
     with _PARALLEL:
         return bool(_apply(t, delta, alpha, out, *_blocks(out.size)))
 
 
 def diff(f: np.ndarray, b: np.ndarray, out: np.ndarray) -> tuple[float, int, int]:
-    """out ← f − b computed in float64 and rounded to out's dtype.
+    """out ← f − b computed in float64 and rounded to out's dtype (a zero with f's sign where f equals b, so that
+    b + Δ gives back a -0.0 of f's over a -0.0 of b's).
 
     Returns the sum of squares of the stored Δ, how many elements are inexact (out's dtype overflows, or b + Δ
     rounded to f's dtype does not give back f's bits) and how many differences are not finite (an input is NaN or
-    Inf, or float64 overflows)."""
+    Inf, or float64 overflows).
+
+    Raises:
+        ValueError: the arrays are not all of one size (the compiled loop checks no bounds).
+    """
+    _same_size(out, f, b)
     with _PARALLEL:
         sumsq, inexact, bad = _diff(f, b, out, *_blocks(out.size))
     return float(sumsq), int(inexact), int(bad)
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@_compiled(parallel=True)
 def _transfer(t, f, b, alpha, out, parts, step):
     bad = np.zeros(parts, dtype=np.bool_)
     for p in prange(parts):
@@ -266,7 +305,7 @@ def _transfer(t, f, b, alpha, out, parts, step):
     return bad.any()
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@_compiled(parallel=True)
 def _apply(t, delta, alpha, out, parts, step):
     bad = np.zeros(parts, dtype=np.bool_)
     for p in prange(parts):
@@ -283,7 +322,10 @@ def _diff_block(f, b, out):
     bad = 0
     for i in range(out.size):
         base = decode(b[i])
-        d = decode(f[i]) - base
+        tuned = decode(f[i])
+        d = tuned - base
+        if d == 0.0:  # -0 - (-0) is +0, and -0 + +0 is +0: a zero Δ takes the fine-tuned value's sign
+            d = math.copysign(0.0, tuned)
         store(out, i, d)
         stored = decode(out[i])
         if not np.isfinite(d):
@@ -295,7 +337,7 @@ def _diff_block(f, b, out):
     return sumsq, inexact, bad
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@_compiled(parallel=True)
 def _diff(f, b, out, parts, step):
     sums = np.zeros(parts)
     inexact = np.zeros(parts, dtype=np.int64)
@@ -306,7 +348,7 @@ def _diff(f, b, out, parts, step):
     return sums.sum(), inexact.sum(), bad.sum()
 
 
-@njit(nogil=True, cache=True)
+@_compiled()
 def convert(src, out):
     """out ← src rounded once to out's dtype; returns whether some result is not finite."""
     limit = overflow(out)
@@ -318,7 +360,7 @@ def convert(src, out):
     return bad
 
 
-@njit(nogil=True, cache=True)
+@_compiled()
 def count_nonfinite(a):
     """How many elements of `a` are NaN or ±Inf."""
     bad = 0
@@ -328,7 +370,7 @@ def count_nonfinite(a):
     return bad
 
 
-@njit(nogil=True, cache=True)
+@_compiled()
 def widen(a, out):
     """out ← a's values as float64 (exact)."""
     for i in range(a.size):

@@ -163,8 +163,7 @@ def _leave_a_core_to_the_writer() -> Iterator[None]:
     """Run the kernels on all cores but one while inside, so that the reader and writer threads (the page-cache
     copies of the inputs and the output) do not compete with them; restore the thread count after."""
     before = numba.get_num_threads()
-    most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # numba sets its config at import
-    numba.set_num_threads(max(1, min(most, len(os.sched_getaffinity(0)) - 1)))
+    numba.set_num_threads(max(1, min(before, len(os.sched_getaffinity(0)) - 1)))
     try:
         yield
     finally:
