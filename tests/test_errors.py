@@ -16,6 +16,7 @@ import torch
 from graftwork.errors import (
     ArchitectureMismatchError,
     GraftError,
+    InexactDeltaError,
     NonFiniteError,
     OutputExistsError,
     PickleWeightsError,
@@ -24,7 +25,7 @@ from graftwork.errors import (
 )
 from graftwork.tasks import engine
 from graftwork.tasks.testbed.synthetic import FamilySpec, build_family
-from tests.conftest import Family, bits_equal, load_state, reference, rewrite_tensor
+from tests.conftest import Family, bits_equal, load_state, reference, rewrite_tensor, save_model
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -188,3 +189,18 @@ def test_the_finiteness_check_has_no_false_alarms_at_the_edge_of_the_range(dtype
         broken[12345] = bad
         broken[-1] = -bad
         assert count_nonfinite(as_array(broken)) == 2
+
+
+def test_a_negative_zero_over_a_positive_zero_is_refused_with_its_reason(bf16_family: Family, tmp_path: Path) -> None:
+    """-0.0 in the fine-tuned model where its base has +0.0: +0.0 + Δ is +0.0 for every Δ, so no stored dtype gives
+    the fine-tuned bits back; the diff names the tensor and says so, and leaves nothing."""
+    base, tuned = dict(bf16_family.states["base"]), dict(bf16_family.states["finetuned"])
+    name = "model.layers.0.mlp.up_proj.weight"
+    base[name], tuned[name] = base[name].clone(), tuned[name].clone()
+    base[name].view(-1)[7], tuned[name].view(-1)[7] = 0.0, -0.0
+    save_model(tmp_path / "b", base)
+    save_model(tmp_path / "f", tuned)
+    with pytest.raises(InexactDeltaError, match=rf"tensor '{name}'.*-0\.0 where its base has \+0\.0") as caught:
+        engine.diff(finetuned=tmp_path / "f", base=tmp_path / "b", out=tmp_path / "d")
+    assert caught.value.tensor == name
+    assert not (tmp_path / "d").exists()

@@ -198,7 +198,8 @@ def _widen(
 
 def _inexact(job: Job) -> InexactDeltaError:
     return InexactDeltaError(
-        f"tensor {job.name!r}: no stored dtype gives back the fine-tuned values exactly (the fine-tuned "
-        "and base values are too far apart in magnitude for float64); the models do not belong together.",
+        f"tensor {job.name!r}: no stored dtype gives back the fine-tuned values exactly: the fine-tuned and base "
+        "values are too far apart in magnitude for float64 (the models do not belong together), or the fine-tuned "
+        "model has -0.0 where its base has +0.0, which no Δ gives back by addition.",
         tensor=job.name,
     )
