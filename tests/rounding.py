@@ -47,9 +47,10 @@ def round_once(fmt: Format, x: np.ndarray) -> np.ndarray:
 
 
 def stored(fmt: Format, x: np.ndarray) -> np.ndarray:
-    """The bits of float64 values that `fmt` holds exactly."""
-    if fmt is BF16:
-        return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-    if fmt is FP16:
-        return x.astype(np.float16).view(np.int16)
-    return x.astype(fmt.array)
+    """The bits of float64 values that `fmt` holds exactly (±inf past its range)."""
+    with np.errstate(over="ignore"):
+        if fmt is BF16:
+            return (x.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        if fmt is FP16:
+            return x.astype(np.float16).view(np.int16)
+        return x.astype(fmt.array)

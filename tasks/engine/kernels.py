@@ -283,9 +283,10 @@ def diff(f: np.ndarray, b: np.ndarray, out: np.ndarray) -> tuple[float, int, int
     """out ← f − b computed in float64 and rounded to out's dtype (a zero with f's sign where f equals b, so that
     b + Δ gives back a -0.0 of f's over a -0.0 of b's).
 
-    Returns the sum of squares of the stored Δ, how many elements are inexact (out's dtype overflows, or b + Δ
-    rounded to f's dtype does not give back f's bits) and how many differences are not finite (an input is NaN or
-    Inf, or float64 overflows).
+    Returns the sum of squares of the stored Δ (counted only where every element is exact and finite: otherwise
+    the chunk is stored again in a wider dtype, or refused), how many elements are inexact (out's dtype
+    overflows, or b + Δ rounded to f's dtype does not give back f's bits) and how many differences are not
+    finite (an input is NaN or Inf, or float64 overflows).
 
     Raises:
         ValueError: the arrays are not all of one size (the compiled loop checks no bounds).
@@ -317,7 +318,6 @@ def _apply(t, delta, alpha, out, parts, step):
 @njit
 def _diff_block(f, b, out):
     limit = overflow(out)
-    sumsq = 0.0
     inexact = 0
     bad = 0
     for i in range(out.size):
@@ -327,14 +327,26 @@ def _diff_block(f, b, out):
         if d == 0.0:  # -0 - (-0) is +0, and -0 + +0 is +0: a zero Δ takes the fine-tuned value's sign
             d = math.copysign(0.0, tuned)
         store(out, i, d)
-        stored = decode(out[i])
-        if not np.isfinite(d):
-            bad += 1
-        elif not abs(d) < limit or not same_bits(f, i, base + stored):
-            inexact += 1
-        else:
-            sumsq += stored * stored
-    return sumsq, inexact, bad
+        finite = abs(d) < np.inf
+        bad += not finite
+        inexact += finite and not (abs(d) < limit and same_bits(f, i, base + decode(out[i])))
+    return inexact, bad
+
+
+@njit
+def _sum_of_squares(a):
+    """Σ a² in float64, in eight running sums (one would make each addition wait for the one before)."""
+    sums = np.zeros(8)
+    whole = a.size - a.size % 8
+    for i in range(0, whole, 8):
+        for k in range(8):
+            x = decode(a[i + k])
+            sums[k] += x * x
+    total = 0.0
+    for i in range(whole, a.size):
+        x = decode(a[i])
+        total += x * x
+    return sums.sum() + total
 
 
 @_compiled(parallel=True)
@@ -344,7 +356,9 @@ def _diff(f, b, out, parts, step):
     bad = np.zeros(parts, dtype=np.int64)
     for p in prange(parts):
         lo, hi = p * step, min(out.size, (p + 1) * step)
-        sums[p], inexact[p], bad[p] = _diff_block(f[lo:hi], b[lo:hi], out[lo:hi])
+        inexact[p], bad[p] = _diff_block(f[lo:hi], b[lo:hi], out[lo:hi])
+        if not inexact[p] and not bad[p]:
+            sums[p] = _sum_of_squares(out[lo:hi])
     return sums.sum(), inexact.sum(), bad.sum()
 
 
