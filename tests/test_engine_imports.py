@@ -16,20 +16,19 @@ import pytest
 
 from graftwork.tasks import engine
 from graftwork.tasks.engine import kernels
+from graftwork.tasks.io.stfile import read_header
 from tests.conftest import Family
 from tests.service import GRAFT, child_env
 from tests.test_readonly_imports import PROBE
 
 
-def _weights(folder: Path) -> dict[str, tuple[object, bytes]]:
-    """Each shard's tensor entries and data (its metadata says when and from where it was made)."""
+def _weights(folder: Path) -> dict[str, dict[str, tuple[str, tuple[int, ...], bytes]]]:
+    """Each shard's tensors: dtype, shape and bytes (its metadata says when and from where it was made)."""
     shards = {}
     for path in sorted(folder.glob("*.safetensors")):
         raw = path.read_bytes()
-        length = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8 : 8 + length])
-        header.pop("__metadata__")
-        shards[path.name] = (header, raw[8 + length :])
+        infos, _ = read_header(path)
+        shards[path.name] = {i.name: (i.dtype, i.shape, raw[i.start : i.start + i.nbytes]) for i in infos}
     return shards
 
 

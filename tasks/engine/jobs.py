@@ -31,8 +31,8 @@ def shift_job(
     def shifted(sources: list[np.ndarray], tgt: np.ndarray, out: np.ndarray) -> bool:
         flat = [s.reshape(-1) for s in sources]
         if len(flat) == 2:
-            return bool(kernels.transfer(tgt.reshape(-1), flat[0], flat[1], alpha, out))
-        return bool(kernels.apply(tgt.reshape(-1), flat[0], alpha, out))
+            return kernels.transfer(tgt.reshape(-1), flat[0], flat[1], alpha, out)
+        return kernels.apply(tgt.reshape(-1), flat[0], alpha, out)
 
     if plan is None or plan.identity or not is_vocab_tensor(name, target.shape):
 

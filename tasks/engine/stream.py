@@ -124,20 +124,22 @@ def run_jobs(jobs: list[Job], reader: TensorReader, writer: ShardedWriter, *, pr
     slots: list[list[np.ndarray]] = [[] for _ in range(READ_AHEAD + 1)]
     done = 0
     with (
-        _leave_a_core_to_the_writer(),
+        _leave_a_core_for_io(),
         ThreadPoolExecutor(1, thread_name_prefix="graft-read") as rx,
         ThreadPoolExecutor(1, thread_name_prefix="graft-write") as wx,
     ):
-        reads: deque[Future[list[np.ndarray]]] = deque()
+
+        def read(k: int) -> Future[list[np.ndarray]]:
+            job, start, stop = items[k]
+            return rx.submit(job.read, reader, start, stop, slots[k % len(slots)])
+
+        reads: deque[Future[list[np.ndarray]]] = deque(read(k) for k in range(min(READ_AHEAD, len(items))))
         writes: deque[Future[None]] = deque()
-        for k, (job, start, stop) in enumerate(items[:READ_AHEAD]):
-            reads.append(rx.submit(job.read, reader, start, stop, slots[k]))
         current: Job | None = None
         for k, (job, start, stop) in enumerate(items):
             inputs = reads.popleft().result()
             if k + READ_AHEAD < len(items):
-                nj, ns, ne = items[k + READ_AHEAD]
-                reads.append(rx.submit(nj.read, reader, ns, ne, slots[(k + READ_AHEAD) % len(slots)]))
+                reads.append(read(k + READ_AHEAD))
             if job is not current:
                 current = job
                 job.sumsq = 0.0
@@ -159,7 +161,7 @@ def run_jobs(jobs: list[Job], reader: TensorReader, writer: ShardedWriter, *, pr
 
 
 @contextmanager
-def _leave_a_core_to_the_writer() -> Iterator[None]:
+def _leave_a_core_for_io() -> Iterator[None]:
     """Run the kernels on all cores but one while inside, so that the reader and writer threads (the page-cache
     copies of the inputs and the output) do not compete with them; restore the thread count after."""
     before = numba.get_num_threads()
