@@ -2,20 +2,20 @@
 
 A delivery is identified by `delivery_key`, a hash of what it says (repo, event, head commit and
 updated refs), so the Hub replaying it, or sending it twice, gives the same key. Each (delivery,
-track) pair is recorded as one `webhook_deliveries` row, in one short transaction that the answer waits
-for; the track's run is started afterwards, from the row, by the receiver's outbox (`outbox.Drainer`),
-with the row's key as Prefect's idempotency key: a delivery recorded is a run started, exactly once,
-however often it is sent and whenever the receiver is restarted.
+track) pair is recorded as one `webhook_deliveries` row, in a short transaction (shared with the other
+deliveries waiting: `recorder.Recorder`) that the answer waits for; the track's run is started afterwards,
+from the row, by the receiver's outbox (`outbox.Drainer`), with the row's key as Prefect's idempotency key: a
+delivery recorded is a run started, exactly once, however often it is sent and whenever the receiver is restarted.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
@@ -28,6 +28,7 @@ from ..storage import Registry, deliveries
 from ..storage import registry as rows
 from ..storage.db import session_scope
 from ..storage.models import Track
+from ..tasks.track import TrackSpec
 from ..terms import Dispatch
 from .hub_events import HubEvent, delivery_key, release_refs
 
@@ -64,16 +65,23 @@ def tracks_watching(session: Session, *, repo_id: str, refs: Collection[str] | N
     Patterns are globs, matched case-sensitively. Local sources watch nothing; a track whose stored spec
     no longer validates watches nothing either (and is logged).
     """
-    watching = []
+    return _watching(_specs(session), repo_id=repo_id, refs=refs)
+
+
+def _specs(session: Session) -> list[tuple[Track, TrackSpec]]:
+    """The registered tracks with their validated specs, in name order; a track whose stored spec no longer
+    validates is left out, and logged."""
+    specs = []
     for track in rows.list_tracks(session):
         try:
-            spec = spec_of(track)
+            specs.append((track, spec_of(track)))
         except TrackError as e:
             log.warning("%s", e)
-            continue
-        if spec.source.watches(repo_id=repo_id, refs=refs):
-            watching.append(track)
-    return watching
+    return specs
+
+
+def _watching(specs: list[tuple[Track, TrackSpec]], *, repo_id: str, refs: Collection[str] | None) -> list[Track]:
+    return [track for track, spec in specs if spec.source.watches(repo_id=repo_id, refs=refs)]
 
 
 @dataclass(frozen=True)
@@ -87,34 +95,46 @@ class Outcome:
     reason: str = ""
 
 
-def record_delivery(registry: Registry, *, event: HubEvent) -> Outcome:
-    """Record a delivery: one row per track that watches its repo, each the outbox entry that starts the
-    track's run once. A delivery that no track watches (or a non-model repo, or an event that brings no
-    release) is recorded without a track and ignored. One short transaction, which no Prefect call holds.
+def record_deliveries(registry: Registry, *, events: Sequence[HubEvent]) -> list[Outcome]:
+    """Record deliveries, in one short transaction that no Prefect call holds, and say what each did.
+
+    A delivery is recorded as one row per track that watches its repo, each the outbox entry that starts the
+    track's run once; one that no track watches (or a non-model repo, or an event that brings no release) is
+    recorded without a track, and ignored. A delivery recorded before, or earlier in `events`, is a duplicate.
 
     Raises:
-        DatabaseError: the registry database failed; nothing of the delivery is recorded.
+        DatabaseError: the registry database failed; none of `events` is recorded.
     """
-    key = delivery_key(event)
-    reason = _not_a_release(event)
+    plans: list[tuple[str, list[Track], str]] = []
+    new_rows: list[tuple[str, dict[str, Any], Track | None]] = []
     with receiver_session(registry) as session:
-        tracks = [] if reason else tracks_watching(session, repo_id=event.repo_id, refs=event.new_refs)
+        specs = _specs(session)
+        for event in events:
+            key, reason = delivery_key(event), _not_a_release(event)
+            tracks = [] if reason else _watching(specs, repo_id=event.repo_id, refs=event.new_refs)
+            if tracks:
+                new_rows += [(f"{key}:{track.id}", event.payload, track) for track in tracks]
+            else:
+                reason = reason or _unwatched(specs, event)
+                new_rows.append((key, event.payload, None))
+            plans.append((key, tracks, reason))
+        fresh_keys = deliveries.record(session, rows=new_rows)
+    outcomes = []
+    for key, tracks, reason in plans:
         if not tracks:
-            deliveries.record(session, key=key, payload=event.payload, track=None)
-            return Outcome(status="ignored", key=key, reason=reason or _unwatched(session, event))
-        fresh = tuple(
-            track.name
-            for track in tracks
-            if deliveries.record(session, key=f"{key}:{track.id}", payload=event.payload, track=track)
-        )
-    if fresh:
-        return Outcome(status="queued", key=key, tracks=fresh)
-    return Outcome(status="duplicate", key=key, tracks=tuple(track.name for track in tracks))
+            outcomes.append(Outcome(status="ignored", key=key, reason=reason))
+            continue
+        keys = {track.name: f"{key}:{track.id}" for track in tracks}
+        fresh = tuple(name for name, row_key in keys.items() if row_key in fresh_keys)
+        fresh_keys -= set(keys.values())  # the same delivery again, later in `events`, is a duplicate
+        status: Literal["queued", "duplicate"] = "queued" if fresh else "duplicate"
+        outcomes.append(Outcome(status=status, key=key, tracks=fresh or tuple(keys)))
+    return outcomes
 
 
-def _unwatched(session: Session, event: HubEvent) -> str:
+def _unwatched(specs: list[tuple[Track, TrackSpec]], event: HubEvent) -> str:
     """Why no track starts for a release event: no track watches the repo, or those that do watch other refs."""
-    watchers = tracks_watching(session, repo_id=event.repo_id, refs=None)
+    watchers = _watching(specs, repo_id=event.repo_id, refs=None)
     if not watchers:
         return f"no track watches {event.repo_id}"
     refs = ", ".join(event.new_refs or []) or "no ref"

@@ -29,9 +29,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import DatabaseError, WebhookPayloadError, WebhookSecretError
 from ..storage import Registry, deliveries
-from .deliveries import Outcome, StartRun, receiver_session, record_delivery, start_watcher
+from .deliveries import Outcome, StartRun, receiver_session, start_watcher
 from .hub_events import HubEvent
 from .outbox import Drainer
+from .recorder import MAX_BATCH, Recorder
 
 SECRET_HEADER = "X-Webhook-Secret"
 STATUS_CODES = {"queued": 202, "ignored": 202, "duplicate": 200}
@@ -47,10 +48,12 @@ def create_app(
     read_timeout_s: float = 10.0,
     answer_within_s: float = 5.0,
     poll_s: float = 2.0,
+    max_batch: int = MAX_BATCH,
 ) -> FastAPI:
     """The webhook receiver for `registry`, accepting deliveries that carry `secret`. While the app runs (its
     lifespan), a `Drainer` starts the recorded deliveries' runs with `start_run(track, idempotency_key)` (by
-    default the track's watcher deployment), polling every `poll_s` seconds besides each new delivery.
+    default the track's watcher deployment), polling every `poll_s` seconds besides each new delivery, and a
+    `Recorder` records the deliveries, up to `max_batch` of those waiting in one transaction.
 
     Raises:
         WebhookSecretError: `secret` is empty.
@@ -62,13 +65,16 @@ def create_app(
         )
     expected = secret.encode()
     drainer = Drainer(registry, start_run=start_run, poll_s=poll_s)
+    recorder = Recorder(registry, max_batch=max_batch)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        recorder.start()
         drainer.start()
         try:
             yield
         finally:
+            await run_in_threadpool(recorder.stop)
             await run_in_threadpool(drainer.stop)
 
     app = FastAPI(title="Graftwork Hub webhooks", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -90,9 +96,7 @@ def create_app(
         except WebhookPayloadError as e:
             return _error(422, str(e))
         try:
-            outcome = await asyncio.wait_for(
-                run_in_threadpool(record_delivery, registry, event=event), timeout=answer_within_s
-            )
+            outcome = await asyncio.wait_for(asyncio.wrap_future(recorder.submit(event)), timeout=answer_within_s)
         except DatabaseError as e:  # nothing of it kept: the Hub's redelivery tries again
             log.error("delivery for %s: %s", event.repo_id, e)
             return _error(503, str(e))

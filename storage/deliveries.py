@@ -9,6 +9,7 @@ caller's `session_scope()` commits.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .models import Track, WebhookDelivery
-from .registry import insert_or_get
+from .registry import insert_missing
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,18 @@ class Backlog:
     last_error: str | None
 
 
-def record(session: Session, *, key: str, payload: dict[str, Any], track: Track | None) -> bool:
-    """Record a delivery once per `key`; return whether it is new.
+def record(session: Session, *, rows: Sequence[tuple[str, dict[str, Any], Track | None]]) -> set[str]:
+    """Record each (key, payload, track) of `rows` whose key is new, in one statement; return the keys recorded.
+    A key recorded before, or earlier in `rows`, is not recorded again.
 
     Two processes recording the same key at once get one row: on PostgreSQL the second waits for the
     first's transaction and sees the row once it commits; on SQLite writers queue on the database lock.
     """
-    values = {"key": key, "payload": payload, "track_id": None if track is None else track.id}
-    return insert_or_get(session, WebhookDelivery, unique=("key",), values=values)[1]
+    values = [
+        {"key": key, "payload": payload, "track_id": None if track is None else track.id}
+        for key, payload, track in rows
+    ]
+    return insert_missing(session, WebhookDelivery, unique="key", rows=values)
 
 
 def due(session: Session, *, now: datetime, limit: int) -> list[Pending]:

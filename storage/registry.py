@@ -58,22 +58,46 @@ def insert_or_get(
     Raises:
         DatabaseError: the database is neither SQLite nor PostgreSQL.
     """
+    table = model.__table__
+    stmt = _insert(session, model).values(**values).on_conflict_do_nothing(index_elements=list(unique))
+    new_id = session.execute(stmt.returning(table.c.id)).scalar_one_or_none()
+    where = [getattr(model, column) == values[column] for column in unique]
+    return session.scalars(select(model).where(*where)).one(), new_id is not None
+
+
+def insert_missing(session: Session, model: type[M], *, unique: str, rows: list[dict[str, Any]]) -> set[Any]:
+    """Insert, in one statement, each of `rows` whose `unique` column's value is in no row yet; return the values
+    of those inserted. Of rows that share a value, only the first is inserted.
+
+    Raises:
+        DatabaseError: the database is neither SQLite nor PostgreSQL.
+    """
+    firsts: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        firsts.setdefault(row[unique], row)
+    if not firsts:
+        return set()
+    column = model.__table__.c[unique]
+    stmt = _insert(session, model).values(list(firsts.values())).on_conflict_do_nothing(index_elements=[unique])
+    return set(session.scalars(stmt.returning(column)))
+
+
+def _insert(session: Session, model: type[M]) -> Any:
+    """The dialect's INSERT for `model`, which knows ON CONFLICT DO NOTHING.
+
+    Raises:
+        DatabaseError: the database is neither SQLite nor PostgreSQL.
+    """
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql  # the dialect in use is loaded already
 
-        stmt: Any = postgresql.insert(model)
-    elif dialect == "sqlite":
+        return postgresql.insert(model)
+    if dialect == "sqlite":
         from sqlalchemy.dialects import sqlite
 
-        stmt = sqlite.insert(model)
-    else:
-        raise DatabaseError(f"the registry supports SQLite and PostgreSQL, not {dialect}.", url=dialect)
-    table = model.__table__
-    stmt = stmt.values(**values).on_conflict_do_nothing(index_elements=list(unique))
-    new_id = session.execute(stmt.returning(table.c.id)).scalar_one_or_none()
-    where = [getattr(model, column) == values[column] for column in unique]
-    return session.scalars(select(model).where(*where)).one(), new_id is not None
+        return sqlite.insert(model)
+    raise DatabaseError(f"the registry supports SQLite and PostgreSQL, not {dialect}.", url=dialect)
 
 
 def save_track(session: Session, *, name: str, spec: dict[str, Any], digest: str) -> tuple[Track, bool]:

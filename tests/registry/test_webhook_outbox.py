@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 from prefect.settings import PREFECT_API_URL
 
-from graftwork.deployments.deliveries import record_delivery, start_watcher
+from graftwork.deployments.deliveries import record_deliveries, start_watcher
 from graftwork.deployments.hub_events import HubEvent
 from graftwork.deployments.outbox import backoff, drain
 from graftwork.flows.watch import watch_releases
@@ -39,7 +39,8 @@ def deliver(registry: Registry, count: int, *, first: int = 0) -> None:
     """Record `count` distinct deliveries for the track olmo-stage1, as the receiver does."""
     for i in range(first, first + count):
         payload = hub_payload(OLMO, refs=(f"refs/heads/stage1-step{i}-tokens{i}B",))
-        assert record_delivery(registry, event=HubEvent.from_payload(payload)).status == "queued"
+        [outcome] = record_deliveries(registry, events=[HubEvent.from_payload(payload)])
+        assert outcome.status == "queued"
 
 
 def test_a_failed_start_is_tried_again_after_a_growing_wait_and_recorded(watched: Registry) -> None:
