@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from graftwork.tasks import engine
+from graftwork.tasks.io.stfile import TensorReader
 from tests.conftest import Family, bits_equal, load_state, read_json, reference, save_model
 
 
@@ -36,7 +39,18 @@ def test_diff_stores_each_tensor_in_the_narrowest_exact_dtype(family: Family, tm
     assert len(manifest["base"]["content_hash"]) == 64
 
 
-def test_a_tensor_whose_float32_difference_is_inexact_is_stored_in_float64(bf16_family: Family, tmp_path: Path) -> None:
+def test_a_tensor_whose_float32_difference_is_inexact_is_stored_in_float64(
+    bf16_family: Family, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readers: set[str] = set()  # the threads that read tensors: one, also while the tensor is read again, wider
+    for method in ("read_rows", "read_into", "prefetch"):
+        original = getattr(TensorReader, method)
+
+        def spy(self: TensorReader, *args: Any, _original: Any = original) -> Any:
+            readers.add(threading.current_thread().name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(TensorReader, method, spy)
     base = dict(bf16_family.states["base"])
     ft = dict(bf16_family.states["finetuned"])
     name = "model.layers.0.mlp.up_proj.weight"
@@ -51,6 +65,7 @@ def test_a_tensor_whose_float32_difference_is_inexact_is_stored_in_float64(bf16_
     save_model(tmp_path / "f", ft)
     summary = engine.diff(finetuned=tmp_path / "f", base=tmp_path / "b", out=tmp_path / "d")
     assert summary.widened == (name,)
+    assert len(readers) == 1 and next(iter(readers)).startswith("graft-read")
     dtypes = {n: t["dtype"] for n, t in read_json(tmp_path / "d" / "diff.json")["tensors"].items()}
     assert dtypes[name] == "F64" and set(dtypes.values()) == {"F32", "F64"}
     engine.apply(diff=tmp_path / "d", target=tmp_path / "b", out=tmp_path / "m")

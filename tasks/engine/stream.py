@@ -147,7 +147,7 @@ def run_jobs(jobs: list[Job], reader: TensorReader, writer: ShardedWriter, *, pr
             try:
                 out = job.checked(inputs, start, stop)
             except InexactDeltaError:
-                _widen(job, stop, reader, writer, wx, writes)
+                _widen(job, stop, reader, writer, rx, wx, writes)
             else:
                 writes.append(wx.submit(writer.write, out))
             done += sum(a.nbytes for a in inputs)
@@ -177,10 +177,13 @@ def _widen(
     stop: int,
     reader: TensorReader,
     writer: ShardedWriter,
+    rx: ThreadPoolExecutor,
     wx: ThreadPoolExecutor,
     writes: deque[Future[None]],
 ) -> None:
-    """Restart `job`'s tensor in its wider dtype and redo its chunks up to row `stop`."""
+    """Restart `job`'s tensor in its wider dtype and redo its chunks up to row `stop`, reading them on the reader
+    thread `rx`, the one thread that uses `reader` (its descriptors are opened, and an on-demand reader's closed,
+    without a lock)."""
     if job.wider is None or job.wider == job.out_dtype:
         raise _inexact(job)
     while writes:
@@ -192,7 +195,7 @@ def _widen(
         if start >= stop:
             break
         try:
-            out = job.checked(job.read(reader, start, end), start, end)
+            out = job.checked(rx.submit(job.read, reader, start, end).result(), start, end)
         except InexactDeltaError:
             raise _inexact(job) from None
         writes.append(wx.submit(writer.write, out))
