@@ -243,6 +243,10 @@ class WebhookSecretError(GraftError, ValueError):
     """The receiver was given no secret, so it could not tell the Hub's deliveries from anyone's."""
 
 
+class RecorderStoppedError(GraftError, RuntimeError):
+    """The webhook receiver's recorder is not running (not started yet, or stopped): the delivery is not recorded."""
+
+
 class ReleaseOrderError(GraftError, RuntimeError):
     """A release's run cannot start yet: the release it carries from is not done."""
 

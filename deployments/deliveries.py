@@ -107,10 +107,10 @@ def record_deliveries(registry: Registry, *, events: Sequence[HubEvent]) -> list
     """
     plans: list[tuple[str, list[Track], str]] = []
     new_rows: list[tuple[str, dict[str, Any], Track | None]] = []
+    judged = [(event, delivery_key(event), _not_a_release(event)) for event in events]
     with receiver_session(registry) as session:
         specs = _specs(session)
-        for event in events:
-            key, reason = delivery_key(event), _not_a_release(event)
+        for event, key, reason in judged:
             tracks = [] if reason else _watching(specs, repo_id=event.repo_id, refs=event.new_refs)
             if tracks:
                 new_rows += [(f"{key}:{track.id}", event.payload, track) for track in tracks]

@@ -1,9 +1,9 @@
 """The webhook receiver's recorder: one thread that records the deliveries waiting for it in one transaction.
 
-A burst of deliveries is recorded in a few transactions instead of one each. A transaction per delivery
-made a burst wait on the database in turn, and in a busy process each turn waited for the interpreter
-lock at every database call: on SQLite, 400 deliveries over 64 connections took 19 s and some waited
-more than 5 s for their turn. Each delivery's answer waits for the transaction that holds it.
+A burst of deliveries is recorded in a few transactions instead of one each. With one each, a receiver whose
+process was busy made every transaction wait for the interpreter at each database call, and a burst's
+deliveries queued for the database past the 5 s an answer may take (`benchmarks/bench_webhook.py`). Each
+delivery's answer waits for the transaction that holds it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import queue
 import threading
 from concurrent.futures import Future
 
+from ..errors import RecorderStoppedError
 from ..storage import Registry
 from .deliveries import Outcome, record_deliveries
 from .hub_events import HubEvent
@@ -28,30 +29,48 @@ class Recorder:
         self._registry, self._max_batch = registry, max_batch
         self._waiting: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._running = False
 
     def start(self) -> None:
         """Start recording."""
-        self._thread = threading.Thread(target=self._loop, name="webhook-recorder", daemon=True)
-        self._thread.start()
+        with self._lock:
+            self._thread = threading.Thread(target=self._loop, name="webhook-recorder", daemon=True)
+            self._thread.start()
+            self._running = True
 
     def submit(self, event: HubEvent) -> Future[Outcome]:
-        """Queue `event` for the next transaction; its future holds the `Outcome`, or the error that kept the
-        whole transaction from being recorded (`DatabaseError`: nothing of it is recorded).
+        """Queue `event` for the next transaction; its future holds the `Outcome`, or the error that kept its
+        transaction from being recorded (`DatabaseError`: none of that transaction's deliveries is recorded).
 
         Raises:
-            RuntimeError: the recorder is not running (`start` was not called, or `stop` was).
+            RecorderStoppedError: the recorder is not running (`start` was not called, or `stop` was).
         """
-        if self._thread is None or not self._thread.is_alive():
-            raise RuntimeError("the webhook recorder is not running; start it (the app's lifespan does).")
         future: Future[Outcome] = Future()
-        self._waiting.put((event, future))
+        with self._lock:
+            if not self._running:
+                raise RecorderStoppedError("the webhook recorder is not running; start it (the app's lifespan does).")
+            self._waiting.put((event, future))
         return future
 
     def stop(self, *, timeout: float = 10.0) -> None:
-        """Record what is queued, then stop, waiting at most `timeout` seconds."""
-        self._waiting.put(None)
+        """Record what is queued, then stop, waiting at most `timeout` seconds; a delivery still queued after
+        that fails with `RecorderStoppedError`."""
+        with self._lock:
+            self._running = False
+            self._waiting.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        stopped = RecorderStoppedError("the webhook receiver stopped before it recorded the delivery")
+        while True:
+            try:
+                item = self._waiting.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item[1].set_running_or_notify_cancel():
+                item[1].set_exception(stopped)
+        if self._thread is not None and self._thread.is_alive():  # still in a transaction: it stops after it
+            self._waiting.put(None)
 
     def _loop(self) -> None:
         stopping = False
@@ -70,9 +89,12 @@ class Recorder:
     def _record_batch(self, batch: list[_Waiting]) -> None:
         try:
             outcomes = record_deliveries(self._registry, events=[event for event, _ in batch])
-        except Exception as e:  # each delivery's answer says it: a DatabaseError is a 503, a defect a 500
+            answered = list(zip(batch, outcomes, strict=True))
+        except BaseException as e:  # each delivery's answer says it: a DatabaseError is a 503, a defect a 500
             for _, future in batch:
                 future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
             return
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
+        for (_, future), outcome in answered:
             future.set_result(outcome)

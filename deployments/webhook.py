@@ -10,7 +10,7 @@ and starts the watchers of the tracks it concerns from the outbox (`outbox.Drain
 | no track watches the repo (or not a model repo, or an event that brings no release) | 202 `ignored` |
 | recorded for the tracks that watch the repo: their runs start from the outbox | 202 `queued`, with the tracks |
 | a delivery recorded before | 200 `duplicate` |
-| the database failed, or did not record the delivery within `answer_within_s` (it may be still) | 503: redeliver |
+| the database failed, or no record within `answer_within_s` (it may be still), or the receiver stops | 503: redeliver |
 | `GET /healthz` | 200 with the outbox's backlog, or 503 when the database cannot be reached |
 """
 
@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import DatabaseError, WebhookPayloadError, WebhookSecretError
+from ..errors import DatabaseError, RecorderStoppedError, WebhookPayloadError, WebhookSecretError
 from ..storage import Registry, deliveries
 from .deliveries import Outcome, StartRun, receiver_session, start_watcher
 from .hub_events import HubEvent
@@ -70,8 +70,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         recorder.start()
-        drainer.start()
         try:
+            drainer.start()
             yield
         finally:
             await run_in_threadpool(recorder.stop)
@@ -100,6 +100,9 @@ def create_app(
         except DatabaseError as e:  # nothing of it kept: the Hub's redelivery tries again
             log.error("delivery for %s: %s", event.repo_id, e)
             return _error(503, str(e))
+        except RecorderStoppedError as e:
+            log.error("delivery for %s: %s", event.repo_id, e)
+            return _error(503, "the receiver is stopping and did not record the delivery; redeliver it.")
         except TimeoutError:
             log.error("delivery for %s: not recorded within %g s (it may be still)", event.repo_id, answer_within_s)
             return _error(

@@ -45,7 +45,8 @@ def record(session: Session, *, rows: Sequence[tuple[str, dict[str, Any], Track 
     A key recorded before, or earlier in `rows`, is not recorded again.
 
     Two processes recording the same key at once get one row: on PostgreSQL the second waits for the
-    first's transaction and sees the row once it commits; on SQLite writers queue on the database lock.
+    first's transaction and sees the row once it commits (keys go in in sorted order, so two batches never
+    wait for each other both ways); on SQLite writers queue on the database lock.
     """
     values = [
         {"key": key, "payload": payload, "track_id": None if track is None else track.id}

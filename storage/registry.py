@@ -65,9 +65,16 @@ def insert_or_get(
     return session.scalars(select(model).where(*where)).one(), new_id is not None
 
 
+INSERT_ROWS = 500
+"""Rows per INSERT of `insert_missing`: a few thousand parameters, far below SQLite's and PostgreSQL's limits."""
+
+
 def insert_missing(session: Session, model: type[M], *, unique: str, rows: list[dict[str, Any]]) -> set[Any]:
-    """Insert, in one statement, each of `rows` whose `unique` column's value is in no row yet; return the values
-    of those inserted. Of rows that share a value, only the first is inserted.
+    """Insert each of `rows` whose `unique` column's value is in no row yet, `INSERT_ROWS` to a statement;
+    return the values of those inserted. Of rows that share a value, only the first is inserted.
+
+    Rows go in in the order of their values, so that two transactions inserting some of the same values wait
+    for each other in one order and never deadlock.
 
     Raises:
         DatabaseError: the database is neither SQLite nor PostgreSQL.
@@ -75,11 +82,13 @@ def insert_missing(session: Session, model: type[M], *, unique: str, rows: list[
     firsts: dict[Any, dict[str, Any]] = {}
     for row in rows:
         firsts.setdefault(row[unique], row)
-    if not firsts:
-        return set()
+    ordered = [firsts[value] for value in sorted(firsts)]
     column = model.__table__.c[unique]
-    stmt = _insert(session, model).values(list(firsts.values())).on_conflict_do_nothing(index_elements=[unique])
-    return set(session.scalars(stmt.returning(column)))
+    inserted: set[Any] = set()
+    for begin in range(0, len(ordered), INSERT_ROWS):
+        stmt = _insert(session, model).values(ordered[begin : begin + INSERT_ROWS])
+        inserted |= set(session.scalars(stmt.on_conflict_do_nothing(index_elements=[unique]).returning(column)))
+    return inserted
 
 
 def _insert(session: Session, model: type[M]) -> Any:

@@ -4,22 +4,30 @@ given up before its transaction began is not recorded."""
 
 from __future__ import annotations
 
+import json
+import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
-from sqlalchemy import event
+from fastapi.testclient import TestClient
+from sqlalchemy import event, text
 
 from graftwork.deployments import deliveries as receiver
-from graftwork.deployments.deliveries import record_deliveries
+from graftwork.deployments.deliveries import Outcome, record_deliveries
 from graftwork.deployments.hub_events import HubEvent, delivery_key
 from graftwork.deployments.recorder import Recorder
-from graftwork.errors import DatabaseError
-from graftwork.storage import Registry
+from graftwork.deployments.webhook import create_app
+from graftwork.errors import DatabaseError, RecorderStoppedError
+from graftwork.storage import Registry, deliveries
+from graftwork.storage.db import session_scope
 from tests.hub_fixtures import hub_payload
-from tests.registry.hooks import OLMO, recorded, watch_tracks
+from tests.registry.hooks import OLMO, SECRET, Starts, recorded, serving, watch_tracks
 
 LLAMA = "meta-llama/Llama-3.1-8B"  # watched by two tracks
 
@@ -35,11 +43,12 @@ def olmo(step: int) -> HubEvent:
 
 @contextmanager
 def commits(registry: Registry) -> Iterator[list[None]]:
-    """The transactions committed on `registry` inside the block, one entry each."""
+    """The transactions the recorder committed on `registry` inside the block, one entry each."""
     seen: list[None] = []
 
     def committed(_: Any) -> None:
-        seen.append(None)
+        if threading.current_thread().name == "webhook-recorder":
+            seen.append(None)
 
     event.listen(registry.engine, "commit", committed)
     try:
@@ -103,8 +112,7 @@ def test_a_delivery_given_up_before_its_transaction_is_not_recorded(watched: Reg
     with running(Recorder(watched)) as recorder:
         with database_busy(watched):
             first = recorder.submit(olmo(1))
-            while not first.running():  # the recorder took it, and waits for the database with it
-                time.sleep(0.01)
+            wait_running(first)  # the recorder took it, and waits for the database with it
             given_up = recorder.submit(olmo(2))
             assert given_up.cancel()
         assert first.result(timeout=30).status == "queued"
@@ -125,5 +133,131 @@ def test_a_failed_transaction_fails_each_of_its_deliveries_and_the_recorder_goes
 
 
 def test_a_recorder_not_started_refuses_deliveries(watched: Registry) -> None:
-    with pytest.raises(RuntimeError, match="the webhook recorder is not running; start it"):
+    with pytest.raises(RecorderStoppedError, match="the webhook recorder is not running; start it"):
         Recorder(watched).submit(olmo(1))
+
+
+def wait_running(future: Future[Outcome]) -> None:
+    """Wait until the recorder has taken `future`'s delivery into a transaction."""
+    deadline = time.monotonic() + 30
+    while not future.running():
+        assert time.monotonic() < deadline, "the recorder did not take the delivery within 30 s"
+        time.sleep(0.01)
+
+
+def test_stop_records_what_is_queued_and_later_deliveries_are_refused(watched: Registry) -> None:
+    recorder = Recorder(watched)
+    recorder.start()
+    with database_busy(watched):
+        futures = [recorder.submit(olmo(0))]
+        wait_running(futures[0])
+        futures += [recorder.submit(olmo(i)) for i in (1, 2)]  # queued behind the transaction that waits
+        stopping = threading.Thread(target=recorder.stop)
+        stopping.start()
+        while recorder_accepts(recorder):
+            time.sleep(0.01)
+    stopping.join(timeout=30)
+    assert [future.result(timeout=0).status for future in futures] == ["queued"] * 3
+    assert len(recorded(watched)) == 3
+    with pytest.raises(RecorderStoppedError, match="the webhook recorder is not running; start it"):
+        recorder.submit(olmo(9))
+
+
+def recorder_accepts(recorder: Recorder) -> bool:
+    try:
+        recorder.submit(olmo(99)).cancel()
+    except RecorderStoppedError:
+        return False
+    return True
+
+
+def test_a_delivery_answered_503_before_its_transaction_began_is_not_recorded(watched: Registry) -> None:
+    """Through the served receiver: the first delivery is in a transaction that waits for the database, the
+    second waits behind it; both are answered 503 after 2 s, and only the first is recorded once the database
+    is free (the 503 says it may be: a redelivery of it is a duplicate)."""
+    app = create_app(registry=watched, secret=SECRET, start_run=Starts(), answer_within_s=2)
+    answers: dict[int, int] = {}
+
+    def post(url: str, step: int) -> None:
+        body = json.dumps(hub_payload(OLMO, refs=(f"refs/heads/stage1-step{step}-tokens{step}B",)))
+        answers[step] = httpx.post(f"{url}/hooks/hub", content=body, headers={"X-Webhook-Secret": SECRET}).status_code
+
+    with serving(app) as url:
+        with database_busy(watched):
+            first = threading.Thread(target=post, args=(url, 1))
+            first.start()
+            wait_for_transaction()
+            post(url, 2)
+            first.join(timeout=30)
+        deadline = time.monotonic() + 30
+        while not recorded(watched):
+            assert time.monotonic() < deadline, "the first delivery was not recorded once the database was free"
+            time.sleep(0.05)
+    assert answers == {1: 503, 2: 503}
+    [row] = recorded(watched)
+    assert row.key.startswith(delivery_key(olmo(1)))
+
+
+def wait_for_transaction() -> None:
+    """Wait until a receiver's recorder is in a transaction (which waits while `database_busy` holds the database)."""
+    deadline = time.monotonic() + 30
+    while not any(recording(thread) for thread in threading.enumerate() if thread.name == "webhook-recorder"):
+        assert time.monotonic() < deadline, "the recorder did not start a transaction within 30 s"
+        time.sleep(0.01)
+
+
+def recording(thread: threading.Thread) -> bool:
+    """Whether `thread` is inside `record_deliveries` now."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code is record_deliveries.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_two_transactions_recording_the_same_keys_in_opposite_orders_do_not_deadlock(watched: Registry) -> None:
+    """PostgreSQL: a transaction holding key A waits for nothing; one that gets [B, A] inserts A first, so it
+    waits for the first before it holds B, and the first can still record B."""
+    if watched.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite lets one writer in at a time: its transactions never wait for each other's rows")
+    a, b = "key-a", "key-b"
+    second: list[set[str]] = []
+    with session_scope(watched.engine) as first:
+        assert deliveries.record(first, rows=[(a, {}, None)]) == {a}
+
+        def record_second() -> None:
+            with session_scope(watched.engine) as session:
+                second.append(deliveries.record(session, rows=[(b, {}, None), (a, {}, None)]))
+
+        thread = threading.Thread(target=record_second)
+        thread.start()
+        wait_for_lock_wait(watched)
+        assert deliveries.record(first, rows=[(b, {}, None)]) == {b}
+    thread.join(timeout=30)
+    assert second == [set()]
+
+
+def wait_for_lock_wait(registry: Registry) -> None:
+    """Wait until a session of this database waits for a row lock."""
+    deadline = time.monotonic() + 30
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    while True:
+        with registry.engine.connect() as connection:
+            if connection.execute(query).scalar():
+                return
+        assert time.monotonic() < deadline, "the second transaction did not wait for the first within 30 s"
+        time.sleep(0.01)
+
+
+def test_a_receiver_that_is_not_recording_answers_503_and_records_nothing(watched: Registry) -> None:
+    client = TestClient(create_app(registry=watched, secret=SECRET))  # no lifespan: its recorder never started
+    body = json.dumps(hub_payload(OLMO))
+    response = client.post("/hooks/hub", content=body, headers={"X-Webhook-Secret": SECRET})
+    assert (response.status_code, response.json()["detail"]) == (
+        503,
+        "the receiver is stopping and did not record the delivery; redeliver it.",
+    )
+    assert recorded(watched) == []
