@@ -8,7 +8,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
@@ -137,12 +137,17 @@ def test_a_recorder_not_started_refuses_deliveries(watched: Registry) -> None:
         Recorder(watched).submit(olmo(1))
 
 
+def eventually(done: Callable[[], bool], *, what: str) -> None:
+    """Wait until `done()`; fail, saying `what` did not happen, after 30 s."""
+    deadline = time.monotonic() + 30
+    while not done():
+        assert time.monotonic() < deadline, f"{what} within 30 s"
+        time.sleep(0.01)
+
+
 def wait_running(future: Future[Outcome]) -> None:
     """Wait until the recorder has taken `future`'s delivery into a transaction."""
-    deadline = time.monotonic() + 30
-    while not future.running():
-        assert time.monotonic() < deadline, "the recorder did not take the delivery within 30 s"
-        time.sleep(0.01)
+    eventually(future.running, what="the recorder did not take the delivery")
 
 
 def test_stop_records_what_is_queued_and_later_deliveries_are_refused(watched: Registry) -> None:
@@ -154,8 +159,7 @@ def test_stop_records_what_is_queued_and_later_deliveries_are_refused(watched: R
         futures += [recorder.submit(olmo(i)) for i in (1, 2)]  # queued behind the transaction that waits
         stopping = threading.Thread(target=recorder.stop)
         stopping.start()
-        while recorder_accepts(recorder):
-            time.sleep(0.01)
+        eventually(lambda: not recorder_accepts(recorder), what="the recorder did not stop taking deliveries")
     stopping.join(timeout=30)
     assert [future.result(timeout=0).status for future in futures] == ["queued"] * 3
     assert len(recorded(watched)) == 3
@@ -189,10 +193,9 @@ def test_a_delivery_answered_503_before_its_transaction_began_is_not_recorded(wa
             wait_for_transaction()
             post(url, 2)
             first.join(timeout=30)
-        deadline = time.monotonic() + 30
-        while not recorded(watched):
-            assert time.monotonic() < deadline, "the first delivery was not recorded once the database was free"
-            time.sleep(0.05)
+        eventually(
+            lambda: bool(recorded(watched)), what="the first delivery was not recorded once the database was free"
+        )
     assert answers == {1: 503, 2: 503}
     [row] = recorded(watched)
     assert row.key.startswith(delivery_key(olmo(1)))
@@ -200,10 +203,10 @@ def test_a_delivery_answered_503_before_its_transaction_began_is_not_recorded(wa
 
 def wait_for_transaction() -> None:
     """Wait until a receiver's recorder is in a transaction (which waits while `database_busy` holds the database)."""
-    deadline = time.monotonic() + 30
-    while not any(recording(thread) for thread in threading.enumerate() if thread.name == "webhook-recorder"):
-        assert time.monotonic() < deadline, "the recorder did not start a transaction within 30 s"
-        time.sleep(0.01)
+    eventually(
+        lambda: any(recording(thread) for thread in threading.enumerate() if thread.name == "webhook-recorder"),
+        what="the recorder did not start a transaction",
+    )
 
 
 def recording(thread: threading.Thread) -> bool:
@@ -240,16 +243,15 @@ def test_two_transactions_recording_the_same_keys_in_opposite_orders_do_not_dead
 
 def wait_for_lock_wait(registry: Registry) -> None:
     """Wait until a session of this database waits for a row lock."""
-    deadline = time.monotonic() + 30
     query = text(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
     )
-    while True:
+
+    def waiting() -> bool:
         with registry.engine.connect() as connection:
-            if connection.execute(query).scalar():
-                return
-        assert time.monotonic() < deadline, "the second transaction did not wait for the first within 30 s"
-        time.sleep(0.01)
+            return bool(connection.execute(query).scalar())
+
+    eventually(waiting, what="the second transaction did not wait for the first")
 
 
 def test_a_receiver_that_is_not_recording_answers_503_and_records_nothing(watched: Registry) -> None:
